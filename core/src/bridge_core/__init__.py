@@ -1,0 +1,36 @@
+"""bridge-core: Hugging Face <-> Megatron-Core conversion with model families as plugins.
+
+Importing this package is cheap: it imports no torch, megatron or transformers, and does not
+discover plugins. The conversion API (``AutoBridge`` and friends) is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bridge_core.contract import CONTRACT_VERSION
+from bridge_core.hookspecs import hookimpl
+
+__version__ = "1.0.0"
+
+# Public name -> "module:attribute", imported on first access (PEP 562).
+_LAZY = {
+    "AutoBridge": "bridge_core.auto_bridge:AutoBridge",
+    "MegatronModelBridge": "bridge_core.bridge:MegatronModelBridge",
+    "GPTModelProvider": "bridge_core.provider:GPTModelProvider",
+    "MegatronMappingRegistry": "bridge_core.mapping_registry:MegatronMappingRegistry",
+    "get_registry": "bridge_core.registry:get_registry",
+}
+
+__all__ = ["CONTRACT_VERSION", "__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'bridge_core' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value

@@ -1,0 +1,73 @@
+"""``bridgectl``: entry point, sub-command table and one-line error reporting.
+
+Sub-command modules are imported only when their command runs (``--help`` of the top level imports
+none of them), so ``bridgectl plugins`` never imports torch, megatron or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bridge_core import CONTRACT_VERSION, __version__
+
+# command -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plugins": ("bridge_core.cli.plugins_cmd", "list installed plugins, their status and registrations"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridgectl", description="Convert models between Hugging Face and Megatron-Core."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"bridge-core {__version__} (contract {CONTRACT_VERSION})"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    top, rest = parser.parse_known_args(argv)
+    if top.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[top.command][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"bridgectl {top.command}", description=COMMANDS[top.command][1])
+    cmd_parser.add_argument("--debug", action="store_true", default=top.debug, help="show tracebacks of errors")
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("bridgectl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from bridge_core.errors import BridgeError
+
+        if args.debug:
+            raise
+        if isinstance(exc, BridgeError):
+            print(f"bridgectl {top.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
+        print(
+            f"bridgectl {top.command}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Plugin discovery through the ``bridge_core.plugins`` entry-point group.
+
+Runs on first need, once per process (see ``registry.get_registry``). Imports each plugin's tiny
+entry-point module only; never torch, megatron or transformers, never CUDA. Environment variables:
+``BRIDGE_PLUGINS`` selects (unset: all, empty: none, else a comma list of entry-point or distribution
+names), ``BRIDGE_DISABLE_PLUGINS`` blocks, ``BRIDGE_STRICT_PLUGINS=1`` raises instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import importlib_metadata
+
+from bridge_core.errors import PluginError
+from bridge_core.registry import BLOCKED, FAILED, PluginRecord, Registry
+
+ENTRY_POINT_GROUP = "bridge_core.plugins"
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalisation: ``Bridge_Qwen`` and ``bridge.qwen`` both become ``bridge-qwen``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _names(value: str) -> set[str]:
+    return {normalize(part.strip()) for part in value.split(",") if part.strip()}
+
+
+def is_strict(environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``BRIDGE_STRICT_PLUGINS`` asks for plugin problems to be raised."""
+    env = os.environ if environ is None else environ
+    return env.get("BRIDGE_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _blocked_reason(ep_name: str, dist_name: str, env: Mapping[str, str]) -> str | None:
+    ids = {normalize(ep_name), normalize(dist_name)}
+    selected = env.get("BRIDGE_PLUGINS")
+    if selected is not None and not ids & _names(selected):
+        return f"not selected by BRIDGE_PLUGINS={selected!r}"
+    disabled = env.get("BRIDGE_DISABLE_PLUGINS", "")
+    if ids & _names(disabled):
+        return f"blocked by BRIDGE_DISABLE_PLUGINS={disabled!r}"
+    return None
+
+
+def _entry_points() -> list[importlib_metadata.EntryPoint]:
+    seen: dict[tuple[str, str], importlib_metadata.EntryPoint] = {}
+    for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = normalize(ep.dist.name) if ep.dist is not None else ""
+        seen.setdefault((ep.name, dist), ep)
+    return [seen[key] for key in sorted(seen)]
+
+
+def discover(registry: Registry | None = None, *, environ: Mapping[str, str] | None = None) -> Registry:
+    """Load every installed plugin into ``registry`` (a new one by default) and return it."""
+    env = os.environ if environ is None else environ
+    strict = is_strict(env)
+    registry = Registry() if registry is None else registry
+    for ep in _entry_points():
+        dist_name = ep.dist.name if ep.dist is not None else ep.name
+        dist_version = ep.dist.version if ep.dist is not None else "0"
+        blocked = _blocked_reason(ep.name, dist_name, env)
+        if blocked:
+            registry.record(PluginRecord(ep.name, dist_name, dist_version, ep.value, status=BLOCKED, reason=blocked))
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            reason = f"importing {ep.value} failed: {type(exc).__name__}: {exc}"
+            registry.record(PluginRecord(ep.name, dist_name, dist_version, ep.value, status=FAILED, reason=reason))
+            if strict:
+                raise PluginError(f"plugin {ep.name!r} ({dist_name} {dist_version}): {reason}") from exc
+            continue
+        registry.add_plugin(
+            plugin, name=ep.name, distribution=dist_name, version=dist_version, entry_point=ep.value, strict=strict
+        )
+    return registry

@@ -1,0 +1,45 @@
+"""Hook specifications of contract 1.x (pluggy project ``bridge_core``).
+
+A plugin's entry-point module implements any of these with ``@bridge_core.hookimpl``. Each hook
+receives a ``register`` callback owned by the core; call it with keyword arguments only. Hooks must
+not import torch, megatron or transformers: register ``"module:attribute"`` strings, which the core
+imports only when they are used.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "bridge_core"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_bridges(register):
+    """Register model bridges.
+
+    ``register(architecture="Qwen2ForCausalLM", bridge="bridge_qwen.qwen2:Qwen2Bridge",
+    model_type="qwen2", override=False)``: ``architecture`` is an entry of ``config.architectures``;
+    ``bridge`` names a ``MegatronModelBridge`` subclass. Registering an architecture that another
+    plugin registered is an error unless ``override=True``.
+    """
+
+
+@hookspec
+def register_recipes(register):
+    """Register training recipes.
+
+    ``register(name="qwen2_7b_sft", recipe="bridge_qwen.recipes:qwen2_7b_sft", family="qwen",
+    kind="sft")``: ``kind`` is one of ``pretrain``, ``sft``, ``peft``.
+    """
+
+
+@hookspec
+def register_flops(register):
+    """Register FLOPs contributions of model blocks.
+
+    ``register(block="qwen3_moe_layer", function="bridge_qwen.flops:moe_layer_flops")``: the function
+    takes the provider and returns forward FLOPs per token for one such block.
+    """

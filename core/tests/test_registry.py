@@ -1,0 +1,134 @@
+"""In-process plugin registration: atomic commits, duplicates, overrides, strict mode, lookups."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from bridge_core import hookimpl
+from bridge_core.discovery import _blocked_reason, normalize
+from bridge_core.errors import PluginError, UnsupportedArchitectureError
+from bridge_core.registry import Registry
+
+
+def make_plugin(contract=">=1.0,<2", bridges=(), recipes=(), flops=(), raise_in_hook=None):
+    def register_bridges(register):
+        for kwargs in bridges:
+            register(**kwargs)
+        if raise_in_hook:
+            raise raise_in_hook
+
+    def register_recipes(register):
+        for kwargs in recipes:
+            register(**kwargs)
+
+    def register_flops(register):
+        for kwargs in flops:
+            register(**kwargs)
+
+    ns = types.ModuleType("fake_plugin")
+    ns.register_bridges = hookimpl(register_bridges)
+    ns.register_recipes = hookimpl(register_recipes)
+    ns.register_flops = hookimpl(register_flops)
+    if contract is not None:
+        ns.BRIDGE_CONTRACT = contract
+    return ns
+
+
+A = {"architecture": "AForCausalLM", "bridge": "pkg_a.bridge:ABridge", "model_type": "a"}
+
+
+def test_registration_records_the_distribution():
+    reg = Registry()
+    rec = reg.add_plugin(make_plugin(bridges=[A]), name="a", distribution="bridge-a", version="1.2.0")
+    assert rec.status == "loaded" and rec.architectures == ["AForCausalLM"]
+    entry = reg.bridge_for("AForCausalLM")
+    assert (entry.bridge, entry.distribution, entry.version, entry.model_type) == (
+        "pkg_a.bridge:ABridge", "bridge-a", "1.2.0", "a")
+
+
+def test_a_failing_hook_commits_nothing():
+    reg = Registry()
+    rec = reg.add_plugin(make_plugin(bridges=[A], raise_in_hook=ValueError("boom")), name="a")
+    assert rec.status == "failed" and "ValueError: boom" in rec.reason
+    assert reg.bridges == {} and rec.architectures == []
+
+
+def test_second_registration_of_an_architecture_fails_naming_both():
+    reg = Registry()
+    reg.add_plugin(make_plugin(bridges=[A]), name="a", distribution="bridge-a", version="1.0")
+    rec = reg.add_plugin(make_plugin(bridges=[A, {**A, "architecture": "B"}]), name="b",
+                         distribution="bridge-b", version="2.0")
+    assert rec.status == "failed"
+    assert "bridge-a 1.0 and bridge-b 2.0" in rec.reason
+    assert "B" not in reg.bridges and reg.bridges["AForCausalLM"].distribution == "bridge-a"
+
+
+def test_override_replaces_and_later_plain_registration_is_shadowed():
+    reg = Registry()
+    reg.add_plugin(make_plugin(bridges=[A]), name="a", distribution="bridge-a")
+    reg.add_plugin(make_plugin(bridges=[{**A, "bridge": "x.y:Z", "override": True}]), name="o", distribution="bridge-o")
+    assert reg.bridges["AForCausalLM"].bridge == "x.y:Z"
+    rec = reg.add_plugin(make_plugin(bridges=[A]), name="c", distribution="bridge-c")
+    assert rec.status == "loaded" and reg.bridges["AForCausalLM"].distribution == "bridge-o"
+
+
+def test_strict_mode_raises():
+    reg = Registry()
+    with pytest.raises(PluginError, match="declares no BRIDGE_CONTRACT"):
+        reg.add_plugin(make_plugin(contract=None, bridges=[A]), name="a", strict=True)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"architecture": "X", "bridge": "no_colon"}, "'module:attribute' string"),
+    ({"architecture": "", "bridge": "a:B"}, "non-empty string"),
+    ({"architecture": "X", "bridge": "a:B", "unknown": 1}, "unexpected keyword"),
+])
+def test_bad_bridge_registrations_fail_the_plugin(kwargs, fragment):
+    rec = Registry().add_plugin(make_plugin(bridges=[kwargs]), name="p")
+    assert rec.status == "failed" and fragment in rec.reason
+
+
+def test_recipes_and_flops_are_recorded_and_validated():
+    reg = Registry()
+    rec = reg.add_plugin(make_plugin(recipes=[{"name": "r", "recipe": "m:f", "family": "a", "kind": "sft"}],
+                                     flops=[{"block": "b", "function": "m:g"}]), name="p")
+    assert rec.recipes == ["r"] and rec.flops == ["b"] and reg.recipes["r"].kind == "sft"
+    bad = Registry().add_plugin(make_plugin(recipes=[{"name": "r", "recipe": "m:f", "family": "a", "kind": "rl"}]),
+                                name="q")
+    assert bad.status == "failed" and "kind must be one of pretrain, sft, peft" in bad.reason
+
+
+def test_positional_register_call_is_refused():
+    def register_bridges(register):
+        register("AForCausalLM", "a:B")
+
+    ns = types.ModuleType("positional_plugin")
+    ns.BRIDGE_CONTRACT, ns.register_bridges = ">=1.0", hookimpl(register_bridges)
+    rec = Registry().add_plugin(ns, name="p")
+    assert rec.status == "failed" and "positional" in rec.reason
+
+
+def test_load_bridge_class_reports_an_unimportable_target():
+    reg = Registry()
+    reg.add_plugin(make_plugin(bridges=[A]), name="a", distribution="bridge-a", version="1.0")
+    with pytest.raises(PluginError, match="bridge-a 1.0 registers AForCausalLM as pkg_a.bridge:ABridge"):
+        reg.load_bridge_class("AForCausalLM")
+
+
+def test_unknown_architecture_lists_loaded_plugins():
+    reg = Registry()
+    reg.add_plugin(make_plugin(bridges=[A]), name="a", distribution="bridge-a", version="1.0")
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        reg.bridge_for("LlamaForCausalLM")
+    assert str(err.value) == ("LlamaForCausalLM is not supported by any loaded plugin (loaded: bridge-a 1.0); "
+                              "LlamaForCausalLM: pip install bridge-llama")
+
+
+def test_selection_variables():
+    assert normalize("Bridge_Qwen.x") == "bridge-qwen-x"
+    assert _blocked_reason("qwen", "bridge-qwen", {}) is None
+    assert "not selected" in _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_PLUGINS": ""})
+    assert _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_PLUGINS": "llama, BRIDGE_QWEN"}) is None
+    assert "blocked by" in _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_DISABLE_PLUGINS": "qwen"})
