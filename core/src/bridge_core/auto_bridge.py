@@ -1,0 +1,209 @@
+"""``AutoBridge``: the Python entry point, shaped like Megatron-Bridge's.
+
+    bridge = AutoBridge.from_hf_pretrained("path/to/hf")
+    provider = bridge.to_megatron_provider()
+    provider.tensor_model_parallel_size = 2
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+    bridge.load_hf_weights(model)
+    for name, tensor in bridge.export_hf_weights(model, cpu=True): ...
+    bridge.save_hf_pretrained(model, "out/")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bridge_core.config_translation import dtype_name, hf_dtype, parse_dtype
+from bridge_core.conversion import plan
+from bridge_core.conversion.export import export_tasks
+from bridge_core.conversion.groups import ParallelLayout
+from bridge_core.conversion.load import LoadReport, load_tasks
+from bridge_core.conversion.params import collect_params, unwrap
+from bridge_core.errors import ConfigError
+from bridge_core.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
+from bridge_core.hf_writer import ShardedSafetensorsWriter
+from bridge_core.output_dir import atomic_output_dir, check_output_dir
+from bridge_core.registry import get_registry
+
+# Keys of the source config.json that are regenerated or must not be carried over.
+_DROPPED_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
+                 "rope_theta", "rope_scaling", "rope_parameters")
+
+
+def _chunks(model: Any) -> list[torch.nn.Module]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class AutoBridge:
+    """Picks the installed plugin's bridge for an HF model and runs conversions through it."""
+
+    def __init__(self, hf: HFCheckpoint, torch_dtype: str | torch.dtype | None = None):
+        registry = get_registry()
+        self.hf = hf
+        self.registration = registry.bridge_for(hf.architecture)
+        bridge_cls = registry.load_bridge_class(hf.architecture)
+        self.bridge = bridge_cls(hf.config)
+        self.torch_dtype = parse_dtype(torch_dtype) if torch_dtype is not None else None
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_hf_pretrained(cls, path: str | os.PathLike, *, trust_remote_code: bool = False,
+                           torch_dtype: str | torch.dtype | None = None, **_: Any) -> AutoBridge:
+        """A bridge for a local HF model folder (config.json + safetensors)."""
+        return cls(HFCheckpoint(path, trust_remote_code=trust_remote_code), torch_dtype=torch_dtype)
+
+    @classmethod
+    def from_hf_config(cls, config: Any, *, torch_dtype: str | torch.dtype | None = None) -> AutoBridge:
+        """A bridge for an HF config alone (build models; no weights to load)."""
+        return cls(HFCheckpoint.from_config(config), torch_dtype=torch_dtype)
+
+    @classmethod
+    def list_supported_models(cls) -> list[str]:
+        """The architectures the installed plugins serve."""
+        return get_registry().supported_architectures()
+
+    @classmethod
+    def can_handle(cls, path: str | os.PathLike, trust_remote_code: bool = False) -> bool:
+        """True when ``path`` is an HF folder whose architecture an installed plugin serves."""
+        try:
+            arch = architecture_of(read_config_json(Path(path)), str(path))
+        except Exception:
+            return False
+        return arch in get_registry().bridges
+
+    @property
+    def hf_config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def owner(self) -> str:
+        r = self.registration
+        return f"{type(self.bridge).__name__} ({r.distribution} {r.version})"
+
+    # -- provider -------------------------------------------------------------------------------
+    def to_megatron_provider(self, load_weights: bool = False, hf_path: str | os.PathLike | None = None):
+        """The provider for this model. ``load_weights=True`` loads the HF weights while the model is
+        built (random initialisation is then skipped: every parameter is coverage-checked instead)."""
+        provider = self.bridge.provider_bridge(self.hf)
+        if self.torch_dtype is not None:
+            provider.params_dtype = self.torch_dtype
+        if load_weights:
+            provider.perform_initialization = False
+            original = provider.provide_distributed_model
+
+            def provide_loaded(*args: Any, **kwargs: Any):
+                hooks = kwargs.pop("pre_wrap_hook", None)
+                hooks = hooks if isinstance(hooks, list) else [hooks] if hooks else []
+                kwargs["pre_wrap_hook"] = [lambda chunks: (self.load_hf_weights(chunks, hf_path), chunks)[1], *hooks]
+                return original(*args, **kwargs)
+
+            provider.provide_distributed_model = provide_loaded
+        return provider
+
+    @property
+    def transformer_config(self):
+        return self.to_megatron_provider().finalize()
+
+    # -- planning -------------------------------------------------------------------------------
+    def _tasks(self, model: Any) -> tuple[list[plan.Task], ParallelLayout, Any]:
+        chunks = _chunks(model)
+        layout = ParallelLayout()
+        params = collect_params(chunks, layout.tp.size, layout.etp.size, layout.ep_rank)
+        tied = bool(getattr(unwrap(chunks[0]), "share_embeddings_and_output_weights", False))
+        tasks = plan.build_tasks(params, self.bridge.mapping_registry(), tied=tied, owner=self.owner)
+        return tasks, layout, unwrap(chunks[0]).config
+
+    # -- import ---------------------------------------------------------------------------------
+    def load_hf_weights(self, model: Any, hf_path: str | os.PathLike | None = None,
+                        allow_unmapped: Iterable[str] = (), progress: Any = None) -> LoadReport:
+        """Fill every parameter of this rank's model chunks from the HF checkpoint.
+
+        Refuses (before reading any weight) quantized sources the bridge does not dequantize, shape
+        mismatches, and any HF tensor or Megatron parameter left unmapped, missing or used twice.
+        """
+        source = HFCheckpoint(hf_path).weights if hf_path is not None else self.hf.weights
+        tasks, layout, config = self._tasks(model)
+        dequantizes = self.bridge.dequantizes_hf_weights
+        plan.check_quantization(source.meta, self.bridge.hf_config, dequantizes=dequantizes, owner=self.owner)
+        plan.check_import_shapes(tasks, source.meta, config, self.bridge.hf_config)
+        consumed = [c for rank in _all_gather(plan.consumption(tasks)) for c in rank]
+        plan.check_import_coverage(consumed, source.meta, allow_unused=allow_unmapped, companions_ok=dequantizes)
+        return load_tasks(tasks, self.bridge, source, config, layout, hf_dtype(self.bridge.hf_config), progress)
+
+    # -- export ---------------------------------------------------------------------------------
+    def export_hf_weights(self, model: Any, cpu: bool = True, show_progress: bool = False,
+                          to_rank: int | None = None, dtype: str | torch.dtype | None = None,
+                          progress: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(hf_name, tensor)`` for the whole model (every rank takes part).
+
+        ``to_rank=None``: every rank receives every tensor (e.g. weight sync); an int: only that rank.
+        Padded vocabulary rows are trimmed; a tied output layer is not emitted twice.
+        """
+        tasks, layout, config = self._tasks(model)
+        want = parse_dtype(dtype) if dtype is not None else None
+        device = tasks[0].param.tensor.device if tasks else torch.device("cpu")
+        for name, tensor in export_tasks(tasks, self.bridge, config, layout, to_rank=to_rank, dtype=want,
+                                         device=device, progress=progress):
+            yield name, (tensor.cpu() if cpu else tensor)
+
+    def hf_config_for_export(self, provider: Any, dtype: torch.dtype | None = None) -> Any:
+        """The HF config regenerated from ``provider`` through the bridge (not copied from the source).
+
+        Keys the bridge does not translate (token ids, supported constant settings) come from the
+        source config.json; ``quantization_config`` is dropped.
+        """
+        from transformers import AutoConfig
+
+        values = {k: v for k, v in self.hf.config_dict.items() if k not in _DROPPED_KEYS}
+        values.update(self.bridge.megatron_to_hf_config(provider))
+        values["architectures"] = [self.hf.architecture]
+        if dtype is not None:
+            values["dtype"] = dtype_name(dtype)
+        model_type = values.pop("model_type", None) or getattr(self.hf.config, "model_type", None)
+        if not model_type:
+            raise ConfigError("cannot regenerate config.json: the source config has no model_type")
+        return AutoConfig.for_model(model_type, **values)
+
+    def save_hf_pretrained(self, model: Any, path: str | os.PathLike, max_shard_size: str | int = "5GB",
+                           overwrite: bool = False, dtype: str | torch.dtype | None = None,
+                           progress: Any = None) -> Path | None:
+        """Write a complete HF folder (rank 0 writes; every rank takes part).
+
+        Sharded safetensors + ``model.safetensors.index.json``, a regenerated config.json, and the
+        source's tokenizer and generation-config files. Written into a temporary sibling and renamed
+        at the end, so an interrupted save never leaves a complete-looking folder.
+        """
+        path = check_output_dir(path, overwrite)
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        want = parse_dtype(dtype) if dtype is not None else None
+        weights = self.export_hf_weights(model, cpu=True, to_rank=0, dtype=want, progress=progress)
+        if rank != 0:
+            for _ in weights:
+                pass
+            return None
+        provider = unwrap(_chunks(model)[0]).config
+        with atomic_output_dir(path, overwrite) as tmp:
+            writer = ShardedSafetensorsWriter(tmp, max_shard_size)
+            for name, tensor in weights:
+                writer.add(name, tensor)
+            writer.finish()
+            self.hf_config_for_export(provider, want or provider.params_dtype).save_pretrained(tmp)
+            for side in self.hf.side_files():
+                shutil.copy2(side, tmp / side.name)
+        return path

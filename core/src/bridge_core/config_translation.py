@@ -1,0 +1,141 @@
+"""HF config <-> provider translation shared by bridges: key tables, RoPE, dtypes, unknown keys.
+
+Bridges declare ``CONFIG_MAPPING`` (HF key, provider attribute) pairs used in both directions; the
+helpers here also understand transformers 5's ``rope_parameters`` and transformers 4's
+``rope_theta``/``rope_scaling`` (including llama3-style scaling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from bridge_core.errors import ConfigError
+
+_MISSING = object()
+
+# Keys that name, tokenise or run the model without changing its math.
+NEUTRAL_HF_KEYS = frozenset({
+    "_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "use_cache", "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id",
+    "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "initializer_range",
+    "tokenizer_class", "max_position_embeddings", "output_router_logits", "router_aux_loss_coef",
+    "_attn_implementation_autoset", "attn_implementation", "tie_encoder_decoder", "torchscript",
+    "use_bfloat16", "prefix", "task_specific_params", "finetuning_task", "_commit_hash",
+    "quantization_config",
+})
+
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+               "float": torch.float32, "half": torch.float16}
+
+
+def parse_dtype(value: Any, where: str = "torch_dtype") -> torch.dtype:
+    """``"bfloat16"``/``torch.bfloat16``/``"torch.bfloat16"`` -> ``torch.bfloat16``."""
+    if isinstance(value, torch.dtype):
+        return value
+    name = str(value).removeprefix("torch.")
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"{where}: unsupported dtype {value!r}; use float32, bfloat16 or float16")
+    return DTYPE_NAMES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def hf_dtype(hf_config: Any) -> torch.dtype | None:
+    """The checkpoint dtype an HF config declares (``dtype`` in transformers 5, ``torch_dtype`` in 4)."""
+    for key in ("dtype", "torch_dtype"):
+        value = getattr(hf_config, key, None)
+        if value is not None:
+            return parse_dtype(value, f"config.json {key}")
+    return None
+
+
+def read_rope(hf_config: Any) -> tuple[float, dict[str, Any]]:
+    """``(rope_theta, scaling)`` from either transformers generation; ``scaling`` has ``rope_type``."""
+    params = getattr(hf_config, "rope_parameters", None)
+    if isinstance(params, Mapping) and "rope_theta" in params:
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+        return float(params["rope_theta"]), scaling
+    theta = getattr(hf_config, "rope_theta", None)
+    if theta is None:
+        raise ConfigError("config.json: no rope_theta (nor rope_parameters.rope_theta); the RoPE base is unknown")
+    scaling = dict(getattr(hf_config, "rope_scaling", None) or {})
+    if "type" in scaling and "rope_type" not in scaling:
+        scaling["rope_type"] = scaling.pop("type")
+    return float(theta), scaling
+
+
+def rope_to_hf(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:
+    """HF config entries for RoPE in the installed transformers' spelling."""
+    import transformers
+
+    scaling = dict(scaling or {"rope_type": "default"})
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"rope_parameters": {**scaling, "rope_theta": theta}}
+    out: dict[str, Any] = {"rope_theta": theta}
+    if scaling.get("rope_type", "default") != "default":
+        out["rope_scaling"] = scaling
+    return out
+
+
+def hf_to_provider(hf_config: Any, mapping: list[tuple[str, str]]) -> dict[str, Any]:
+    """Provider keyword arguments from the HF keys of ``mapping`` that the config holds (not None)."""
+    kwargs: dict[str, Any] = {}
+    for hf_key, attr in mapping:
+        value = getattr(hf_config, hf_key, None)
+        if value is not None:
+            kwargs[attr] = value
+    return kwargs
+
+
+def provider_to_hf(provider: Any, mapping: list[tuple[str, str]]) -> dict[str, Any]:
+    """HF config entries from the provider attributes of ``mapping``."""
+    return {hf_key: getattr(provider, attr) for hf_key, attr in mapping if getattr(provider, attr, None) is not None}
+
+
+Check = Any  # a required value, or a predicate (value, hf_config) -> bool
+
+
+def check_hf_config(
+    hf_config: Any,
+    *,
+    handled: set[str],
+    supported: Mapping[str, Check],
+    where: str,
+) -> None:
+    """Refuse config keys that would change the math but that the bridge does not translate.
+
+    A key is fine when it is neutral (names, token ids, runtime switches), ``handled`` by the bridge,
+    holds a value ``supported`` declares, or equals the config class's default. Anything else is an
+    error naming the key and value: converting anyway would silently produce a different model.
+    """
+    values = hf_config.to_dict()
+    defaults: dict[str, Any] | None = None
+    problems = []
+    for key, value in sorted(values.items()):
+        if key in NEUTRAL_HF_KEYS or key in handled:
+            continue
+        if key in supported:
+            check = supported[key]
+            ok = check(value, hf_config) if isinstance(check, Callable) else value == check
+            if not ok:
+                problems.append(f"{key}={value!r} (supported: {getattr(check, '__doc__', None) or repr(check)})")
+            continue
+        if defaults is None:
+            try:
+                defaults = type(hf_config)().to_dict()
+            except Exception:
+                defaults = {}
+        if key in defaults and defaults[key] == value:
+            continue
+        problems.append(f"{key}={value!r} (not understood)")
+    if problems:
+        raise ConfigError(
+            f"{where}: config.json has settings this bridge cannot convert faithfully: {'; '.join(problems)}"
+        )

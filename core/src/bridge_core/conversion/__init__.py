@@ -1,0 +1,1 @@
+"""The conversion engine: parameter discovery, a pure plan with coverage checks, and execution."""

@@ -1,0 +1,119 @@
+"""Export execution: gather each parameter to its group leader, format, deliver to the reader(s).
+
+Every rank learns the global list of export units (one per Megatron parameter, owned by the leader of
+its tensor-parallel group in data-parallel replica 0) with one ``all_gather_object``, then all ranks
+walk it in the same order, so collectives always match. ``to_rank=None`` broadcasts every tensor to
+every rank (weight sync); ``to_rank=r`` sends them to rank ``r`` only (writing a checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bridge_core.conversion.groups import ParallelLayout
+from bridge_core.conversion.plan import Task, export_parts, natural_key
+from bridge_core.errors import CoverageError
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One exported Megatron parameter: its owner rank and the HF parts it produces."""
+
+    global_name: str
+    owner: int
+    parts: tuple[tuple[str, int | None, tuple, torch.dtype], ...]
+
+
+def global_units(tasks: list[Task], layout: ParallelLayout, config: Any, hf_config: Any,
+                 dtype: torch.dtype | None) -> list[Unit]:
+    """The sorted list of every rank's export units (one collective)."""
+    mine = []
+    for task in tasks:
+        split = layout.for_param(task.param)
+        if task.tied_copy or split.index != 0 or not split.replica_zero:
+            continue
+        parts = tuple(export_parts(task, config, hf_config, dtype))
+        mine.append(Unit(task.param.global_name, layout.rank, parts))
+    gathered: list[list[Unit]] = [None] * layout.world  # type: ignore[list-item]
+    if layout.world > 1:
+        dist.all_gather_object(gathered, mine)
+    else:
+        gathered = [mine]
+    units: dict[str, Unit] = {}
+    for unit in (u for rank_units in gathered for u in rank_units):
+        other = units.setdefault(unit.global_name, unit)
+        if other.owner != unit.owner:
+            raise CoverageError(f"{unit.global_name} is exported by ranks {other.owner} and {unit.owner}")
+    return sorted(units.values(), key=lambda u: natural_key(u.global_name))
+
+
+def _produce(task: Task, bridge: Any, config: Any, layout: ParallelLayout, dtype: torch.dtype | None) -> dict | None:
+    """Gather the task's shards to its leader; the leader returns ``{hf_name: tensor}``."""
+    split = layout.for_param(task.param)
+    local = task.param.tensor.detach()
+    if split.size > 1:
+        shards = [torch.empty_like(local) for _ in range(split.size)] if split.index == 0 else None
+        dist.gather(local.contiguous(), shards, dst=split.leader, group=split.group)
+    else:
+        shards = [local]
+    if split.index != 0:
+        return None
+    full = task.mapping.merge(shards)
+    hf = task.mapping.megatron_to_hf(full, task.context(config, bridge.hf_config))
+    hf = bridge.maybe_modify_converted_hf_weight(task, hf, None)
+    return {name: (t.to(dtype) if dtype is not None else t).contiguous() for name, t in hf.items()}
+
+
+def export_tasks(tasks: list[Task], bridge: Any, config: Any, layout: ParallelLayout, *,
+                 to_rank: int | None, dtype: torch.dtype | None, device: torch.device,
+                 progress: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(hf_name, tensor)`` on the receiving rank(s); other ranks yield nothing but take part."""
+    units = global_units(tasks, layout, config, bridge.hf_config, dtype)
+    by_name = {t.param.global_name: t for t in tasks if not t.tied_copy}
+    expected = defaultdict(int)
+    for unit in units:
+        for name, index, _, _ in unit.parts:
+            expected[name] += index is not None
+    stacks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+    receiving = to_rank is None or layout.rank == to_rank
+    for unit in units:
+        task = by_name.get(unit.global_name)
+        produced = None
+        if task is not None and layout.for_param(task.param).replica_zero:
+            produced = _produce(task, bridge, config, layout, dtype)
+        if produced is not None and [(n, tuple(t.shape)) for n, t in produced.items()] != [(n, s) for n, _, s, _ in unit.parts]:
+            raise CoverageError(f"{unit.global_name}: export produced {[(n, tuple(t.shape)) for n, t in produced.items()]}, "
+                                f"planned {[(n, s) for n, _, s, _ in unit.parts]}")
+        for name, index, shape, part_dtype in unit.parts:
+            tensor = produced[name] if produced is not None else None
+            if layout.world == 1:
+                pass
+            elif to_rank is None:
+                if tensor is None:
+                    tensor = torch.empty(shape, dtype=part_dtype, device=device)
+                dist.broadcast(tensor, src=unit.owner)
+            elif unit.owner != to_rank:
+                if layout.rank == unit.owner:
+                    dist.send(tensor, dst=to_rank)
+                elif layout.rank == to_rank:
+                    tensor = torch.empty(shape, dtype=part_dtype, device=device)
+                    dist.recv(tensor, src=unit.owner)
+            if not receiving:
+                continue
+            if progress is not None:
+                progress.update(tensor.numel() * tensor.element_size())
+            if index is None:
+                yield name, tensor
+                continue
+            stacks[name][index] = tensor
+            if len(stacks[name]) == expected[name]:
+                parts = stacks.pop(name)
+                if sorted(parts) != list(range(len(parts))):
+                    raise CoverageError(f"{name}: stacked slices {sorted(parts)} are not 0..{len(parts) - 1}")
+                yield name, torch.stack([parts[i] for i in range(len(parts))])

@@ -1,0 +1,89 @@
+"""This rank's Megatron parameters, named with global layer and expert numbers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+_LOCAL_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
+_GROUPED_EXPERT = re.compile(r"(\.experts\.linear_fc[12]\.(?:weight|bias))(\d+)$")
+
+
+def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / Float16Module wrappers."""
+    while hasattr(chunk, "module") and isinstance(chunk.module, torch.nn.Module):
+        chunk = chunk.module
+    return chunk
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One local parameter: its names, full (unsharded) shape and how tensor parallel splits it."""
+
+    local_name: str
+    global_name: str
+    chunk: int
+    shape: tuple[int, ...]
+    full_shape: tuple[int, ...]
+    dtype: torch.dtype
+    tp_dim: int | None
+    tp_size: int
+    is_expert: bool
+    tensor: torch.Tensor = field(repr=False, compare=False, hash=False)
+
+
+def _layer_offsets(chunk: torch.nn.Module) -> dict[int, int]:
+    """Local layer index -> global layer index, from each layer's 1-based ``layer_number``."""
+    out = {}
+    for name, module in chunk.named_modules():
+        m = re.fullmatch(r"decoder\.layers\.(\d+)", name)
+        if m and hasattr(module, "layer_number"):
+            out[int(m.group(1))] = int(module.layer_number) - 1
+    return out
+
+
+def global_name(local: str, layers: dict[int, int], expert_offset: int) -> str:
+    """Rename a local parameter with its global layer and expert numbers."""
+    m = _LAYER.match(local)
+    if m:
+        local = f"decoder.layers.{layers.get(int(m.group(1)), int(m.group(1)))}." + local[m.end():]
+    local = _LOCAL_EXPERT.sub(lambda e: f".experts.local_experts.{int(e.group(1)) + expert_offset}.", local)
+    return _GROUPED_EXPERT.sub(lambda e: f"{e.group(1)}{int(e.group(2)) + expert_offset}", local)
+
+
+def is_expert_param(name: str) -> bool:
+    """Routed-expert parameters (split by expert parallelism); shared experts are dense."""
+    return ".mlp.experts." in f".{name}"
+
+
+def collect_params(chunks: list[torch.nn.Module], tp_size: int, etp_size: int, ep_rank: int) -> list[ParamInfo]:
+    """Every parameter of this rank's model chunks, with global names and full shapes."""
+    infos = []
+    for index, wrapped in enumerate(chunks):
+        chunk = unwrap(wrapped)
+        config = chunk.config
+        local_experts = (config.num_moe_experts or 0) // max(config.expert_model_parallel_size, 1)
+        layers = _layer_offsets(chunk)
+        for name, param in chunk.named_parameters():
+            expert = is_expert_param(name)
+            size = etp_size if expert else tp_size
+            tp_dim = getattr(param, "partition_dim", None) if getattr(param, "tensor_model_parallel", False) else None
+            full = list(param.shape)
+            if tp_dim is not None:
+                full[tp_dim] *= size
+            infos.append(ParamInfo(
+                local_name=name,
+                global_name=global_name(name, layers, ep_rank * local_experts if expert else 0),
+                chunk=index,
+                shape=tuple(param.shape),
+                full_shape=tuple(full),
+                dtype=param.dtype,
+                tp_dim=tp_dim,
+                tp_size=size,
+                is_expert=expert,
+                tensor=param,
+            ))
+    return infos

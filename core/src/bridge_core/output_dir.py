@@ -1,0 +1,46 @@
+"""Atomic output folders: write into a hidden sibling, rename into place only when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from bridge_core.errors import CheckpointError
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, what: str = "output folder") -> Path:
+    """Refuse an existing non-empty ``path`` unless ``overwrite`` (and a path that is a file)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: {what} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"{path}: {what} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "output folder") -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``path``, on failure it is removed.
+
+    A reader never sees a half-written ``path``: it either does not exist, is the old one, or is
+    complete.
+    """
+    path = check_output_dir(path, overwrite, what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    trash = path.parent / f".{path.name}.old-{os.getpid()}"
+    if path.exists():
+        path.rename(trash)
+    tmp.rename(path)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,118 @@
+"""Process-group and model-parallel set-up, and this rank's place in it.
+
+``ensure_model_parallel`` starts ``torch.distributed`` when the caller has not (NCCL with CUDA, gloo
+without; a single process needs no launcher) and initialises megatron-core's model-parallel state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from bridge_core.cpu_support import apply_cpu_patches, cuda_available
+from bridge_core.errors import ConfigError
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_process_group() -> None:
+    """Initialise ``torch.distributed`` from the environment (torchrun's variables, or one process)."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    if cuda_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+@dataclass(frozen=True)
+class ParallelSizes:
+    """Tensor, pipeline, virtual-pipeline, expert and expert-tensor parallel sizes."""
+
+    tp: int = 1
+    pp: int = 1
+    vp: int | None = None
+    ep: int = 1
+    etp: int | None = None
+
+    def check_world(self, world: int) -> None:
+        if world % (self.tp * self.pp):
+            raise ConfigError(
+                f"world size {world} is not a multiple of tensor parallel {self.tp} x pipeline parallel {self.pp}"
+            )
+        dp = world // (self.tp * self.pp)
+        etp = self.etp or self.tp
+        if (dp * self.tp) % (self.ep * etp):
+            raise ConfigError(
+                f"world size {world} cannot hold expert parallel {self.ep} x expert tensor parallel {etp} "
+                f"(tensor parallel {self.tp} x data parallel {dp} must be a multiple of it)"
+            )
+
+
+def current_sizes() -> ParallelSizes:
+    """The sizes megatron-core's model-parallel state was initialised with."""
+    from megatron.core import parallel_state as ps
+
+    return ParallelSizes(
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        vp=ps.get_virtual_pipeline_model_parallel_world_size(),
+        ep=ps.get_expert_model_parallel_world_size(),
+        etp=ps.get_expert_tensor_parallel_world_size(),
+    )
+
+
+def ensure_model_parallel(sizes: ParallelSizes, seed: int = 1234) -> None:
+    """Start the process group if needed and initialise model parallelism with ``sizes``.
+
+    If model parallelism is already initialised with other sizes this is an error (call
+    ``destroy_model_parallel`` first): silently re-initialising would break a caller's training set-up.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    ensure_process_group()
+    apply_cpu_patches()
+    sizes.check_world(dist.get_world_size())
+    if ps.model_parallel_is_initialized():
+        have = current_sizes()
+        want = ParallelSizes(sizes.tp, sizes.pp, sizes.vp, sizes.ep, sizes.etp or sizes.tp)
+        if have != want:
+            raise ConfigError(
+                f"model parallelism is already initialised as {have}, but the provider asks for {want}; "
+                "call bridge_core.parallel.destroy_model_parallel() first"
+            )
+        return
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=sizes.tp,
+        pipeline_model_parallel_size=sizes.pp,
+        virtual_pipeline_model_parallel_size=sizes.vp,
+        expert_model_parallel_size=sizes.ep,
+        expert_tensor_parallel_size=sizes.etp,
+    )
+    if cuda_available():
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
+def destroy_model_parallel() -> None:
+    """Tear down megatron-core's model-parallel state (the process group stays)."""
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_model_parallel()
