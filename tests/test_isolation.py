@@ -33,8 +33,9 @@ def test_import_bridge_core_imports_nothing_heavy_and_discovers_nothing():
 
 
 def test_importtime_shows_no_heavy_module():
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import bridge_core"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import bridge_core"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert "bridge_core" in imported

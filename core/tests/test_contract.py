@@ -18,14 +18,23 @@ def test_contract_version_is_major_minor():
     assert major.isdigit() and minor.isdigit()
 
 
-@pytest.mark.parametrize("value,ok", [(">=1.0,<2", True), (">=1.0", True), (">=2.0", False), ("<1.0", False),
-                                      ("==1.0", True), (">=1.0,<1.0", False)])
+@pytest.mark.parametrize(
+    "value,ok",
+    [(">=1.0,<2", True), (">=1.0", True), (">=2.0", False), ("<1.0", False), ("==1.0", True), (">=1.0,<1.0", False)],
+)
 def test_membership(value, ok):
     assert contract_satisfies(parse_contract_range(value, where="m"), "1.0") is ok
 
 
-@pytest.mark.parametrize("value,fragment", [(None, "declares no BRIDGE_CONTRACT"), (2, "must be a non-empty string"),
-                                            ("", "must be a non-empty string"), ("one", "is not a version range")])
+@pytest.mark.parametrize(
+    "value,fragment",
+    [
+        (None, "declares no BRIDGE_CONTRACT"),
+        (2, "must be a non-empty string"),
+        ("", "must be a non-empty string"),
+        ("one", "is not a version range"),
+    ],
+)
 def test_invalid_ranges_name_the_module(value, fragment):
     with pytest.raises(ContractRangeError) as err:
         parse_contract_range(value, where="plugin 'x' (x.plugin)")
@@ -35,8 +44,10 @@ def test_invalid_ranges_name_the_module(value, fragment):
 def test_fix_for_a_plugin_that_needs_a_newer_core():
     spec = parse_contract_range(">=2.0", where="m")
     msg = incompatibility_fix(spec, distribution="bridge-qwen", dist_version="0.4.0", core_version="1.3.0")
-    assert msg == (f"bridge-qwen 0.4.0 needs contract >=2.0; bridge-core 1.3.0 provides {CONTRACT_VERSION}: "
-                   "upgrade bridge-core, or pip install 'bridge-qwen<0.4'")
+    assert msg == (
+        f"bridge-qwen 0.4.0 needs contract >=2.0; bridge-core 1.3.0 provides {CONTRACT_VERSION}: "
+        "upgrade bridge-core, or pip install 'bridge-qwen<0.4'"
+    )
 
 
 def test_fix_for_a_plugin_older_than_the_core():

@@ -45,7 +45,11 @@ def test_registration_records_the_distribution():
     assert rec.status == "loaded" and rec.architectures == ["AForCausalLM"]
     entry = reg.bridge_for("AForCausalLM")
     assert (entry.bridge, entry.distribution, entry.version, entry.model_type) == (
-        "pkg_a.bridge:ABridge", "bridge-a", "1.2.0", "a")
+        "pkg_a.bridge:ABridge",
+        "bridge-a",
+        "1.2.0",
+        "a",
+    )
 
 
 def test_a_failing_hook_commits_nothing():
@@ -58,8 +62,9 @@ def test_a_failing_hook_commits_nothing():
 def test_second_registration_of_an_architecture_fails_naming_both():
     reg = Registry()
     reg.add_plugin(make_plugin(bridges=[A]), name="a", distribution="bridge-a", version="1.0")
-    rec = reg.add_plugin(make_plugin(bridges=[A, {**A, "architecture": "B"}]), name="b",
-                         distribution="bridge-b", version="2.0")
+    rec = reg.add_plugin(
+        make_plugin(bridges=[A, {**A, "architecture": "B"}]), name="b", distribution="bridge-b", version="2.0"
+    )
     assert rec.status == "failed"
     assert "bridge-a 1.0 and bridge-b 2.0" in rec.reason
     assert "B" not in reg.bridges and reg.bridges["AForCausalLM"].distribution == "bridge-a"
@@ -80,11 +85,14 @@ def test_strict_mode_raises():
         reg.add_plugin(make_plugin(contract=None, bridges=[A]), name="a", strict=True)
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    ({"architecture": "X", "bridge": "no_colon"}, "'module:attribute' string"),
-    ({"architecture": "", "bridge": "a:B"}, "non-empty string"),
-    ({"architecture": "X", "bridge": "a:B", "unknown": 1}, "unexpected keyword"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        ({"architecture": "X", "bridge": "no_colon"}, "'module:attribute' string"),
+        ({"architecture": "", "bridge": "a:B"}, "non-empty string"),
+        ({"architecture": "X", "bridge": "a:B", "unknown": 1}, "unexpected keyword"),
+    ],
+)
 def test_bad_bridge_registrations_fail_the_plugin(kwargs, fragment):
     rec = Registry().add_plugin(make_plugin(bridges=[kwargs]), name="p")
     assert rec.status == "failed" and fragment in rec.reason
@@ -92,11 +100,17 @@ def test_bad_bridge_registrations_fail_the_plugin(kwargs, fragment):
 
 def test_recipes_and_flops_are_recorded_and_validated():
     reg = Registry()
-    rec = reg.add_plugin(make_plugin(recipes=[{"name": "r", "recipe": "m:f", "family": "a", "kind": "sft"}],
-                                     flops=[{"block": "b", "function": "m:g"}]), name="p")
+    rec = reg.add_plugin(
+        make_plugin(
+            recipes=[{"name": "r", "recipe": "m:f", "family": "a", "kind": "sft"}],
+            flops=[{"block": "b", "function": "m:g"}],
+        ),
+        name="p",
+    )
     assert rec.recipes == ["r"] and rec.flops == ["b"] and reg.recipes["r"].kind == "sft"
-    bad = Registry().add_plugin(make_plugin(recipes=[{"name": "r", "recipe": "m:f", "family": "a", "kind": "rl"}]),
-                                name="q")
+    bad = Registry().add_plugin(
+        make_plugin(recipes=[{"name": "r", "recipe": "m:f", "family": "a", "kind": "rl"}]), name="q"
+    )
     assert bad.status == "failed" and "kind must be one of pretrain, sft, peft" in bad.reason
 
 
@@ -122,8 +136,10 @@ def test_unknown_architecture_lists_loaded_plugins():
     reg.add_plugin(make_plugin(bridges=[A]), name="a", distribution="bridge-a", version="1.0")
     with pytest.raises(UnsupportedArchitectureError) as err:
         reg.bridge_for("LlamaForCausalLM")
-    assert str(err.value) == ("LlamaForCausalLM is not supported by any loaded plugin (loaded: bridge-a 1.0); "
-                              "LlamaForCausalLM: pip install bridge-llama")
+    assert str(err.value) == (
+        "LlamaForCausalLM is not supported by any loaded plugin (loaded: bridge-a 1.0); "
+        "LlamaForCausalLM: pip install bridge-llama"
+    )
 
 
 def test_selection_variables():

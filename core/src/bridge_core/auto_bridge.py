@@ -1,13 +1,13 @@
 """``AutoBridge``: the Python entry point, shaped like Megatron-Bridge's.
 
-    bridge = AutoBridge.from_hf_pretrained("path/to/hf")
-    provider = bridge.to_megatron_provider()
-    provider.tensor_model_parallel_size = 2
-    provider.finalize()
-    model = provider.provide_distributed_model(wrap_with_ddp=False)
-    bridge.load_hf_weights(model)
-    for name, tensor in bridge.export_hf_weights(model, cpu=True): ...
-    bridge.save_hf_pretrained(model, "out/")
+bridge = AutoBridge.from_hf_pretrained("path/to/hf")
+provider = bridge.to_megatron_provider()
+provider.tensor_model_parallel_size = 2
+provider.finalize()
+model = provider.provide_distributed_model(wrap_with_ddp=False)
+bridge.load_hf_weights(model)
+for name, tensor in bridge.export_hf_weights(model, cpu=True): ...
+bridge.save_hf_pretrained(model, "out/")
 """
 
 from __future__ import annotations
@@ -34,8 +34,16 @@ from bridge_core.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.registry import get_registry
 
 # Keys of the source config.json that are regenerated or must not be carried over.
-_DROPPED_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
-                 "rope_theta", "rope_scaling", "rope_parameters")
+_DROPPED_KEYS = (
+    "quantization_config",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+)
 
 
 def _chunks(model: Any) -> list[torch.nn.Module]:
@@ -63,8 +71,14 @@ class AutoBridge:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_hf_pretrained(cls, path: str | os.PathLike, *, trust_remote_code: bool = False,
-                           torch_dtype: str | torch.dtype | None = None, **_: Any) -> AutoBridge:
+    def from_hf_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        trust_remote_code: bool = False,
+        torch_dtype: str | torch.dtype | None = None,
+        **_: Any,
+    ) -> AutoBridge:
         """A bridge for a local HF model folder (config.json + safetensors)."""
         return cls(HFCheckpoint(path, trust_remote_code=trust_remote_code), torch_dtype=torch_dtype)
 
@@ -130,8 +144,13 @@ class AutoBridge:
         return tasks, layout, unwrap(chunks[0]).config
 
     # -- import ---------------------------------------------------------------------------------
-    def load_hf_weights(self, model: Any, hf_path: str | os.PathLike | None = None,
-                        allow_unmapped: Iterable[str] = (), progress: Any = None) -> LoadReport:
+    def load_hf_weights(
+        self,
+        model: Any,
+        hf_path: str | os.PathLike | None = None,
+        allow_unmapped: Iterable[str] = (),
+        progress: Any = None,
+    ) -> LoadReport:
         """Fill every parameter of this rank's model chunks from the HF checkpoint.
 
         Refuses (before reading any weight) quantized sources the bridge does not dequantize, shape
@@ -147,9 +166,15 @@ class AutoBridge:
         return load_tasks(tasks, self.bridge, source, config, layout, hf_dtype(self.bridge.hf_config), progress)
 
     # -- export ---------------------------------------------------------------------------------
-    def export_hf_weights(self, model: Any, cpu: bool = True, show_progress: bool = False,
-                          to_rank: int | None = None, dtype: str | torch.dtype | None = None,
-                          progress: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def export_hf_weights(
+        self,
+        model: Any,
+        cpu: bool = True,
+        show_progress: bool = False,
+        to_rank: int | None = None,
+        dtype: str | torch.dtype | None = None,
+        progress: Any = None,
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(hf_name, tensor)`` for the whole model (every rank takes part).
 
         ``to_rank=None``: every rank receives every tensor (e.g. weight sync); an int: only that rank.
@@ -158,8 +183,9 @@ class AutoBridge:
         tasks, layout, config = self._tasks(model)
         want = parse_dtype(dtype) if dtype is not None else None
         device = tasks[0].param.tensor.device if tasks else torch.device("cpu")
-        for name, tensor in export_tasks(tasks, self.bridge, config, layout, to_rank=to_rank, dtype=want,
-                                         device=device, progress=progress):
+        for name, tensor in export_tasks(
+            tasks, self.bridge, config, layout, to_rank=to_rank, dtype=want, device=device, progress=progress
+        ):
             yield name, (tensor.cpu() if cpu else tensor)
 
     def hf_config_for_export(self, provider: Any, dtype: torch.dtype | None = None) -> Any:
@@ -180,9 +206,15 @@ class AutoBridge:
             raise ConfigError("cannot regenerate config.json: the source config has no model_type")
         return AutoConfig.for_model(model_type, **values)
 
-    def save_hf_pretrained(self, model: Any, path: str | os.PathLike, max_shard_size: str | int = "5GB",
-                           overwrite: bool = False, dtype: str | torch.dtype | None = None,
-                           progress: Any = None) -> Path | None:
+    def save_hf_pretrained(
+        self,
+        model: Any,
+        path: str | os.PathLike,
+        max_shard_size: str | int = "5GB",
+        overwrite: bool = False,
+        dtype: str | torch.dtype | None = None,
+        progress: Any = None,
+    ) -> Path | None:
         """Write a complete HF folder (rank 0 writes; every rank takes part).
 
         Sharded safetensors + ``model.safetensors.index.json``, a regenerated config.json, and the

@@ -90,7 +90,10 @@ class MegatronModelBridge:
         return {role: hf_state_dict[name] for role, name in hf_param.items()}
 
     def maybe_modify_converted_hf_weight(
-        self, task: Any, converted_weights_dict: dict[str, torch.Tensor], hf_state_dict: Mapping[str, torch.Tensor] | None
+        self,
+        task: Any,
+        converted_weights_dict: dict[str, torch.Tensor],
+        hf_state_dict: Mapping[str, torch.Tensor] | None,
     ) -> dict[str, torch.Tensor]:
         """Adjust the HF tensors produced for one task on export; identity by default."""
         return converted_weights_dict

@@ -17,20 +17,56 @@ from bridge_core.errors import ConfigError
 _MISSING = object()
 
 # Keys that name, tokenise or run the model without changing its math.
-NEUTRAL_HF_KEYS = frozenset({
-    "_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
-    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
-    "use_cache", "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id",
-    "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "initializer_range",
-    "tokenizer_class", "max_position_embeddings", "output_router_logits", "router_aux_loss_coef",
-    "_attn_implementation_autoset", "attn_implementation", "tie_encoder_decoder", "torchscript",
-    "use_bfloat16", "prefix", "task_specific_params", "finetuning_task", "_commit_hash",
-    "quantization_config",
-})
+NEUTRAL_HF_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "initializer_range",
+        "tokenizer_class",
+        "max_position_embeddings",
+        "output_router_logits",
+        "router_aux_loss_coef",
+        "_attn_implementation_autoset",
+        "attn_implementation",
+        "tie_encoder_decoder",
+        "torchscript",
+        "use_bfloat16",
+        "prefix",
+        "task_specific_params",
+        "finetuning_task",
+        "_commit_hash",
+        "quantization_config",
+    }
+)
 
-DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-               "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-               "float": torch.float32, "half": torch.float16}
+DTYPE_NAMES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "float": torch.float32,
+    "half": torch.float16,
+}
 
 
 def parse_dtype(value: Any, where: str = "torch_dtype") -> torch.dtype:

@@ -19,9 +19,7 @@ class ContractRangeError(ValueError):
 def parse_contract_range(value: object, *, where: str) -> SpecifierSet:
     """Parse a plugin's ``BRIDGE_CONTRACT`` (e.g. ``">=1.0,<2"``); ``where`` names its module."""
     if value is None:
-        raise ContractRangeError(
-            f"{where} declares no BRIDGE_CONTRACT; add BRIDGE_CONTRACT = \">=1.0,<2\" to it"
-        )
+        raise ContractRangeError(f'{where} declares no BRIDGE_CONTRACT; add BRIDGE_CONTRACT = ">=1.0,<2" to it')
     if not isinstance(value, str) or not value.strip():
         raise ContractRangeError(f"{where}: BRIDGE_CONTRACT must be a non-empty string, got {value!r}")
     try:
@@ -38,15 +36,10 @@ def contract_satisfies(spec: SpecifierSet, version: str = CONTRACT_VERSION) -> b
     return spec.contains(Version(version), prereleases=True)
 
 
-def incompatibility_fix(
-    spec: SpecifierSet, *, distribution: str, dist_version: str, core_version: str
-) -> str:
+def incompatibility_fix(spec: SpecifierSet, *, distribution: str, dist_version: str, core_version: str) -> str:
     """A one-line explanation of why a plugin does not fit this core, naming the fix."""
     provided = CONTRACT_VERSION
-    head = (
-        f"{distribution} {dist_version} needs contract {spec}; "
-        f"bridge-core {core_version} provides {provided}"
-    )
+    head = f"{distribution} {dist_version} needs contract {spec}; bridge-core {core_version} provides {provided}"
     too_new_core = [s for s in spec if s.operator in ("<", "<=") and not s.contains(provided)]
     if too_new_core:
         bound = too_new_core[0]

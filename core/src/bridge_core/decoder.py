@@ -123,10 +123,18 @@ class DecoderBridge(MegatronModelBridge):
         return [
             AutoMapping("decoder.layers.*.input_layernorm.weight", f"{p}input_layernorm.weight"),
             AutoMapping("decoder.layers.*.self_attention.linear_qkv.layer_norm_weight", f"{p}input_layernorm.weight"),
-            QKVMapping("decoder.layers.*.self_attention.linear_qkv.weight",
-                       f"{p}self_attn.q_proj.weight", f"{p}self_attn.k_proj.weight", f"{p}self_attn.v_proj.weight"),
-            QKVMapping("decoder.layers.*.self_attention.linear_qkv.bias",
-                       f"{p}self_attn.q_proj.bias", f"{p}self_attn.k_proj.bias", f"{p}self_attn.v_proj.bias"),
+            QKVMapping(
+                "decoder.layers.*.self_attention.linear_qkv.weight",
+                f"{p}self_attn.q_proj.weight",
+                f"{p}self_attn.k_proj.weight",
+                f"{p}self_attn.v_proj.weight",
+            ),
+            QKVMapping(
+                "decoder.layers.*.self_attention.linear_qkv.bias",
+                f"{p}self_attn.q_proj.bias",
+                f"{p}self_attn.k_proj.bias",
+                f"{p}self_attn.v_proj.bias",
+            ),
             RowParallelMapping("decoder.layers.*.self_attention.linear_proj.weight", f"{p}self_attn.o_proj.weight"),
         ]
 
@@ -136,7 +144,9 @@ class DecoderBridge(MegatronModelBridge):
         return [
             AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", f"{p}post_attention_layernorm.weight"),
             AutoMapping("decoder.layers.*.mlp.linear_fc1.layer_norm_weight", f"{p}post_attention_layernorm.weight"),
-            GatedMLPMapping("decoder.layers.*.mlp.linear_fc1.weight", f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.linear_fc1.weight", f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"
+            ),
             RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", f"{p}mlp.down_proj.weight"),
         ]
 

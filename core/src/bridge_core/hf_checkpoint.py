@@ -12,8 +12,15 @@ from bridge_core.errors import CheckpointError, ConfigError
 
 # Files copied verbatim next to exported weights (whichever exist).
 SIDE_FILES = (
-    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
     "chat_template.json",
 )
 
@@ -35,7 +42,7 @@ def read_config_json(folder: Path) -> dict[str, Any]:
 def architecture_of(config_dict: dict[str, Any], where: str) -> str:
     archs = config_dict.get("architectures")
     if not archs or not isinstance(archs, list) or not isinstance(archs[0], str):
-        raise ConfigError(f"{where}: no 'architectures' entry; add e.g. \"architectures\": [\"LlamaForCausalLM\"]")
+        raise ConfigError(f'{where}: no \'architectures\' entry; add e.g. "architectures": ["LlamaForCausalLM"]')
     return archs[0]
 
 

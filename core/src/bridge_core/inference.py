@@ -60,8 +60,9 @@ def forward_logits(model: Any, input_ids: torch.Tensor, vocab_size: int | None =
             logits = logits[..., :vocab_size]
         logits = logits.float().contiguous()
     if dist.is_initialized() and dist.get_world_size() > 1:
-        src = first_rank_where(logits is not None and ps.get_tensor_model_parallel_rank() == 0
-                               and ps.get_data_parallel_rank() == 0, device)
+        src = first_rank_where(
+            logits is not None and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0, device
+        )
         shape = torch.tensor(list(logits.shape) if logits is not None else [0, 0, 0], device=device)
         dist.broadcast(shape, src=src)
         if logits is None:

@@ -17,7 +17,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, what: str = "outp
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path}: {what} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise CheckpointError(f"{path}: {what} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+        raise CheckpointError(
+            f"{path}: {what} exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+        )
     return path
 
 

@@ -96,15 +96,16 @@ class GPTModelProvider(TransformerConfig):
         heads, groups = self.num_attention_heads, self.num_query_groups or self.num_attention_heads
         for value, what in ((heads, "num_attention_heads"), (groups, "num_query_groups (KV heads)")):
             if value % tp:
-                ok = [d for d in _divisors(math.gcd(heads, groups))]
+                ok = _divisors(math.gcd(heads, groups))
                 raise ConfigError(
                     f"tensor parallel size {tp} does not divide {what}={value} "
                     f"(tensor_model_parallel_size / --tp); valid sizes: {', '.join(map(str, ok))}"
                 )
         if self.num_moe_experts and self.num_moe_experts % ep:
+            ok = ", ".join(map(str, _divisors(self.num_moe_experts)))
             raise ConfigError(
                 f"expert parallel size {ep} does not divide num_moe_experts={self.num_moe_experts} "
-                f"(expert_model_parallel_size / --ep); valid sizes: {', '.join(map(str, _divisors(self.num_moe_experts)))}"
+                f"(expert_model_parallel_size / --ep); valid sizes: {ok}"
             )
         uneven = self.num_layers_in_first_pipeline_stage or self.num_layers_in_last_pipeline_stage
         stages = pp * (self.virtual_pipeline_model_parallel_size or 1)

@@ -126,9 +126,7 @@ class _Staging:
     def register_recipe(self, *, name: str, recipe: str, family: str, kind: str) -> None:
         if kind not in RECIPE_KINDS:
             raise PluginError(f"recipe {name!r}: kind must be one of {', '.join(RECIPE_KINDS)}, got {kind!r}")
-        self.recipes.append(
-            RecipeRegistration(name, _check_target("recipe", recipe), family, kind, **self._who())
-        )
+        self.recipes.append(RecipeRegistration(name, _check_target("recipe", recipe), family, kind, **self._who()))
 
     def register_flops(self, *, block: str, function: str) -> None:
         self.flops.append(FlopsRegistration(block, _check_target("function", function), **self._who()))
@@ -194,9 +192,7 @@ class Registry:
             return self._fail(plugin, record, f"{where} raised {type(exc).__name__}: {exc}", strict, exc)
         return record
 
-    def _fail(
-        self, plugin: Any, record: PluginRecord, reason: str, strict: bool, exc: BaseException
-    ) -> PluginRecord:
+    def _fail(self, plugin: Any, record: PluginRecord, reason: str, strict: bool, exc: BaseException) -> PluginRecord:
         if self._pm.is_registered(plugin):
             self._pm.unregister(plugin)
         if record.status == LOADED:

@@ -22,9 +22,18 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 
 
@@ -70,13 +79,21 @@ def read_header(path: Path) -> dict[str, TensorMeta]:
         out[name] = TensorMeta(path.name, shape, DTYPES.get(dtype, dtype))
     if 8 + n + end > size:
         raise CheckpointError(
-            f"{path}: truncated safetensors file ({size} bytes, header promises {8 + n + end}); re-download or re-export it"
+            f"{path}: truncated safetensors file ({size} bytes, header promises {8 + n + end}); "
+            "re-download or re-export it"
         )
     return out
 
 
 def _check_shard_name(folder: Path, name: object, index_path: Path) -> Path:
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") or Path(name).is_absolute():
+    if (
+        not isinstance(name, str)
+        or not name
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or Path(name).is_absolute()
+    ):
         raise CheckpointError(f"{index_path}: shard name {name!r} is not a plain file name inside {folder}; refused")
     return folder / name
 
@@ -94,7 +111,9 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
             for file_name, header in headers.items():
                 for key, meta in header.items():
                     if key in self.meta:
-                        raise CheckpointError(f"{self.folder}: tensor {key} appears in {self.meta[key].file} and {file_name}")
+                        raise CheckpointError(
+                            f"{self.folder}: tensor {key} appears in {self.meta[key].file} and {file_name}"
+                        )
                     self.meta[key] = meta
         else:
             for key, file_name in self._weight_map.items():
@@ -111,7 +130,9 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
                 weight_map = index["weight_map"]
                 assert isinstance(weight_map, dict)
             except (ValueError, KeyError, AssertionError, TypeError):
-                raise CheckpointError(f"{self.index_path}: not a valid safetensors index (needs a 'weight_map' object)") from None
+                raise CheckpointError(
+                    f"{self.index_path}: not a valid safetensors index (needs a 'weight_map' object)"
+                ) from None
             files = {}
             for name in sorted(set(weight_map.values()), key=str):
                 path = _check_shard_name(self.folder, name, self.index_path)
@@ -122,8 +143,14 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
             return files
         files = {p.name: p for p in sorted(self.folder.glob("*.safetensors"))}
         if not files:
-            pickles = sorted(p.name for p in self.folder.glob("*.bin")) + sorted(p.name for p in self.folder.glob("*.pt"))
-            hint = f" (found {', '.join(pickles)}: pickle checkpoints are not loaded; convert them to safetensors)" if pickles else ""
+            pickles = sorted(p.name for p in self.folder.glob("*.bin")) + sorted(
+                p.name for p in self.folder.glob("*.pt")
+            )
+            hint = (
+                f" (found {', '.join(pickles)}: pickle checkpoints are not loaded; convert them to safetensors)"
+                if pickles
+                else ""
+            )
             raise CheckpointError(f"{self.folder}: no *.safetensors weights{hint}")
         return files
 

@@ -30,8 +30,9 @@ class Unit:
     parts: tuple[tuple[str, int | None, tuple, torch.dtype], ...]
 
 
-def global_units(tasks: list[Task], layout: ParallelLayout, config: Any, hf_config: Any,
-                 dtype: torch.dtype | None) -> list[Unit]:
+def global_units(
+    tasks: list[Task], layout: ParallelLayout, config: Any, hf_config: Any, dtype: torch.dtype | None
+) -> list[Unit]:
     """The sorted list of every rank's export units (one collective)."""
     mine = []
     for task in tasks:
@@ -70,9 +71,17 @@ def _produce(task: Task, bridge: Any, config: Any, layout: ParallelLayout, dtype
     return {name: (t.to(dtype) if dtype is not None else t).contiguous() for name, t in hf.items()}
 
 
-def export_tasks(tasks: list[Task], bridge: Any, config: Any, layout: ParallelLayout, *,
-                 to_rank: int | None, dtype: torch.dtype | None, device: torch.device,
-                 progress: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
+def export_tasks(
+    tasks: list[Task],
+    bridge: Any,
+    config: Any,
+    layout: ParallelLayout,
+    *,
+    to_rank: int | None,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    progress: Any = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, tensor)`` on the receiving rank(s); other ranks yield nothing but take part."""
     units = global_units(tasks, layout, config, bridge.hf_config, dtype)
     by_name = {t.param.global_name: t for t in tasks if not t.tied_copy}
@@ -87,9 +96,13 @@ def export_tasks(tasks: list[Task], bridge: Any, config: Any, layout: ParallelLa
         produced = None
         if task is not None and layout.for_param(task.param).replica_zero:
             produced = _produce(task, bridge, config, layout, dtype)
-        if produced is not None and [(n, tuple(t.shape)) for n, t in produced.items()] != [(n, s) for n, _, s, _ in unit.parts]:
-            raise CoverageError(f"{unit.global_name}: export produced {[(n, tuple(t.shape)) for n, t in produced.items()]}, "
-                                f"planned {[(n, s) for n, _, s, _ in unit.parts]}")
+        if produced is not None and [(n, tuple(t.shape)) for n, t in produced.items()] != [
+            (n, s) for n, _, s, _ in unit.parts
+        ]:
+            raise CoverageError(
+                f"{unit.global_name}: export produced {[(n, tuple(t.shape)) for n, t in produced.items()]}, "
+                f"planned {[(n, s) for n, _, s, _ in unit.parts]}"
+            )
         for name, index, shape, part_dtype in unit.parts:
             tensor = produced[name] if produced is not None else None
             if layout.world == 1:

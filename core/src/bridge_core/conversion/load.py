@@ -56,8 +56,15 @@ def read_full(task: Task, bridge: Any, source: Any, config: Any) -> torch.Tensor
     return full
 
 
-def load_tasks(tasks: list[Task], bridge: Any, source: Any, config: Any, layout: ParallelLayout,
-               checkpoint_dtype: torch.dtype | None, progress: Any = None) -> LoadReport:
+def load_tasks(
+    tasks: list[Task],
+    bridge: Any,
+    source: Any,
+    config: Any,
+    layout: ParallelLayout,
+    checkpoint_dtype: torch.dtype | None,
+    progress: Any = None,
+) -> LoadReport:
     """Fill every task's parameter. Every member of a group walks the same sorted task list."""
     report = LoadReport()
     start = time.perf_counter()
@@ -68,8 +75,12 @@ def load_tasks(tasks: list[Task], bridge: Any, source: Any, config: Any, layout:
         if split.index == 0:
             full = read_full(task, bridge, source, config)
             report.bytes_read += full.numel() * full.element_size()
-            if (full.dtype.itemsize > param.dtype.itemsize and full.is_floating_point()
-                    and checkpoint_dtype is not None and full.dtype != checkpoint_dtype):
+            if (
+                full.dtype.itemsize > param.dtype.itemsize
+                and full.is_floating_point()
+                and checkpoint_dtype is not None
+                and full.dtype != checkpoint_dtype
+            ):
                 report.downcast.append(task.param.global_name)
             full = full.to(device=param.device, dtype=param.dtype)
             shards = [s.contiguous() for s in task.mapping.split(full, split.size)]
@@ -85,7 +96,11 @@ def load_tasks(tasks: list[Task], bridge: Any, source: Any, config: Any, layout:
             progress.update(param.numel() * param.element_size())
     report.seconds = time.perf_counter() - start
     if report.downcast:
-        log.warning("%d tensor(s) stored in higher precision than the checkpoint were cast down to %s: %s; "
-                    "load with torch_dtype=float32 to keep them", len(report.downcast), tasks[0].param.dtype,
-                    ", ".join(report.downcast[:8]))
+        log.warning(
+            "%d tensor(s) stored in higher precision than the checkpoint were cast down to %s: %s; "
+            "load with torch_dtype=float32 to keep them",
+            len(report.downcast),
+            tasks[0].param.dtype,
+            ", ".join(report.downcast[:8]),
+        )
     return report

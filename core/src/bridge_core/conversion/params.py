@@ -49,7 +49,7 @@ def global_name(local: str, layers: dict[int, int], expert_offset: int) -> str:
     """Rename a local parameter with its global layer and expert numbers."""
     m = _LAYER.match(local)
     if m:
-        local = f"decoder.layers.{layers.get(int(m.group(1)), int(m.group(1)))}." + local[m.end():]
+        local = f"decoder.layers.{layers.get(int(m.group(1)), int(m.group(1)))}." + local[m.end() :]
     local = _LOCAL_EXPERT.sub(lambda e: f".experts.local_experts.{int(e.group(1)) + expert_offset}.", local)
     return _GROUPED_EXPERT.sub(lambda e: f"{e.group(1)}{int(e.group(2)) + expert_offset}", local)
 
@@ -74,16 +74,18 @@ def collect_params(chunks: list[torch.nn.Module], tp_size: int, etp_size: int, e
             full = list(param.shape)
             if tp_dim is not None:
                 full[tp_dim] *= size
-            infos.append(ParamInfo(
-                local_name=name,
-                global_name=global_name(name, layers, ep_rank * local_experts if expert else 0),
-                chunk=index,
-                shape=tuple(param.shape),
-                full_shape=tuple(full),
-                dtype=param.dtype,
-                tp_dim=tp_dim,
-                tp_size=size,
-                is_expert=expert,
-                tensor=param,
-            ))
+            infos.append(
+                ParamInfo(
+                    local_name=name,
+                    global_name=global_name(name, layers, ep_rank * local_experts if expert else 0),
+                    chunk=index,
+                    shape=tuple(param.shape),
+                    full_shape=tuple(full),
+                    dtype=param.dtype,
+                    tp_dim=tp_dim,
+                    tp_size=size,
+                    is_expert=expert,
+                    tensor=param,
+                )
+            )
     return infos

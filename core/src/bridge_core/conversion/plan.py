@@ -35,8 +35,15 @@ def _listing(names: Iterable[str]) -> str:
 
 def natural_key(name: str) -> tuple:
     """Sort ``layers.10`` after ``layers.9``; embeddings first, output layer last."""
-    section = 0 if name.startswith("embedding.") else 3 if name.startswith("output_layer.") else \
-        1 if name.startswith("decoder.layers.") else 2
+    section = (
+        0
+        if name.startswith("embedding.")
+        else 3
+        if name.startswith("output_layer.")
+        else 1
+        if name.startswith("decoder.layers.")
+        else 2
+    )
     return (section, tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)))
 
 
@@ -76,12 +83,16 @@ def build_tasks(params: list[ParamInfo], registry: MegatronMappingRegistry, *, t
         if getattr(mapping, "infer_tp_dim", False):
             mapping.tp_dim = p.tp_dim
         elif p.tp_size > 1 and mapping.tp_dim != p.tp_dim:
-            problems.append(f"{p.global_name}: {type(mapping).__name__} splits dim {mapping.tp_dim}, "
-                            f"the parameter is split on dim {p.tp_dim}")
+            problems.append(
+                f"{p.global_name}: {type(mapping).__name__} splits dim {mapping.tp_dim}, "
+                f"the parameter is split on dim {p.tp_dim}"
+            )
         tasks.append(Task(p, mapping, copy))
     if unmapped:
-        raise CoverageError(f"{len(unmapped)} Megatron parameter(s) have no mapping in {owner} and would keep their "
-                            f"random initialisation: {_listing(unmapped)}")
+        raise CoverageError(
+            f"{len(unmapped)} Megatron parameter(s) have no mapping in {owner} and would keep their "
+            f"random initialisation: {_listing(unmapped)}"
+        )
     if problems:
         raise CoverageError(f"{owner}: {'; '.join(problems[:SHOWN])}")
     return sorted(tasks, key=lambda t: t.sort_key)
@@ -115,11 +126,15 @@ def check_import_shapes(tasks: list[Task], meta: Mapping[str, Any], config: Any,
                 continue
             if tuple(full.shape) != task.param.full_shape:
                 shapes = {n: tuple(t.shape) for n, t in inputs.items()}
-                problems.append(f"{task.param.global_name} expects {task.param.full_shape}, "
-                                f"HF gives {tuple(full.shape)} from {shapes}")
+                problems.append(
+                    f"{task.param.global_name} expects {task.param.full_shape}, "
+                    f"HF gives {tuple(full.shape)} from {shapes}"
+                )
     if problems:
-        raise CoverageError(f"shape mismatch between checkpoint and model: {'; '.join(problems[:SHOWN])}"
-                            + (f" (+{len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""))
+        raise CoverageError(
+            f"shape mismatch between checkpoint and model: {'; '.join(problems[:SHOWN])}"
+            + (f" (+{len(problems) - SHOWN} more)" if len(problems) > SHOWN else "")
+        )
 
 
 def consumption(tasks: list[Task]) -> list[tuple[str, str, int | None]]:
@@ -158,8 +173,10 @@ def check_import_coverage(
     if companions_ok:
         unused = {k for k in unused if not QUANT_COMPANION.search(k)}
     if unused:
-        raise CoverageError(f"{len(unused)} HF tensor(s) are not consumed by any mapping and would be dropped: "
-                            f"{_listing(unused)} (pass allow_unmapped=[...] to skip them deliberately)")
+        raise CoverageError(
+            f"{len(unused)} HF tensor(s) are not consumed by any mapping and would be dropped: "
+            f"{_listing(unused)} (pass allow_unmapped=[...] to skip them deliberately)"
+        )
 
 
 def check_quantization(meta: Mapping[str, Any], hf_config: Any, *, dequantizes: bool, owner: str) -> None:
@@ -170,8 +187,13 @@ def check_quantization(meta: Mapping[str, Any], hf_config: Any, *, dequantizes: 
     companions = sorted(k for k in meta if QUANT_COMPANION.search(k))
     qconfig = getattr(hf_config, "quantization_config", None)
     if raw or companions or qconfig:
-        found = (f"{raw[0]} is {meta[raw[0]].dtype}" if raw else
-                 f"{companions[0]} is a quantization scale" if companions else "config.json has quantization_config")
+        found = (
+            f"{raw[0]} is {meta[raw[0]].dtype}"
+            if raw
+            else f"{companions[0]} is a quantization scale"
+            if companions
+            else "config.json has quantization_config"
+        )
         raise CoverageError(
             f"the checkpoint holds quantized weights ({found}; {len(raw)} quantized tensors, {len(companions)} scale "
             f"tensors) and {owner} does not dequantize: loading raw values would corrupt the model. Dequantize the "
@@ -180,7 +202,9 @@ def check_quantization(meta: Mapping[str, Any], hf_config: Any, *, dequantizes: 
         )
 
 
-def export_parts(task: Task, config: Any, hf_config: Any, dtype: torch.dtype | None) -> list[tuple[str, int | None, tuple, torch.dtype]]:
+def export_parts(
+    task: Task, config: Any, hf_config: Any, dtype: torch.dtype | None
+) -> list[tuple[str, int | None, tuple, torch.dtype]]:
     """``(hf_name, slice index, shape, dtype)`` of what exporting ``task`` produces (meta dry-run)."""
     full = _meta(task.param.full_shape, task.param.dtype)
     out = task.mapping.megatron_to_hf(full, task.context(config, hf_config))

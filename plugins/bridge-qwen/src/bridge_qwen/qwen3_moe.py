@@ -35,7 +35,10 @@ class Qwen3MoeBridge(Qwen3Bridge):
         ("moe_intermediate_size", "moe_ffn_hidden_size"),
     ]
     HANDLED_HF_CONFIG = Qwen3Bridge.HANDLED_HF_CONFIG | {
-        "num_local_experts", "norm_topk_prob", "mlp_only_layers", "decoder_sparse_step",
+        "num_local_experts",
+        "norm_topk_prob",
+        "mlp_only_layers",
+        "decoder_sparse_step",
     }
     PROVIDER_DEFAULTS: ClassVar[dict[str, Any]] = {
         **Qwen3Bridge.PROVIDER_DEFAULTS,
@@ -70,12 +73,19 @@ class Qwen3MoeBridge(Qwen3Bridge):
         return [
             *super().mlp_mappings(),
             ReplicatedMapping("decoder.layers.*.mlp.router.weight", f"{p}gate.weight"),
-            GatedMLPMapping("decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
-                            f"{experts}gate_proj.weight", f"{experts}up_proj.weight"),
-            RowParallelMapping("decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
-                               f"{experts}down_proj.weight"),
-            GatedMLPMapping("decoder.layers.*.mlp.experts.linear_fc1.weight*",
-                            f"{experts}gate_proj.weight", f"{experts}up_proj.weight"),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                f"{experts}gate_proj.weight",
+                f"{experts}up_proj.weight",
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight", f"{experts}down_proj.weight"
+            ),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.experts.linear_fc1.weight*",
+                f"{experts}gate_proj.weight",
+                f"{experts}up_proj.weight",
+            ),
             RowParallelMapping("decoder.layers.*.mlp.experts.linear_fc2.weight*", f"{experts}down_proj.weight"),
         ]
 
