@@ -181,7 +181,8 @@ class AutoBridge:
         Padded vocabulary rows are trimmed; a tied output layer is not emitted twice.
         """
         tasks, layout, config = self._tasks(model)
-        want = parse_dtype(dtype) if dtype is not None else None
+        # Default: the model's dtype for every tensor (torch norms of the local spec keep fp32 weights).
+        want = parse_dtype(dtype) if dtype is not None else config.params_dtype
         device = tasks[0].param.tensor.device if tasks else torch.device("cpu")
         for name, tensor in export_tasks(
             tasks, self.bridge, config, layout, to_rank=to_rank, dtype=want, device=device, progress=progress

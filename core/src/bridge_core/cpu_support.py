@@ -2,8 +2,10 @@
 
 megatron-core assumes CUDA in a few places that are harmless to redirect on a CPU-only machine:
 RoPE and pipeline buffers ask ``torch.cuda.current_device()`` for a device, dist-checkpointing calls
-``torch.cuda.synchronize()``, and attention forks the CUDA RNG tracker. ``apply_cpu_patches`` points
-those at the CPU; it does nothing when CUDA is available, and is idempotent.
+``torch.cuda.synchronize()``, attention forks the CUDA RNG tracker, and the tied output layer of the
+last pipeline stage is moved with ``.cuda()``. ``apply_cpu_patches`` points those at the CPU; it does
+nothing when CUDA is available, and is idempotent. One fix applies everywhere: megatron-core 0.16's
+MoE router refers to ``te_general_gemm`` even when Transformer Engine is absent.
 """
 
 from __future__ import annotations
@@ -20,18 +22,40 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def fix_megatron_without_te() -> None:
+    """megatron-core 0.16 defines ``moe_utils.te_general_gemm`` only when Transformer Engine imports."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
 def apply_cpu_patches() -> None:
     """Make megatron-core's CUDA assumptions harmless on a CPU-only machine (no-op with CUDA)."""
     global _applied
+    fix_megatron_without_te()
     if _applied or cuda_available():
         return
-    from megatron.core.tensor_parallel import random as mpu_random
+    from megatron.core.tensor_parallel.random import initialize_rng_tracker
 
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda *args, **kwargs: None
-    tracker = mpu_random.get_cuda_rng_tracker()
-    tracker.fork = lambda *args, **kwargs: contextlib.nullcontext()
+    initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)  # fork() is a null context
     _applied = True
+
+
+@contextlib.contextmanager
+def tensor_cuda_is_identity():
+    """While building models on CPU, ``Tensor.cuda()`` returns the tensor itself (tied PP embeddings)."""
+    if cuda_available():
+        yield
+        return
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
 
 
 def causal_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from megatron.core.transformer import TransformerConfig
 
-from bridge_core.cpu_support import cuda_available
+from bridge_core.cpu_support import cuda_available, tensor_cuda_is_identity
 from bridge_core.errors import ConfigError
 from bridge_core.parallel import ParallelSizes, ensure_model_parallel
 
@@ -176,24 +176,25 @@ class GPTModelProvider(TransformerConfig):
             pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         if post_process is None:
             post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        return GPTModel(
-            config=self,
-            transformer_layer_spec=self.layer_spec(vp_stage),
-            vocab_size=self.vocab_size_with_padding,
-            max_sequence_length=self.seq_length,
-            pre_process=pre_process,
-            post_process=post_process,
-            fp16_lm_cross_entropy=self.fp16_lm_cross_entropy,
-            parallel_output=self.parallel_output,
-            share_embeddings_and_output_weights=self.share_embeddings_and_output_weights,
-            position_embedding_type=self.position_embedding_type,
-            rotary_percent=self.rotary_percent,
-            rotary_base=self.rotary_base,
-            rope_scaling=self.rope_scaling,
-            rope_scaling_factor=self.rope_scaling_factor,
-            seq_len_interpolation_factor=self.seq_len_interpolation_factor,
-            vp_stage=vp_stage,
-        )
+        with tensor_cuda_is_identity():  # the tied output layer of the last stage calls .cuda()
+            return GPTModel(
+                config=self,
+                transformer_layer_spec=self.layer_spec(vp_stage),
+                vocab_size=self.vocab_size_with_padding,
+                max_sequence_length=self.seq_length,
+                pre_process=pre_process,
+                post_process=post_process,
+                fp16_lm_cross_entropy=self.fp16_lm_cross_entropy,
+                parallel_output=self.parallel_output,
+                share_embeddings_and_output_weights=self.share_embeddings_and_output_weights,
+                position_embedding_type=self.position_embedding_type,
+                rotary_percent=self.rotary_percent,
+                rotary_base=self.rotary_base,
+                rope_scaling=self.rope_scaling,
+                rope_scaling_factor=self.rope_scaling_factor,
+                seq_len_interpolation_factor=self.seq_len_interpolation_factor,
+                vp_stage=vp_stage,
+            )
 
     def initialize_model_parallel(self, seed: int = 1234) -> None:
         """Start ``torch.distributed`` if needed and initialise model parallelism with these sizes."""

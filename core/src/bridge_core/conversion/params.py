@@ -45,6 +45,31 @@ def _layer_offsets(chunk: torch.nn.Module) -> dict[int, int]:
     return out
 
 
+def split_dims(chunk: torch.nn.Module) -> dict[int, int | None]:
+    """``id(param)`` -> the dimension tensor parallel splits it on (None: replicated).
+
+    Read from megatron-core's ``tensor_model_parallel``/``partition_dim`` attributes where present
+    (they are set only when parameters are initialised), else from the owning module's class:
+    column-parallel layers and vocabulary embeddings split weights and biases on dim 0, row-parallel
+    layers split weights on dim 1; their biases, fused layer norms and everything else are replicated.
+    """
+    dims: dict[int, int | None] = {}
+    for module in chunk.modules():
+        cls = type(module).__name__
+        for name, param in module.named_parameters(recurse=False):
+            if getattr(param, "tensor_model_parallel", False):
+                dims[id(param)] = int(param.partition_dim)
+            elif name.startswith("layer_norm"):
+                dims[id(param)] = None
+            elif "VocabParallelEmbedding" in cls or "ColumnParallel" in cls:
+                dims[id(param)] = 0 if name.startswith(("weight", "bias")) else None
+            elif "RowParallel" in cls:
+                dims[id(param)] = 1 if name.startswith("weight") else None
+            else:
+                dims[id(param)] = None
+    return dims
+
+
 def global_name(local: str, layers: dict[int, int], expert_offset: int) -> str:
     """Rename a local parameter with its global layer and expert numbers."""
     m = _LAYER.match(local)
@@ -67,10 +92,11 @@ def collect_params(chunks: list[torch.nn.Module], tp_size: int, etp_size: int, e
         config = chunk.config
         local_experts = (config.num_moe_experts or 0) // max(config.expert_model_parallel_size, 1)
         layers = _layer_offsets(chunk)
+        dims = split_dims(chunk)
         for name, param in chunk.named_parameters():
             expert = is_expert_param(name)
             size = etp_size if expert else tp_size
-            tp_dim = getattr(param, "partition_dim", None) if getattr(param, "tensor_model_parallel", False) else None
+            tp_dim = dims[id(param)]
             full = list(param.shape)
             if tp_dim is not None:
                 full[tp_dim] *= size

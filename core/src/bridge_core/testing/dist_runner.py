@@ -1,0 +1,67 @@
+"""Run many conversion cases in one ``torchrun`` launch (each launch costs seconds of imports).
+
+``python -m torch.distributed.run --nproc_per_node N -m bridge_core.testing.dist_runner cases.json``
+Each case: ``{"name", "hf_path", "tp", "pp", "ep", "etp", "vp", "dtype", "load_weights", "ids",
+"out"}``. For each, through the public API only: build the provider at that parallelism, load the
+HF weights, compute logits for the saved ``ids`` (written to ``out/logits.pt``), and save the model
+back to ``out/hf``. A case that raises writes ``out/error.txt`` and the runner moves on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+
+def run_case(case: dict) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from bridge_core import AutoBridge
+    from bridge_core.inference import forward_logits
+
+    out = Path(case["out"])
+    bridge = AutoBridge.from_hf_pretrained(case["hf_path"], torch_dtype=case.get("dtype"))
+    provider = bridge.to_megatron_provider(load_weights=case.get("load_weights", False))
+    provider.tensor_model_parallel_size = case.get("tp", 1)
+    provider.pipeline_model_parallel_size = case.get("pp", 1)
+    provider.virtual_pipeline_model_parallel_size = case.get("vp")
+    provider.expert_model_parallel_size = case.get("ep", 1)
+    provider.expert_tensor_parallel_size = case.get("etp")
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+    if not case.get("load_weights", False):
+        bridge.load_hf_weights(model)
+    ids = torch.load(case["ids"], weights_only=True)
+    logits = forward_logits(model, ids, vocab_size=bridge.hf_config.vocab_size)
+    if dist.get_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(logits, out / "logits.pt")
+    bridge.save_hf_pretrained(model, out / "hf", overwrite=True)
+
+
+def main(spec_path: str) -> int:
+    import torch.distributed as dist
+
+    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+
+    ensure_process_group()
+    cases = json.loads(Path(spec_path).read_text())
+    for case in cases:
+        try:
+            run_case(case)
+        except Exception:
+            out = Path(case["out"])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"error-rank{dist.get_rank()}.txt").write_text(traceback.format_exc())
+        finally:
+            destroy_model_parallel()
+        dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,51 @@
+"""Launch ``dist_runner`` under torchrun on CPU (gloo) and collect each case's outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args: list[str], nproc: int, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node nproc ...`` on this machine."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        *args,
+    ]
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
+
+
+def run_cases(cases: list[dict], workdir: str | Path, nproc: int = 2, timeout: float = 900) -> dict[str, dict]:
+    """Run every case in one launch; returns ``{name: {"logits": path|None, "hf": path, "error": str|None}}``."""
+    workdir = Path(workdir)
+    spec = workdir / "cases.json"
+    spec.write_text(json.dumps(cases, indent=1))
+    proc = torchrun(["-m", "bridge_core.testing.dist_runner", str(spec)], nproc, timeout)
+    results = {}
+    for case in cases:
+        out = Path(case["out"])
+        errors = sorted(out.glob("error-rank*.txt")) if out.exists() else []
+        error = "\n".join(p.read_text() for p in errors) or None
+        if error is None and not (out / "logits.pt").exists():
+            error = f"no result (torchrun exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        results[case["name"]] = {"logits": out / "logits.pt", "hf": out / "hf", "error": error}
+    return results
