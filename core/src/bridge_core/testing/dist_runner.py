@@ -2,7 +2,8 @@
 
 ``python -m torch.distributed.run --nproc_per_node N -m bridge_core.testing.dist_runner cases.json``
 Each case: ``{"name", "hf_path", "tp", "pp", "ep", "etp", "vp", "dtype", "load_weights", "ids",
-"out"}``. For each, through the public API only: build the provider at that parallelism, load the
+"out", "plugin"}``; ``plugin`` (optional, ``{"module": ..., "path": ...}``) registers that module
+in-process as the only plugin instead of discovering the installed ones. For each, through the public API only: build the provider at that parallelism, load the
 HF weights, compute logits for the saved ``ids`` (written to ``out/logits.pt``), and save the model
 back to ``out/hf``. A case that raises writes ``out/error.txt`` and the runner moves on.
 """
@@ -15,6 +16,22 @@ import traceback
 from pathlib import Path
 
 
+def use_plugin(spec: dict | None) -> None:
+    """Register ``spec["module"]`` (importable from ``spec["path"]``) as the only plugin, or rediscover."""
+    import importlib
+
+    from bridge_core.registry import Registry, reset_registry
+
+    if spec is None:
+        reset_registry()
+        return
+    if spec.get("path") and spec["path"] not in sys.path:
+        sys.path.insert(0, spec["path"])
+    registry = Registry()
+    registry.add_plugin(importlib.import_module(spec["module"]), name=spec["module"], strict=True)
+    reset_registry(registry)
+
+
 def run_case(case: dict) -> None:
     import torch
     import torch.distributed as dist
@@ -22,6 +39,7 @@ def run_case(case: dict) -> None:
     from bridge_core import AutoBridge
     from bridge_core.inference import forward_logits
 
+    use_plugin(case.get("plugin"))
     out = Path(case["out"])
     bridge = AutoBridge.from_hf_pretrained(case["hf_path"], torch_dtype=case.get("dtype"))
     provider = bridge.to_megatron_provider(load_weights=case.get("load_weights", False))
