@@ -25,12 +25,31 @@ from bridge_core.testing.launch import run_cases
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 
 HERE = Path(__file__).parent
-LLAMA = {"model_type": "llama", "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 3,
-         "num_hidden_layers": 2, "intermediate_size": 160, "vocab_size": 1000, "max_position_embeddings": 256}
-MOE = {"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
-       "head_dim": 24, "num_hidden_layers": 2, "intermediate_size": 96, "moe_intermediate_size": 40,
-       "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True, "vocab_size": 515,
-       "max_position_embeddings": 256}
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 96,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 3,
+    "num_hidden_layers": 2,
+    "intermediate_size": 160,
+    "vocab_size": 1000,
+    "max_position_embeddings": 256,
+}
+MOE = {
+    "model_type": "qwen3_moe",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 24,
+    "num_hidden_layers": 2,
+    "intermediate_size": 96,
+    "moe_intermediate_size": 40,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "norm_topk_prob": True,
+    "vocab_size": 515,
+    "max_position_embeddings": 256,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +106,7 @@ def test_seed_smoke_test_runs_unchanged(llama, capsys):
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False)
     bridge.load_hf_weights(model)
-    for i, (name, tensor) in enumerate(bridge.export_hf_weights(model, cpu=True)):
+    for i, (name, tensor) in enumerate(bridge.export_hf_weights(model, cpu=True)):  # noqa: B007 (seed's code)
         print(name, tuple(tensor.shape))
     lines = capsys.readouterr().out.splitlines()
     original = load_file(llama / "model.safetensors")
@@ -268,7 +287,11 @@ def stack_experts(src: Path, dst: Path, experts: int) -> Path:
         for layer in layers:
             p = f"model.layers.{layer}.mlp.experts."
             t[p + "gate_up_proj"] = torch.stack(
-                [torch.cat([t.pop(f"{p}{e}.gate_proj.weight"), t.pop(f"{p}{e}.up_proj.weight")]) for e in range(experts)])
+                [
+                    torch.cat([t.pop(f"{p}{e}.gate_proj.weight"), t.pop(f"{p}{e}.up_proj.weight")])
+                    for e in range(experts)
+                ]
+            )
             t[p + "down_proj"] = torch.stack([t.pop(f"{p}{e}.down_proj.weight") for e in range(experts)])
 
     return rewrite_weights(src, dst, edit)
@@ -295,10 +318,23 @@ def test_parallel_paths_in_one_torchrun_launch(llama, llama_tied_bf16, moe, tmp_
     ids = sample_ids(515, seq=48)
     torch.save(ids, tmp_path / "ids.pt")
     plugin = {"module": "_test_bridges", "path": str(HERE)}
-    matrix = {"llama-tp2": (gqa2, {"tp": 2}), "tied-bf16-pp2": (llama_tied_bf16, {"pp": 2, "load_weights": True}),
-              "stacked-ep2": (moe[1], {"ep": 2}), "stacked-tp2": (moe[1], {"tp": 2})}
-    cases = [{"name": n, "hf_path": str(p), "ids": str(tmp_path / "ids.pt"), "out": str(tmp_path / n),
-              "plugin": plugin, **settings} for n, (p, settings) in matrix.items()]
+    matrix = {
+        "llama-tp2": (gqa2, {"tp": 2}),
+        "tied-bf16-pp2": (llama_tied_bf16, {"pp": 2, "load_weights": True}),
+        "stacked-ep2": (moe[1], {"ep": 2}),
+        "stacked-tp2": (moe[1], {"tp": 2}),
+    }
+    cases = [
+        {
+            "name": n,
+            "hf_path": str(p),
+            "ids": str(tmp_path / "ids.pt"),
+            "out": str(tmp_path / n),
+            "plugin": plugin,
+            **settings,
+        }
+        for n, (p, settings) in matrix.items()
+    ]
     results = run_cases(cases, tmp_path)
     for name, (folder, _) in matrix.items():
         result = results[name]

@@ -3,9 +3,10 @@
 ``python -m torch.distributed.run --nproc_per_node N -m bridge_core.testing.dist_runner cases.json``
 Each case: ``{"name", "hf_path", "tp", "pp", "ep", "etp", "vp", "dtype", "load_weights", "ids",
 "out", "plugin"}``; ``plugin`` (optional, ``{"module": ..., "path": ...}``) registers that module
-in-process as the only plugin instead of discovering the installed ones. For each, through the public API only: build the provider at that parallelism, load the
-HF weights, compute logits for the saved ``ids`` (written to ``out/logits.pt``), and save the model
-back to ``out/hf``. A case that raises writes ``out/error.txt`` and the runner moves on.
+in-process as the only plugin instead of discovering the installed ones. For each case, through the
+public API only: build the provider at that parallelism, load the HF weights, compute logits for the
+saved ``ids`` (written to ``out/logits.pt``), and save the model back to ``out/hf``. A case that
+raises writes ``out/error-rank<r>.txt`` and the runner moves on.
 """
 
 from __future__ import annotations

@@ -34,12 +34,14 @@ def torchrun(args: list[str], nproc: int, timeout: float = 900, env: dict | None
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
 
 
-def run_cases(cases: list[dict], workdir: str | Path, nproc: int = 2, timeout: float = 900) -> dict[str, dict]:
-    """Run every case in one launch; returns ``{name: {"logits": path|None, "hf": path, "error": str|None}}``."""
+def run_cases(
+    cases: list[dict], workdir: str | Path, nproc: int = 2, timeout: float = 900, env: dict | None = None
+) -> dict[str, dict]:
+    """Run every case in one launch; returns ``{name: {"logits": path, "hf": path, "error": str|None}}``."""
     workdir = Path(workdir)
     spec = workdir / "cases.json"
     spec.write_text(json.dumps(cases, indent=1))
-    proc = torchrun(["-m", "bridge_core.testing.dist_runner", str(spec)], nproc, timeout)
+    proc = torchrun(["-m", "bridge_core.testing.dist_runner", str(spec)], nproc, timeout, env=env)
     results = {}
     for case in cases:
         out = Path(case["out"])

@@ -63,8 +63,7 @@ class Qwen3MoeBridge(Qwen3Bridge):
         out["norm_topk_prob"] = not provider.moe_router_pre_softmax
         layers = provider.moe_layer_freq
         layers = layers if isinstance(layers, list) else moe_layer_pattern_from_freq(layers, provider.num_layers)
-        out["mlp_only_layers"] = [i for i, sparse in enumerate(layers) if not sparse]
-        out["decoder_sparse_step"] = 1
+        out.update(hf_sparsity(layers))
         return out
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
@@ -88,6 +87,14 @@ class Qwen3MoeBridge(Qwen3Bridge):
             ),
             RowParallelMapping("decoder.layers.*.mlp.experts.linear_fc2.weight*", f"{experts}down_proj.weight"),
         ]
+
+
+def hf_sparsity(layers: list[int]) -> dict[str, Any]:
+    """``decoder_sparse_step`` and ``mlp_only_layers`` reproducing a per-layer pattern (simplest form)."""
+    for step in range(1, len(layers) + 1):
+        if [int((i + 1) % step == 0) for i in range(len(layers))] == list(layers):
+            return {"decoder_sparse_step": step, "mlp_only_layers": []}
+    return {"decoder_sparse_step": 1, "mlp_only_layers": [i for i, sparse in enumerate(layers) if not sparse]}
 
 
 def moe_layer_pattern_from_freq(freq: int, num_layers: int) -> list[int]:

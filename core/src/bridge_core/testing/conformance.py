@@ -1,0 +1,196 @@
+"""The conformance suite a plugin runs against its bridges: subclass ``BridgeConformance``.
+
+    from bridge_core.testing.conformance import BridgeConformance, ToyModel
+
+    class TestQwenConformance(BridgeConformance):
+        plugin = "qwen"
+        toys = {"qwen2": ToyModel("Qwen2ForCausalLM", {"model_type": "qwen2", ...})}
+
+For every toy: config translation both ways, coverage, a bit-exact HF -> Megatron -> HF roundtrip,
+fp32 logit parity with transformers (<= 1e-4), and the ``parallel`` layouts (TP=2, PP=2, EP=2 for
+toys tagged ``moe``) on CPU under gloo in one torchrun launch. Registration checks run once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
+
+__all__ = ["BridgeConformance", "ToyModel"]
+
+FP32_TOLERANCE = 1e-4
+HEAVY = ("torch", "megatron", "transformers", "safetensors")
+
+
+def layout_fits(toy: ToyModel, layout: dict[str, Any]) -> bool:
+    """Whether a parallel layout applies to a toy (tags required, heads/layers/experts divisible)."""
+    cfg = toy.config
+    if layout.get("requires") and layout["requires"] not in toy.tags:
+        return False
+    tp, pp, ep = layout.get("tp", 1), layout.get("pp", 1), layout.get("ep", 1)
+    kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    return (
+        cfg["num_attention_heads"] % tp == 0
+        and kv % tp == 0
+        and cfg["num_hidden_layers"] % pp == 0
+        and (ep == 1 or (experts and experts % ep == 0))
+    )
+
+
+class BridgeConformance:
+    """Base class of a plugin's conformance tests (see the module docstring)."""
+
+    plugin: ClassVar[str] = ""
+    toys: ClassVar[dict[str, ToyModel]] = {}
+    parallel: ClassVar[dict[str, dict[str, Any]]] = {
+        "tp2": {"tp": 2},
+        "pp2": {"pp": 2, "load_weights": True},
+        "ep2": {"ep": 2, "requires": "moe"},
+    }
+    seq_len: ClassVar[int] = 64
+    nproc: ClassVar[int] = 2
+
+    def pytest_generate_tests(self, metafunc: Any) -> None:
+        if "toy_name" in metafunc.fixturenames:
+            metafunc.parametrize("toy_name", sorted(self.toys))
+        if "parallel_case" in metafunc.fixturenames:
+            cases = [
+                f"{toy}-{name}"
+                for toy in sorted(self.toys)
+                for name, layout in self.parallel.items()
+                if layout_fits(self.toys[toy], layout)
+            ]
+            metafunc.parametrize("parallel_case", cases)
+
+    # -- fixtures -------------------------------------------------------------------------------
+    @pytest.fixture
+    def only_this_plugin(self, monkeypatch: Any):
+        """Discovery limited to this plugin, in strict mode, with a fresh registry."""
+        from bridge_core.parallel import destroy_model_parallel
+        from bridge_core.registry import reset_registry
+
+        monkeypatch.setenv("BRIDGE_PLUGINS", self.plugin)
+        monkeypatch.setenv("BRIDGE_STRICT_PLUGINS", "1")
+        reset_registry()
+        yield
+        destroy_model_parallel()
+        reset_registry()
+
+    @pytest.fixture(scope="class")
+    def toy_folders(self, tmp_path_factory: Any) -> dict[str, Path]:
+        return {name: build_toy(toy, tmp_path_factory.mktemp(name)) for name, toy in self.toys.items()}
+
+    @pytest.fixture(scope="class")
+    def parallel_results(self, toy_folders: dict[str, Path], tmp_path_factory: Any) -> dict[str, dict]:
+        from bridge_core.testing.launch import run_cases
+
+        work = tmp_path_factory.mktemp("parallel")
+        cases = []
+        for toy_name, folder in toy_folders.items():
+            ids = work / f"{toy_name}-ids.pt"
+            _save_ids(self.toys[toy_name], ids, self.seq_len)
+            for name, layout in self.parallel.items():
+                if layout_fits(self.toys[toy_name], layout):
+                    settings = {k: v for k, v in layout.items() if k != "requires"}
+                    case = f"{toy_name}-{name}"
+                    cases.append(
+                        {"name": case, "hf_path": str(folder), "ids": str(ids), "out": str(work / case), **settings}
+                    )
+        if not cases:
+            return {}
+        env = {"BRIDGE_PLUGINS": self.plugin, "BRIDGE_STRICT_PLUGINS": "1"}
+        return run_cases(cases, work, nproc=self.nproc, env=env)
+
+    # -- registration ---------------------------------------------------------------------------
+    def test_plugin_registers_and_imports_nothing_heavy(self):
+        code = (
+            "import sys, json\nfrom bridge_core.discovery import discover\n"
+            f"reg = discover(environ={{'BRIDGE_PLUGINS': {self.plugin!r}, 'BRIDGE_STRICT_PLUGINS': '1'}})\n"
+            f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
+            "print(json.dumps({'plugins': [p.as_dict() for p in reg.plugins if p.status != 'blocked'], "
+            "'heavy': heavy}))"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        (record,) = report["plugins"]
+        assert record["status"] == "loaded", record["reason"]
+        assert report["heavy"] == [], f"the entry-point module imports {report['heavy']}"
+        assert {t.architecture for t in self.toys.values()} <= set(record["architectures"])
+
+    def test_bridge_classes_import(self, only_this_plugin):
+        from bridge_core.bridge import MegatronModelBridge
+        from bridge_core.registry import get_registry
+
+        registry = get_registry()
+        for arch in sorted({t.architecture for t in self.toys.values()}):
+            assert issubclass(registry.load_bridge_class(arch), MegatronModelBridge)
+
+    # -- per toy --------------------------------------------------------------------------------
+    def test_config_translates_both_ways(self, only_this_plugin, toy_folders, toy_name):
+        from bridge_core import AutoBridge
+
+        bridge = AutoBridge.from_hf_pretrained(toy_folders[toy_name])
+        provider = bridge.to_megatron_provider()
+        regenerated = bridge.hf_config_for_export(provider).to_dict()
+        source = bridge.hf_config.to_dict()
+        declared = {k for k, _ in bridge.bridge.CONFIG_MAPPING} | set(bridge.bridge.HANDLED_HF_CONFIG)
+        declared |= set(bridge.bridge.SUPPORTED_HF_CONFIG)
+        differing = {
+            k: (source[k], regenerated.get(k)) for k in declared if k in source and source[k] != regenerated.get(k)
+        }
+        assert differing == {}, f"HF -> provider -> HF changes (source, regenerated): {differing}"
+
+    def test_roundtrip_is_bit_exact_and_logits_match(self, only_this_plugin, toy_folders, toy_name, tmp_path):
+        import torch
+
+        from bridge_core import AutoBridge
+        from bridge_core.inference import forward_logits
+        from bridge_core.testing.compare import compare_hf_weights
+
+        toy, folder = self.toys[toy_name], toy_folders[toy_name]
+        bridge = AutoBridge.from_hf_pretrained(folder)
+        provider = bridge.to_megatron_provider()
+        provider.finalize()
+        model = provider.provide_distributed_model(wrap_with_ddp=False)
+        bridge.load_hf_weights(model)
+        bridge.save_hf_pretrained(model, tmp_path / "out")
+        problems = compare_hf_weights(folder, tmp_path / "out")
+        assert problems == [], f"roundtrip differs: {problems[:5]}"
+        if toy.dtype == "float32":
+            ids = sample_ids(toy.config["vocab_size"], seq=self.seq_len)
+            logits = forward_logits(model, ids, vocab_size=toy.config["vocab_size"])
+            diff = (logits - hf_logits(folder, ids)).abs().max().item()
+            assert diff <= FP32_TOLERANCE, f"max |logits diff| {diff:.3g} > {FP32_TOLERANCE}"
+            assert torch.isfinite(logits).all()
+
+    def test_parallel_layout(self, toy_folders, parallel_results, parallel_case):
+        import torch
+
+        from bridge_core.testing.compare import compare_hf_weights
+
+        toy_name = parallel_case.rsplit("-", 1)[0]
+        toy, folder, result = self.toys[toy_name], toy_folders[toy_name], parallel_results[parallel_case]
+        assert result["error"] is None, result["error"]
+        problems = compare_hf_weights(folder, result["hf"])
+        assert problems == [], f"roundtrip differs: {problems[:5]}"
+        if toy.dtype == "float32":
+            ids = torch.load(Path(result["logits"]).parent.parent / f"{toy_name}-ids.pt", weights_only=True)
+            diff = (torch.load(result["logits"], weights_only=True) - hf_logits(folder, ids)).abs().max().item()
+            assert diff <= FP32_TOLERANCE, f"max |logits diff| {diff:.3g} > {FP32_TOLERANCE}"
+
+
+def _save_ids(toy: ToyModel, path: Path, seq: int) -> None:
+    import torch
+
+    torch.save(sample_ids(toy.config["vocab_size"], seq=seq), path)
