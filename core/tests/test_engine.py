@@ -343,3 +343,42 @@ def test_parallel_paths_in_one_torchrun_launch(llama, llama_tied_bf16, moe, tmp_
         reference = hf_logits(moe[0] if name.startswith("stacked") else folder, ids)
         diff = (torch.load(result["logits"], weights_only=True) - reference).abs().max().item()
         assert diff <= (1e-4 if "bf16" not in name else 0.1), f"{name}: {diff}"
+
+
+def test_fp8_blockwise_dequantization_matches_per_block_product():
+    from bridge_core.quantization import dequantize_fp8_blockwise
+
+    weight = torch.randn(200, 130).to(torch.float8_e4m3fn)
+    scale = torch.rand(2, 2) + 0.5
+    out = dequantize_fp8_blockwise(weight, scale)
+    assert out.dtype == torch.bfloat16 and out.shape == (200, 130)
+    assert torch.equal(out[:128, :128], weight[:128, :128].to(torch.bfloat16) * scale[0, 0].to(torch.bfloat16))
+    assert torch.equal(out[128:, 128:], weight[128:, 128:].to(torch.bfloat16) * scale[1, 1].to(torch.bfloat16))
+    with pytest.raises(ValueError, match=r"expected \(2, 2\)"):
+        dequantize_fp8_blockwise(weight, torch.ones(1, 2))
+
+
+def test_a_dequantizing_bridge_loads_fp8_weights(llama, tmp_path, monkeypatch):
+    from bridge_core.decoder import DecoderBridge
+    from bridge_core.quantization import dequantize_fp8_blockwise
+
+    name = "model.layers.0.mlp.up_proj.weight"
+
+    def to_fp8(t):
+        t[name] = t[name].to(torch.float8_e4m3fn)
+        t[name + "_scale_inv"] = torch.full((2, 1), 0.5)
+
+    def load(self, hf_param, state):
+        if isinstance(hf_param, dict):
+            return {role: load(self, n, state) for role, n in hf_param.items()}
+        if state[hf_param].dtype == torch.float8_e4m3fn:
+            return dequantize_fp8_blockwise(state[hf_param], state[hf_param + "_scale_inv"], dtype=torch.float32)
+        return state[hf_param]
+
+    folder = rewrite_weights(llama, tmp_path / "x", to_fp8)
+    monkeypatch.setattr(DecoderBridge, "dequantizes_hf_weights", True)
+    monkeypatch.setattr(DecoderBridge, "maybe_modify_loaded_hf_weight", load)
+    bridge, model = convert(folder)
+    up = dict(bridge.export_hf_weights(model))[name]
+    expected = load_file(folder / "model.safetensors")[name].to(torch.float32) * 0.5
+    assert torch.equal(up, expected)

@@ -215,12 +215,14 @@ class AutoBridge:
         overwrite: bool = False,
         dtype: str | torch.dtype | None = None,
         progress: Any = None,
+        side_files: Iterable[Path] | None = None,
     ) -> Path | None:
         """Write a complete HF folder (rank 0 writes; every rank takes part).
 
         Sharded safetensors + ``model.safetensors.index.json``, a regenerated config.json, and the
-        source's tokenizer and generation-config files. Written into a temporary sibling and renamed
-        at the end, so an interrupted save never leaves a complete-looking folder.
+        tokenizer and generation-config files (``side_files``, default: the source folder's). Written
+        into a temporary sibling and renamed at the end, so an interrupted save never leaves a
+        complete-looking folder.
         """
         path = check_output_dir(path, overwrite)
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -237,6 +239,6 @@ class AutoBridge:
                 writer.add(name, tensor)
             writer.finish()
             self.hf_config_for_export(provider, want or provider.params_dtype).save_pretrained(tmp)
-            for side in self.hf.side_files():
+            for side in self.hf.side_files() if side_files is None else side_files:
                 shutil.copy2(side, tmp / side.name)
         return path

@@ -15,6 +15,11 @@ from bridge_core import CONTRACT_VERSION, __version__
 # command -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("bridge_core.cli.plugins_cmd", "list installed plugins, their status and registrations"),
+    "import": ("bridge_core.cli.import_cmd", "HF folder or GGUF file -> Megatron-LM torch_dist checkpoint"),
+    "export": ("bridge_core.cli.export_cmd", "Megatron checkpoint -> complete HF folder"),
+    "generate": ("bridge_core.cli.generate_cmd", "greedy generation with the Megatron model"),
+    "verify": ("bridge_core.cli.verify_cmd", "compare a Megatron checkpoint with its HF source (logits, tensors)"),
+    "roundtrip": ("bridge_core.cli.roundtrip_cmd", "import, export and compare in one command"),
 }
 
 
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser.add_argument("--debug", action="store_true", default=top.debug, help="show tracebacks of errors")
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
+    args.argv = [top.command, *rest] + (["--debug"] if top.debug and "--debug" not in rest else [])
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
@@ -55,14 +61,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(exc, BridgeError):
-            print(f"bridgectl {top.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+            _report(f"bridgectl {top.command}: error: {_one_line(str(exc))}")
             return 2
-        print(
+        _report(
             f"bridgectl {top.command}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
-            "(rerun with --debug for the traceback)",
-            file=sys.stderr,
+            "(rerun with --debug for the traceback)"
         )
         return 1
+
+
+def _report(line: str) -> None:
+    """Print the one-line error; rank processes also leave it where their launcher looks."""
+    import os
+
+    print(line, file=sys.stderr)
+    path = os.environ.get("BRIDGECTL_ERROR_FILE")
+    if path:
+        with open(path, "w") as f:
+            f.write(line + "\n")
 
 
 def _one_line(text: str) -> str:

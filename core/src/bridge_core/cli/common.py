@@ -1,0 +1,108 @@
+"""Arguments and plumbing shared by the conversion commands (``import``, ``export``, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bridge_core.errors import CheckpointError
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parallelism (ranks are started for you when more than one is needed)")
+    group.add_argument("--tp", type=int, default=1, help="tensor model parallel size")
+    group.add_argument("--pp", type=int, default=1, help="pipeline model parallel size")
+    group.add_argument("--ep", type=int, default=1, help="expert model parallel size")
+    group.add_argument("--etp", type=int, default=None, help="expert tensor parallel size (default: --tp)")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--torch-dtype", choices=DTYPES, default=None, help="parameter dtype (default: the checkpoint's)"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow models that need remote code")
+
+
+def parallelism(args: argparse.Namespace):
+    from bridge_core.workflows import Parallelism
+
+    for name in ("tp", "pp", "ep"):
+        if getattr(args, name) < 1:
+            raise CheckpointError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return Parallelism(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
+
+
+def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with ``flag``'s value replaced (``--flag v`` or ``--flag=v``), or appended."""
+    out, i, done = [], 0, False
+    while i < len(argv):
+        if argv[i] == flag and i + 1 < len(argv):
+            out += [flag, value]
+            i, done = i + 2, True
+            continue
+        if argv[i].startswith(flag + "="):
+            out.append(f"{flag}={value}")
+            i, done = i + 1, True
+            continue
+        out.append(argv[i])
+        i += 1
+    return out if done else [*out, flag, value]
+
+
+@contextlib.contextmanager
+def hf_source(path: str | None) -> Iterator[Path | None]:
+    """An HF folder for ``path``: the folder itself, or a temporary one dequantized from a GGUF file."""
+    if path is None:
+        yield None
+        return
+    from bridge_core.gguf_source import gguf_to_hf_folder, is_gguf
+
+    source = Path(path)
+    if not source.exists():
+        raise CheckpointError(f"{source}: no such file or folder")
+    if not is_gguf(source):
+        yield source
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="bridgectl-gguf-"))
+    try:
+        yield gguf_to_hf_folder(source, tmp / "hf")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def precheck_hf(folder: Path, trust_remote_code: bool = False) -> None:
+    """Cheap checks before starting ranks: config.json, architecture, a plugin that serves it."""
+    from bridge_core.hf_checkpoint import HFCheckpoint
+    from bridge_core.registry import get_registry
+
+    hf = HFCheckpoint(folder, trust_remote_code=trust_remote_code)
+    get_registry().bridge_for(hf.architecture)
+
+
+def precheck_checkpoint(path: str) -> None:
+    """Cheap checks of a Megatron checkpoint folder before starting ranks."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    if not (folder / "latest_checkpointed_iteration.txt").is_file():
+        raise CheckpointError(
+            f"{folder / 'latest_checkpointed_iteration.txt'}: missing (not a Megatron checkpoint folder)"
+        )
+
+
+def run_on_ranks(args: argparse.Namespace, world: int, hf_folder: Path | None = None) -> int | None:
+    """Start ``world`` rank processes for this command unless already inside one; None: run here."""
+    from bridge_core.cli.launcher import spawn_ranks, under_launcher
+
+    if world <= 1 or under_launcher():
+        return None
+    argv = list(args.argv)
+    if hf_folder is not None:
+        argv = replace_arg(argv, "--hf-model", str(hf_folder))
+    return spawn_ranks(argv, world)

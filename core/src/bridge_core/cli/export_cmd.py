@@ -1,0 +1,36 @@
+"""``bridgectl export``: Megatron checkpoint (any TP/PP) -> complete HF folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from bridge_core.cli.common import DTYPES, add_parallel_args, parallelism, precheck_checkpoint, run_on_ranks
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--megatron-path", required=True, help="checkpoint folder written by 'bridgectl import'")
+    parser.add_argument("--hf-path", required=True, help="HF folder to write")
+    parser.add_argument("--hf-model", default=None, help="reference HF folder (default: what import stored)")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    parser.add_argument("--torch-dtype", choices=DTYPES, default=None, help="dtype of the written tensors")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --hf-path")
+    add_parallel_args(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge_core.hf_writer import parse_size
+    from bridge_core.output_dir import check_output_dir
+
+    parallel = parallelism(args)
+    precheck_checkpoint(args.megatron_path)
+    check_output_dir(args.hf_path, args.overwrite, "--hf-path")
+    parse_size(args.max_shard_size)
+    code = run_on_ranks(args, parallel.world_size)
+    if code is not None:
+        return code
+    from bridge_core.workflows import export_checkpoint
+
+    export_checkpoint(
+        args.megatron_path, args.hf_path, parallel, args.hf_model, args.torch_dtype, args.max_shard_size, args.overwrite
+    )
+    return 0
