@@ -63,7 +63,7 @@ def spawn_ranks(argv: list[str], world: int) -> int:
         time.sleep(0.05)
     if failed is None:
         failed = next((r for r, (p, _) in enumerate(procs) if p.returncode != 0), None)
-    for p, err in procs:
+    for p, _ in procs:
         if p.poll() is None:
             p.terminate()
     for p, err in procs:
