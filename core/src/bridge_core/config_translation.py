@@ -161,7 +161,8 @@ def check_hf_config(
             check = supported[key]
             ok = check(value, hf_config) if isinstance(check, Callable) else value == check
             if not ok:
-                problems.append(f"{key}={value!r} (supported: {getattr(check, '__doc__', None) or repr(check)})")
+                shown = " ".join((check.__doc__ or repr(check)).split()) if callable(check) else repr(check)
+                problems.append(f"{key}={value!r} (supported: {shown})")
             continue
         if defaults is None:
             try:

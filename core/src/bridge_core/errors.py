@@ -23,5 +23,12 @@ class CheckpointError(BridgeError):
     """A checkpoint folder or file that is missing, corrupt, unsafe or inconsistent."""
 
 
+class MissingTensorError(CheckpointError, KeyError):
+    """A tensor name that is not in the checkpoint (a ``KeyError`` too, as ``Mapping`` requires)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class CoverageError(BridgeError):
     """Tensors that would be dropped, left uninitialised, filled twice or mis-shaped."""

@@ -29,18 +29,21 @@ def parse_size(value: str | int) -> int:
     """``"5GB"`` -> 5e9 bytes (``GiB`` for powers of two), as transformers reads ``max_shard_size``."""
     if isinstance(value, int):
         return value
-    m = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", str(value))
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
     if not m or m.group(2).upper() not in _UNITS:
         raise ConfigError(f"max shard size {value!r} is not a size like '5GB' or '500MiB'")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def _owned(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous CPU tensor owning its storage (safetensors refuses shared storage)."""
+def _owned(t: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """A contiguous CPU tensor owning its storage, not shared with another buffered one (safetensors
+    refuses shared storage); copies only when needed."""
     t = t.detach().to("cpu")
-    if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes:
-        return t
-    return t.contiguous().clone()
+    whole = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes
+    if not whole or t.untyped_storage().data_ptr() in seen:
+        t = t.contiguous().clone()
+    seen.add(t.untyped_storage().data_ptr())
+    return t
 
 
 class ShardedSafetensorsWriter:
@@ -53,6 +56,7 @@ class ShardedSafetensorsWriter:
         self._buffer_bytes = 0
         self._shards: list[list[str]] = []
         self._names: set[str] = set()
+        self._storages: set[int] = set()
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
@@ -62,7 +66,7 @@ class ShardedSafetensorsWriter:
         nbytes = tensor.numel() * tensor.element_size()
         if self._buffer and self._buffer_bytes + nbytes > self.max_bytes:
             self._flush()
-        self._buffer[name] = _owned(tensor)
+        self._buffer[name] = _owned(tensor, self._storages)
         self._buffer_bytes += nbytes
         self.total_bytes += nbytes
 
@@ -73,7 +77,7 @@ class ShardedSafetensorsWriter:
             return
         save_file(self._buffer, str(self.folder / f".shard-{len(self._shards):05d}"), metadata={"format": "pt"})
         self._shards.append(list(self._buffer))
-        self._buffer, self._buffer_bytes = {}, 0
+        self._buffer, self._buffer_bytes, self._storages = {}, 0, set()
 
     def finish(self) -> dict[str, str]:
         """Write the last shard, name every shard ``model-0000i-of-0000n.safetensors``, write the index."""

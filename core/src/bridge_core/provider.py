@@ -94,6 +94,8 @@ class GPTModelProvider(TransformerConfig):
     def _check_parallel_sizes(self) -> None:
         tp, pp, ep = self.tensor_model_parallel_size, self.pipeline_model_parallel_size, self.expert_model_parallel_size
         heads, groups = self.num_attention_heads, self.num_query_groups or self.num_attention_heads
+        if heads % groups:
+            raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_query_groups={groups} (KV heads)")
         for value, what in ((heads, "num_attention_heads"), (groups, "num_query_groups (KV heads)")):
             if value % tp:
                 ok = _divisors(math.gcd(heads, groups))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bridge_core.errors import CheckpointError
+from bridge_core.errors import CheckpointError, MissingTensorError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -185,7 +185,7 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
         """Read one tensor (the file handle is opened once and reused)."""
         meta = self.meta.get(key)
         if meta is None:
-            raise CheckpointError(f"{self.folder}: tensor {key} is not in the checkpoint")
+            raise MissingTensorError(f"{self.folder}: tensor {key} is not in the checkpoint")
         try:
             return self._handle(meta.file).get_tensor(key)
         except CheckpointError:
@@ -197,7 +197,7 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
         """Read ``tensor[index]`` without reading the rest (stacked expert tensors)."""
         meta = self.meta.get(key)
         if meta is None:
-            raise CheckpointError(f"{self.folder}: tensor {key} is not in the checkpoint")
+            raise MissingTensorError(f"{self.folder}: tensor {key} is not in the checkpoint")
         return self._handle(meta.file).get_slice(key)[index]
 
     @property
