@@ -31,6 +31,12 @@ class Progress:
         self.start = time.perf_counter()
         self._last = self.start
 
+    def begin(self, total_tensors: int = 0, total_bytes: int = 0) -> None:
+        """Start (or restart) the clock when the work itself starts."""
+        self.total_tensors, self.total_bytes = total_tensors, total_bytes
+        self.tensors = self.bytes = 0
+        self.start = self._last = time.perf_counter()
+
     def update(self, nbytes: int) -> None:
         self.tensors += 1
         self.bytes += nbytes
@@ -55,6 +61,6 @@ class Progress:
     def summary(self, what: str = "") -> str:
         secs = self.seconds
         return (
-            f"{self.action} {what}{self.tensors} tensors ({self.bytes / 1e9:.2f} GB) in {secs:.1f} s "
+            f"{self.action}: {what}{self.tensors} tensors ({self.bytes / 1e9:.2f} GB) in {secs:.2f} s "
             f"({self.bytes / 1e9 / max(secs, 1e-9):.2f} GB/s)"
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,11 @@ def import_checkpoint(
     from bridge_core.output_dir import check_output_dir
 
     check_output_dir(megatron_path, overwrite, "--megatron-path")
+    started = time.perf_counter()
     progress = Progress("import", enabled=rank() == 0)
     bridge, provider, model = build_from_hf(hf_model, parallel, dtype, trust_remote_code, progress)
-    say(progress.summary("read "))
+    say(progress.summary("loaded "))
+    saving = time.perf_counter()
     path = save_megatron_checkpoint(
         model,
         provider,
@@ -128,7 +131,8 @@ def import_checkpoint(
         tokenizer_files=bridge.hf.side_files(),
         overwrite=overwrite,
     )
-    say(f"import: wrote {megatron_path} in {progress.seconds:.1f} s")
+    now = time.perf_counter()
+    say(f"import: wrote {megatron_path} in {now - saving:.2f} s; total {now - started:.1f} s")
     return path
 
 
@@ -216,5 +220,5 @@ def export_checkpoint(
         progress=progress,
         side_files=loaded.side_files,
     )
-    say(progress.summary("wrote "))
+    say(progress.summary("exported "))
     return out

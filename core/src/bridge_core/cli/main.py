@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser.add_argument("--debug", action="store_true", default=top.debug, help="show tracebacks of errors")
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
+    if not args.debug:
+        quiet_libraries()
     args.argv = [top.command, *rest] + (["--debug"] if top.debug and "--debug" not in rest else [])
     try:
         return int(module.run(args) or 0)
@@ -68,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
             "(rerun with --debug for the traceback)"
         )
         return 1
+
+
+def quiet_libraries() -> None:
+    """Keep library warnings (megatron-core's "Apex is not installed" ...) off the user's terminal."""
+    import logging
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("megatron").setLevel(logging.ERROR)
 
 
 def _report(line: str) -> None:

@@ -8,6 +8,7 @@ every rank (weight sync); ``to_rank=r`` sends them to rank ``r`` only (writing a
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ def export_tasks(
             expected[name] += index is not None
     stacks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
     receiving = to_rank is None or layout.rank == to_rank
+    if progress is not None:
+        nbytes = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for u in units for _, _, s, d in u.parts)
+        progress.begin(sum(len(u.parts) for u in units), nbytes)
     for unit in units:
         task = by_name.get(unit.global_name)
         produced = None

@@ -68,6 +68,8 @@ def load_tasks(
     """Fill every task's parameter. Every member of a group walks the same sorted task list."""
     report = LoadReport()
     start = time.perf_counter()
+    if progress is not None:
+        progress.begin(len(tasks), sum(t.param.tensor.numel() * t.param.tensor.element_size() for t in tasks))
     for task in tasks:
         param = task.param.tensor
         split = layout.for_param(task.param)
