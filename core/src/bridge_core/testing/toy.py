@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ def build_toy(toy: ToyModel, folder: str | Path) -> Path:
                 param.normal_(0.0, 0.05)
     model = model.to(getattr(torch, toy.dtype)).eval()
     model.save_pretrained(folder)
+    config_file = folder / "config.json"  # save_pretrained writes the class name; keep the toy's
+    saved = json.loads(config_file.read_text())
+    if saved.get("architectures") != [toy.architecture]:
+        config_file.write_text(json.dumps({**saved, "architectures": [toy.architecture]}, indent=2))
     return folder
 
 
