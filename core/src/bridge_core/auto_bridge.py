@@ -77,7 +77,6 @@ class AutoBridge:
         *,
         trust_remote_code: bool = False,
         torch_dtype: str | torch.dtype | None = None,
-        **_: Any,
     ) -> AutoBridge:
         """A bridge for a local HF model folder (config.json + safetensors)."""
         return cls(HFCheckpoint(path, trust_remote_code=trust_remote_code), torch_dtype=torch_dtype)

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from bridge_core.conversion.params import unwrap
 from bridge_core.cpu_support import causal_mask
+from bridge_core.errors import ConfigError
 
 
 def _device(chunk: torch.nn.Module) -> torch.device:
@@ -31,6 +32,8 @@ def forward_logits(model: Any, input_ids: torch.Tensor, vocab_size: int | None =
         c.eval()
     device = _device(chunks[0])
     config = chunks[0].config
+    if config.sequence_parallel or getattr(config, "context_parallel_size", 1) > 1:
+        raise ConfigError("forward_logits supports tensor and pipeline parallelism only (no sequence/context parallel)")
     batch, seq = input_ids.shape
     input_ids = input_ids.to(device)
     position_ids = torch.arange(seq, device=device).unsqueeze(0).expand(batch, -1)
