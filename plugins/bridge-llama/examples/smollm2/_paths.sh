@@ -9,4 +9,5 @@ print(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))[0])
 PY
 )}"
 WORK="${WORK:-${1:-smollm2-demo}}"
+export TQDM_DISABLE=1 TRANSFORMERS_VERBOSITY=error
 mkdir -p "$WORK"

@@ -1,6 +1,6 @@
 """transformers loads the exported folder, and its greedy output equals the original GGUF model's.
 
-Usage: python compare_with_transformers.py GGUF_FILE EXPORTED_HF_FOLDER [MEGATRON_OUTPUT_TEXT]
+Usage: python compare_with_transformers.py GGUF_FILE EXPORTED_HF_FOLDER [FILE_WITH_MEGATRON_OUTPUT]
 """
 
 import sys
@@ -30,10 +30,11 @@ def main() -> int:
     if want != got:
         print("error: the exported model's greedy output differs from the original's", file=sys.stderr)
         return 1
-    if len(sys.argv) > 3 and sys.argv[3].strip() != (PROMPT + want).strip():
-        print(f"error: the Megatron model said {sys.argv[3]!r}, transformers {PROMPT + want!r}", file=sys.stderr)
+    megatron = Path(sys.argv[3]).read_text().strip() if len(sys.argv) > 3 else None
+    if megatron is not None and megatron != (PROMPT + want).strip():
+        print(f"error: the Megatron model said {megatron!r}, transformers {PROMPT + want!r}", file=sys.stderr)
         return 1
-    print("OK: identical greedy output" + (" (Megatron and transformers)" if len(sys.argv) > 3 else ""))
+    print("OK: identical greedy output" + (" (Megatron and transformers)" if megatron is not None else ""))
     return 0
 
 

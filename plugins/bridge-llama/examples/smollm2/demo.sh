@@ -8,9 +8,11 @@ source "$HERE/_paths.sh"
 echo "== conversion (GGUF -> Megatron TP=1 -> HF -> Megatron TP=3, then verify) =="
 bash "$HERE/conversion.sh" "$WORK"
 echo "== generation with the Megatron model =="
-bash "$HERE/inference.sh" "$WORK" | tee "$WORK/generated.txt"
-grep -q "Paris" <(head -n 1 "$WORK/generated.txt") || { echo "error: TP=1 did not say Paris" >&2; exit 1; }
-grep -q "Paris" <(sed -n 2p "$WORK/generated.txt") || { echo "error: TP=3 did not say Paris" >&2; exit 1; }
-echo "== transformers on the exported folder =="
-python "$HERE/compare_with_transformers.py" "$GGUF" "$WORK/hf" "$(head -n 1 "$WORK/generated.txt")"
+bash "$HERE/inference.sh" "$WORK"
+for run in tp1 tp3 chat; do
+    grep -q "Paris" "$WORK/generate-$run.txt" || { echo "error: the Megatron model ($run) did not say Paris" >&2; exit 1; }
+done
+cmp -s "$WORK/generate-tp1.txt" "$WORK/generate-tp3.txt" || { echo "error: TP=1 and TP=3 outputs differ" >&2; exit 1; }
+echo "== transformers on the original and on the exported folder =="
+python "$HERE/compare_with_transformers.py" "$GGUF" "$WORK/hf" "$WORK/generate-tp1.txt"
 echo "== demo OK: outputs in $WORK =="
