@@ -70,6 +70,15 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def with_config(src: Path, dst: Path, **changes) -> Path:
+    """A copy of ``src`` whose config.json has ``changes`` (a value of None deletes the key)."""
+    folder = copy(src, dst)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return folder
+
+
 def test_import_writes_a_megatron_lm_checkpoint(checkpoint, toy):
     assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
     files = {p.name for p in (checkpoint / "iter_0000000").iterdir()}
@@ -142,10 +151,7 @@ def test_folder_without_weights(toy, tmp_path):
 
 
 def test_config_without_architectures(toy, tmp_path):
-    folder = copy(toy, tmp_path / "hf")
-    config = json.loads((folder / "config.json").read_text())
-    del config["architectures"]
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = with_config(toy, tmp_path / "hf", architectures=None)
     assert_one_line_error(
         bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "o")),
         "config.json: no 'architectures' entry",
@@ -153,10 +159,7 @@ def test_config_without_architectures(toy, tmp_path):
 
 
 def test_unknown_architecture_names_the_plugin(toy, tmp_path):
-    folder = copy(toy, tmp_path / "hf")
-    config = json.loads((folder / "config.json").read_text())
-    config["architectures"] = ["Gemma2ForCausalLM"]
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = with_config(toy, tmp_path / "hf", architectures=["Gemma2ForCausalLM"])
     assert_one_line_error(
         bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "o")),
         "Gemma2ForCausalLM: pip install bridge-gemma",
@@ -200,10 +203,7 @@ def test_index_pointing_outside_the_folder_is_refused(toy, tmp_path):
 
 
 def test_shape_mismatch(toy, tmp_path):
-    folder = copy(toy, tmp_path / "hf")
-    config = json.loads((folder / "config.json").read_text())
-    config["intermediate_size"] = 128
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = with_config(toy, tmp_path / "hf", intermediate_size=128)
     assert_one_line_error(
         bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "o")),
         "shape mismatch",
@@ -254,10 +254,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_remote_code_needs_the_flag(toy, tmp_path):
-    folder = copy(toy, tmp_path / "hf")
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig"}
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = with_config(toy, tmp_path / "hf", auto_map={"AutoConfig": "configuration_evil.EvilConfig"})
     assert_one_line_error(
         bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "o")),
         "needs remote code",
