@@ -49,11 +49,9 @@ class TestLlamaConformance(BridgeConformance):
 
 
 @pytest.fixture
-def folder_with(tmp_path):
-    from bridge_core.testing.toy import build_toy
-
+def folder_with(toy_model_factory):
     def make(arch, config):
-        return build_toy(ToyModel(arch, config), tmp_path / "m")
+        return toy_model_factory(ToyModel(arch, config))
 
     return make
 

@@ -55,26 +55,23 @@ def test_moe_layer_pattern_follows_hf_conventions():
     assert hf_sparsity([1, 0, 1, 1]) == {"decoder_sparse_step": 1, "mlp_only_layers": [1]}
 
 
-def test_expert_parallel_that_does_not_divide_experts_is_refused(tmp_path):
+def test_expert_parallel_that_does_not_divide_experts_is_refused(toy_model_factory):
     from bridge_core import AutoBridge
     from bridge_core.errors import ConfigError
-    from bridge_core.testing.toy import build_toy
 
-    folder = build_toy(ToyModel("Qwen3MoeForCausalLM", {**MOE, "num_experts": 3}), tmp_path / "m")
+    folder = toy_model_factory(ToyModel("Qwen3MoeForCausalLM", {**MOE, "num_experts": 3}))
     provider = AutoBridge.from_hf_pretrained(folder).to_megatron_provider()
     provider.expert_model_parallel_size = 2
     with pytest.raises(ConfigError, match=r"expert parallel size 2 does not divide num_moe_experts=3"):
         provider.finalize()
 
 
-def test_sliding_window_is_refused(tmp_path):
+def test_sliding_window_is_refused(toy_model_factory):
     from bridge_core import AutoBridge
     from bridge_core.errors import ConfigError
-    from bridge_core.testing.toy import build_toy
 
-    folder = build_toy(
-        ToyModel("Qwen2ForCausalLM", {"model_type": "qwen2", **BASE, "use_sliding_window": True, "sliding_window": 64}),
-        tmp_path / "m",
+    folder = toy_model_factory(
+        ToyModel("Qwen2ForCausalLM", {"model_type": "qwen2", **BASE, "use_sliding_window": True, "sliding_window": 64})
     )
     with pytest.raises(ConfigError, match=r"use_sliding_window=True"):
         AutoBridge.from_hf_pretrained(folder).to_megatron_provider()

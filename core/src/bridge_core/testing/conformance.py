@@ -8,7 +8,14 @@
 
 For every toy: config translation both ways, coverage, a bit-exact HF -> Megatron -> HF roundtrip,
 fp32 logit parity with transformers (<= 1e-4), and the ``parallel`` layouts (TP=2, PP=2, EP=2 for
-toys tagged ``moe``) on CPU under gloo in one torchrun launch. Registration checks run once.
+toys tagged ``moe``) on CPU under gloo in one torchrun launch. The same layouts run again on GPUs
+with NCCL in tests marked ``gpu`` (``gpu_parallel``; skipped with fewer than ``nproc`` CUDA devices).
+Registration checks run once: the entry point resolves under strict discovery, ``BRIDGE_CONTRACT``
+parses and contains the core's contract version, the distribution requires ``bridge-core`` within
+one major, the ``"module:Class"`` strings import, and the entry-point module imports no torch,
+megatron, transformers or safetensors.
+
+Expensive results (toy folders, the parallel launch) are computed once per class and session.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
+from bridge_core.contract import CONTRACT_VERSION, contract_satisfies, parse_contract_range
+from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
 
 __all__ = ["BridgeConformance", "ToyModel"]
 
 FP32_TOLERANCE = 1e-4
+# GPU kernels (and their reduction orders) differ from transformers' CPU reference.
+GPU_FP32_TOLERANCE = 1e-3
 HEAVY = ("torch", "megatron", "transformers", "safetensors")
 
 
@@ -47,7 +57,13 @@ def layout_fits(toy: ToyModel, layout: dict[str, Any]) -> bool:
 
 
 class BridgeConformance:
-    """Base class of a plugin's conformance tests (see the module docstring)."""
+    """Base class of a plugin's conformance tests (see the module docstring).
+
+    Set ``plugin`` (the entry-point name) and ``toys`` (name -> ``ToyModel``); optionally
+    ``parallel`` (CPU layouts), ``gpu_parallel`` (GPU layouts, default: the same), ``seq_len``
+    and ``nproc``. A layout is a dict of ``tp``, ``pp``, ``ep``, ``etp``, ``vp``, ``load_weights``
+    and ``requires`` (a toy tag such as ``"moe"``).
+    """
 
     plugin: ClassVar[str] = ""
     toys: ClassVar[dict[str, ToyModel]] = {}
@@ -56,6 +72,7 @@ class BridgeConformance:
         "pp2": {"pp": 2, "load_weights": True},
         "ep2": {"ep": 2, "requires": "moe"},
     }
+    gpu_parallel: ClassVar[dict[str, dict[str, Any]] | None] = None
     seq_len: ClassVar[int] = 64
     nproc: ClassVar[int] = 2
 
@@ -63,13 +80,22 @@ class BridgeConformance:
         if "toy_name" in metafunc.fixturenames:
             metafunc.parametrize("toy_name", sorted(self.toys))
         if "parallel_case" in metafunc.fixturenames:
-            cases = [
-                f"{toy}-{name}"
-                for toy in sorted(self.toys)
-                for name, layout in self.parallel.items()
-                if layout_fits(self.toys[toy], layout)
-            ]
-            metafunc.parametrize("parallel_case", cases)
+            metafunc.parametrize("parallel_case", self._cases(self.parallel))
+        if "gpu_case" in metafunc.fixturenames:
+            metafunc.parametrize("gpu_case", self._cases(self._gpu_layouts()))
+
+    @classmethod
+    def _gpu_layouts(cls) -> dict[str, dict[str, Any]]:
+        return cls.parallel if cls.gpu_parallel is None else cls.gpu_parallel
+
+    @classmethod
+    def _cases(cls, layouts: dict[str, dict[str, Any]]) -> list[str]:
+        return [
+            f"{toy}-{name}"
+            for toy in sorted(cls.toys)
+            for name, layout in layouts.items()
+            if layout_fits(cls.toys[toy], layout)
+        ]
 
     # -- fixtures -------------------------------------------------------------------------------
     @pytest.fixture
@@ -85,30 +111,63 @@ class BridgeConformance:
         destroy_model_parallel()
         reset_registry()
 
-    @pytest.fixture(scope="class")
-    def toy_folders(self, tmp_path_factory: Any) -> dict[str, Path]:
-        return {name: build_toy(toy, tmp_path_factory.mktemp(name)) for name, toy in self.toys.items()}
+    @pytest.fixture
+    def toy_folders(self, request: Any, tmp_path_factory: Any) -> dict[str, Path]:
+        """Each toy saved as an HF folder (built once per session, shared by equal toys)."""
+        from bridge_core.testing.pytest_plugin import session_toy_factory
 
-    @pytest.fixture(scope="class")
-    def parallel_results(self, toy_folders: dict[str, Path], tmp_path_factory: Any) -> dict[str, dict]:
+        factory = session_toy_factory(request.config, tmp_path_factory)
+        return {name: factory(toy) for name, toy in self.toys.items()}
+
+    @pytest.fixture
+    def parallel_results(self, request: Any, toy_folders: dict[str, Path], tmp_path_factory: Any) -> dict[str, dict]:
+        """Every CPU layout of every toy, run once per class in one torchrun launch (gloo)."""
+        from bridge_core.testing.pytest_plugin import CpuLauncher, class_cache
+
+        cache, key = class_cache(request.config), (type(self), "cpu")
+        if key not in cache:
+            work = tmp_path_factory.mktemp("parallel")
+            cases = self._launch_cases(self.parallel, toy_folders, work)
+            launcher = CpuLauncher(tmp_path_factory.mktemp, nproc=self.nproc)
+            cache[key] = launcher.run_cases(cases, work, env=self._plugin_env()) if cases else {}
+        return cache[key]
+
+    @pytest.fixture
+    def gpu_parallel_results(
+        self, request: Any, toy_folders: dict[str, Path], tmp_path_factory: Any
+    ) -> dict[str, dict]:
+        """Every GPU layout of every toy, run once per class in one torchrun launch (NCCL)."""
+        import torch
+
         from bridge_core.testing.launch import run_cases
+        from bridge_core.testing.pytest_plugin import class_cache
 
-        work = tmp_path_factory.mktemp("parallel")
+        found = torch.cuda.device_count()
+        if found < self.nproc:
+            pytest.skip(f"needs {self.nproc} CUDA devices, found {found}")
+        cache, key = class_cache(request.config), (type(self), "gpu")
+        if key not in cache:
+            work = tmp_path_factory.mktemp("gpu-parallel")
+            cases = self._launch_cases(self._gpu_layouts(), toy_folders, work)
+            cache[key] = run_cases(cases, work, nproc=self.nproc, env=self._plugin_env()) if cases else {}
+        return cache[key]
+
+    def _plugin_env(self) -> dict[str, str]:
+        return {"BRIDGE_PLUGINS": self.plugin, "BRIDGE_STRICT_PLUGINS": "1"}
+
+    def _launch_cases(self, layouts: dict[str, dict[str, Any]], folders: dict[str, Path], work: Path) -> list[dict]:
         cases = []
-        for toy_name, folder in toy_folders.items():
+        for toy_name, folder in folders.items():
             ids = work / f"{toy_name}-ids.pt"
             _save_ids(self.toys[toy_name], ids, self.seq_len)
-            for name, layout in self.parallel.items():
+            for name, layout in layouts.items():
                 if layout_fits(self.toys[toy_name], layout):
                     settings = {k: v for k, v in layout.items() if k != "requires"}
                     case = f"{toy_name}-{name}"
                     cases.append(
                         {"name": case, "hf_path": str(folder), "ids": str(ids), "out": str(work / case), **settings}
                     )
-        if not cases:
-            return {}
-        env = {"BRIDGE_PLUGINS": self.plugin, "BRIDGE_STRICT_PLUGINS": "1"}
-        return run_cases(cases, work, nproc=self.nproc, env=env)
+        return cases
 
     # -- registration ---------------------------------------------------------------------------
     def test_plugin_registers_and_imports_nothing_heavy(self):
@@ -127,6 +186,38 @@ class BridgeConformance:
         assert record["status"] == "loaded", record["reason"]
         assert report["heavy"] == [], f"the entry-point module imports {report['heavy']}"
         assert {t.architecture for t in self.toys.values()} <= set(record["architectures"])
+        spec = parse_contract_range(record["contract"], where=record["entry_point"])
+        assert contract_satisfies(spec), (
+            f"BRIDGE_CONTRACT {record['contract']!r} of {record['entry_point']} does not contain "
+            f"this core's contract {CONTRACT_VERSION}"
+        )
+
+    def test_distribution_requires_core_within_one_major(self):
+        import importlib_metadata
+        from packaging.requirements import Requirement
+        from packaging.version import Version
+
+        from bridge_core import __version__ as core_version
+        from bridge_core.discovery import ENTRY_POINT_GROUP, normalize
+
+        (ep,) = [e for e in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP) if e.name == self.plugin]
+        assert ep.dist is not None, f"entry point {self.plugin!r} belongs to no distribution"
+        reqs = [Requirement(r) for r in ep.dist.requires or []]
+        core = [
+            r
+            for r in reqs
+            if normalize(r.name) == "bridge-core" and (r.marker is None or r.marker.evaluate({"extra": ""}))
+        ]
+        assert core, f"{ep.dist.name} does not depend on bridge-core (add 'bridge-core[torch]>=X.Y,<NEXT_MAJOR')"
+        next_major = Version(core_version).major + 1
+        for req in core:
+            assert req.specifier.contains(core_version, prereleases=True), (
+                f"{ep.dist.name} requires {req}, which excludes the installed bridge-core {core_version}"
+            )
+            assert not req.specifier.contains(f"{next_major}.0", prereleases=True), (
+                f"{ep.dist.name} requires {req}: bound it below the next major (<{next_major}), "
+                "since a new major contract may break it"
+            )
 
     def test_bridge_classes_import(self, only_this_plugin):
         from bridge_core.bridge import MegatronModelBridge
@@ -188,6 +279,23 @@ class BridgeConformance:
             ids = torch.load(Path(result["logits"]).parent.parent / f"{toy_name}-ids.pt", weights_only=True)
             diff = (torch.load(result["logits"], weights_only=True) - hf_logits(folder, ids)).abs().max().item()
             assert diff <= FP32_TOLERANCE, f"max |logits diff| {diff:.3g} > {FP32_TOLERANCE}"
+
+    @pytest.mark.gpu
+    def test_parallel_layout_gpu(self, toy_folders, gpu_parallel_results, gpu_case):
+        import torch
+
+        from bridge_core.testing.compare import compare_hf_weights
+
+        toy_name = gpu_case.rsplit("-", 1)[0]
+        toy, folder, result = self.toys[toy_name], toy_folders[toy_name], gpu_parallel_results[gpu_case]
+        assert result["error"] is None, result["error"]
+        problems = compare_hf_weights(folder, result["hf"])
+        assert problems == [], f"roundtrip differs: {problems[:5]}"
+        if toy.dtype == "float32":
+            ids = torch.load(Path(result["logits"]).parent.parent / f"{toy_name}-ids.pt", weights_only=True)
+            logits = torch.load(result["logits"], weights_only=True, map_location="cpu")
+            diff = (logits - hf_logits(folder, ids)).abs().max().item()
+            assert diff <= GPU_FP32_TOLERANCE, f"max |logits diff| {diff:.3g} > {GPU_FP32_TOLERANCE}"
 
 
 def _save_ids(toy: ToyModel, path: Path, seq: int) -> None:

@@ -1,0 +1,7 @@
+"""{{ cookiecutter.__project_slug }}: {{ cookiecutter.__family_title }} bridges for bridge-core.
+
+Importing this package is cheap; the bridges (``{{ cookiecutter.__module_name }}.bridge``) import torch
+and are loaded by bridge-core only when a model of this family is converted.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,40 @@
+{%- set archs = cookiecutter.architectures.split(',') | map('trim') | list -%}
+"""Entry point of {{ cookiecutter.__project_slug }}: declares the contract and registers strings only.
+
+bridge-core imports this module during discovery, in every process, before any model is used:
+keep it tiny and never import torch, megatron or transformers here (the conformance tests check).
+"""
+
+from bridge_core import hookimpl
+
+BRIDGE_CONTRACT = ">={{ cookiecutter.__core_version }},<{{ cookiecutter.__core_next_major }}"
+
+
+@hookimpl
+def register_bridges(register):
+{%- for arch in archs %}
+    register(
+        architecture="{{ arch }}",
+        bridge="{{ cookiecutter.__module_name }}.bridge:{{ arch | replace('ForCausalLM', '') | replace('ForConditionalGeneration', '') }}Bridge",
+        model_type="{{ cookiecutter.model_type }}",
+    )
+{%- endfor %}
+
+
+@hookimpl
+def register_recipes(register):
+    for kind in ("pretrain", "sft", "peft"):
+        register(
+            name=f"{{ cookiecutter.family }}_{kind}",
+            recipe=f"{{ cookiecutter.__module_name }}.recipes:{kind}",
+            family="{{ cookiecutter.family }}",
+            kind=kind,
+        )
+
+
+@hookimpl
+def register_flops(register):
+    register(
+        block="{{ cookiecutter.family }}_decoder_layer",
+        function="{{ cookiecutter.__module_name }}.flops:decoder_layer_flops",
+    )
