@@ -33,12 +33,16 @@ def split_qkv(qkv: Tensor, num_heads: int, num_groups: int, head_dim: int) -> tu
 
 def split_gated(full: Tensor, n: int) -> list[Tensor]:
     """``[gate; up]`` -> ``n`` shards, each ``[gate_i; up_i]`` (Megatron's per-rank layout)."""
+    if n == 1:
+        return [full]  # already [gate; up]: no copy
     gate, up = torch.chunk(full, 2, dim=0)
     return [torch.cat([g, u], dim=0) for g, u in zip(torch.chunk(gate, n), torch.chunk(up, n))]
 
 
 def merge_gated(shards: list[Tensor]) -> Tensor:
     """Per-rank ``[gate_i; up_i]`` shards -> ``[gate; up]`` (inverse of ``split_gated``)."""
+    if len(shards) == 1:
+        return shards[0]  # already [gate; up]: no copy
     pairs = [torch.chunk(s, 2, dim=0) for s in shards]
     return torch.cat([g for g, _ in pairs] + [u for _, u in pairs], dim=0)
 

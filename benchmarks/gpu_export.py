@@ -1,0 +1,398 @@
+"""GPU export throughput (RL weight sync): an ~8B-shaped random bf16 model, TP=1 and TP=2, to CPU tensors.
+
+    python benchmarks/gpu_export.py --layers 32 --tp 1 2 --repeats 3 --out benchmarks/results/gpu.json
+
+The driver (this command) starts one ``torchrun --nproc_per_node TP`` per TP size (NCCL), collects
+rank 0's JSON and prints / writes the combined result. Each worker builds the model with our provider
+directly on its GPU (Llama-3-8B widths by default: hidden 4096, MLP 14336, 32 heads, 8 KV groups,
+vocabulary 128256, untied; ``--layers`` sets the depth), fills it with random values, then alternates
+``--repeats`` times:
+
+- ours: ``for name, t in AutoBridge.export_hf_weights(model, cpu=True)`` (every rank receives every tensor);
+- mbridge 0.15.1 (when it imports): ``for name, t in export_weights(model): t.cpu()``, with the local
+  layer spec's norm names added to its tables and the vocabulary padding told.
+
+Both sides see the same model object. Without CUDA the driver prints ``{"skipped": ...}`` and exits 0.
+The module imports neither mbridge nor megatron at import time, so ours runs alone where mbridge is
+missing or fails to import (its error is recorded).
+
+Needs on the GPU machine: torch, transformers, pluggy (there already), megatron-core (the 0.19.2 wheel);
+optionally mbridge 0.15.1 and einops. This checkout's ``core`` and ``plugins/bridge-llama`` are used
+from the source tree when not installed. ``python benchmarks/gpu_export.py --fetch-wheels DIR``
+downloads the cp312 wheels here, to carry over (that machine reaches no package index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+LLAMA3_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+}
+CARRY_WHEELS = ["megatron-core==0.19.2", "mbridge==0.15.1", "einops"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _use_checkout() -> None:
+    """Import this checkout's bridge-core and bridge-llama (installed or not) and register the Llama bridge
+    directly, so that no installed entry point (and no importlib-metadata) is needed on the GPU machine."""
+    try:
+        import bridge_core  # noqa: F401
+        import bridge_llama
+    except ImportError:
+        for sub in ("core/src", "plugins/bridge-llama/src"):
+            sys.path.insert(0, str(ROOT / sub))
+    import bridge_llama
+    import bridge_llama.plugin
+    from bridge_core.registry import Registry, reset_registry
+
+    registry = Registry()
+    registry.add_plugin(
+        bridge_llama.plugin, name="llama", distribution="bridge-llama", version=bridge_llama.__version__, strict=True
+    )
+    reset_registry(registry)
+
+
+# -- worker (one process per rank, under torchrun) ------------------------------------------------
+
+
+def _hf_config(args):
+    from transformers import LlamaConfig
+
+    values = dict(LLAMA3_8B)
+    values.update(
+        num_hidden_layers=args.layers,
+        hidden_size=args.hidden or values["hidden_size"],
+        intermediate_size=args.ffn or values["intermediate_size"],
+    )
+    theta = values.pop("rope_theta")
+    try:
+        config = LlamaConfig(**values, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    except TypeError:
+        config = LlamaConfig(**values, rope_theta=theta)
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = "bfloat16"
+    return config
+
+
+def _tag_tp_attributes(chunks) -> None:
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    from bridge_core.conversion.params import split_dims, unwrap
+
+    for chunk in chunks:
+        chunk = unwrap(chunk)
+        dims = split_dims(chunk)
+        for param in chunk.parameters():
+            dim = dims[id(param)]
+            if dim is not None and not hasattr(param, "tensor_model_parallel"):
+                set_tensor_model_parallel_attributes(param, True, dim, 1)
+
+
+def _mbridge(hf_config, provider, dtype):
+    import mbridge
+
+    try:
+        mb = mbridge.AutoBridge.from_config(hf_config, dtype=dtype)
+    except Exception:  # its TransformerConfig may refuse settings under another megatron-core: use ours
+        from mbridge.core.bridge import _MODEL_REGISTRY
+        from mbridge.core.parallel_states import ParallelStates
+
+        cls = _MODEL_REGISTRY[hf_config.model_type]
+        mb = cls.__new__(cls)
+        mb.hf_config, mb.extra_args, mb.dtype = hf_config, {}, dtype
+        mb.mpu = ParallelStates.get_parallel_state()
+        mb.config = provider
+        mb.safetensor_io = None
+    mb._OTHER_MAPPING = {
+        **type(mb)._OTHER_MAPPING,
+        "input_layernorm.weight": ["model.layers.{layer_number}.input_layernorm.weight"],
+    }
+    mb._MLP_MAPPING = {
+        **type(mb)._MLP_MAPPING,
+        "pre_mlp_layernorm.weight": ["model.layers.{layer_number}.post_attention_layernorm.weight"],
+    }
+    mb.make_vocab_size_divisible_by = provider.make_vocab_size_divisible_by * provider.tensor_model_parallel_size
+    mb.vocab_size = provider.vocab_size
+    mb.padded_vocab_size = provider.vocab_size_with_padding
+    return mb
+
+
+def worker(args) -> None:
+    warnings.filterwarnings("ignore")
+    import torch
+    import torch.distributed as dist
+
+    _use_checkout()
+    from bridge_core.auto_bridge import AutoBridge
+
+    t0 = time.perf_counter()
+    bridge = AutoBridge.from_hf_config(_hf_config(args), torch_dtype="bfloat16")
+    provider = bridge.to_megatron_provider()
+    provider.tensor_model_parallel_size = args.tp_size
+    provider.transformer_layer_spec = "local"
+    provider.perform_initialization = False
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+    _tag_tp_attributes(model)
+    params = [p for chunk in model for p in chunk.parameters()]
+    cuda = torch.cuda.is_available()
+    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
+    gen = torch.Generator(device="cuda" if cuda else "cpu").manual_seed(1234 + dist.get_rank())
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0.0, 0.02, generator=gen)
+    synchronize()
+    build_s = time.perf_counter() - t0
+    rank = dist.get_rank()
+    local_bytes = sum(p.numel() * p.element_size() for p in params)
+
+    sides, errors = ["ours"], {}
+    mb = None
+    if not args.ours_only:
+        try:
+            mb = _mbridge(bridge.hf_config, provider, torch.bfloat16)
+            sides.append("mbridge")
+        except Exception as exc:
+            errors["mbridge"] = f"{type(exc).__name__}: {exc}"
+
+    def run(side: str, fingerprint: dict | None) -> tuple[float, int, int]:
+        synchronize()
+        dist.barrier()
+        start = time.perf_counter()
+        n = nbytes = 0
+        it = bridge.export_hf_weights(model, cpu=True) if side == "ours" else mb.export_weights(model)
+        for name, tensor in it:
+            tensor = tensor.cpu()
+            n += 1
+            nbytes += tensor.numel() * tensor.element_size()
+            if fingerprint is not None:
+                flat = tensor.reshape(-1)[::4099].double()
+                fingerprint[name] = (tuple(tensor.shape), round(float(flat.sum()), 3))
+        synchronize()
+        dist.barrier()
+        return time.perf_counter() - start, n, nbytes
+
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    sizes: dict[str, tuple[int, int]] = {}
+    prints: dict[str, dict] = {}
+    for i in range(args.repeats):
+        for side in list(sides):
+            try:
+                fp = {} if i == 0 and rank == 0 else None
+                secs, n, nbytes = run(side, fp)
+            except Exception as exc:
+                errors[side] = f"{type(exc).__name__}: {exc}"
+                sides.remove(side)
+                continue
+            times[side].append(secs)
+            sizes[side] = (n, nbytes)
+            if fp is not None:
+                prints[side] = fp
+    checks = ""
+    if len(prints) == 2:
+        a, b = prints["ours"], prints["mbridge"]
+        checks = (
+            "same names, shapes and sampled sums"
+            if a == b
+            else (f"differ: {len(set(a) ^ set(b))} names, {sum(1 for k in set(a) & set(b) if a[k] != b[k])} values")
+        )
+    if rank == 0:
+        doc = {
+            "tp": args.tp_size,
+            "layers": args.layers,
+            "build_s": build_s,
+            "bytes": sizes.get("ours", (0, 0))[1],
+            "local_param_bytes_rank0": local_bytes,
+            "tensors": {s: sizes[s][0] for s in sizes},
+            "bytes_by_side": {s: sizes[s][1] for s in sizes},
+            "times": {s: v for s, v in times.items() if v},
+            "median": {s: statistics.median(v) for s, v in times.items() if v},
+            "checks": checks,
+            "errors": errors,
+        }
+        Path(args.worker_out).write_text(json.dumps(doc, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for dist_name in ("torch", "megatron-core", "transformers", "mbridge", "bridge-core"):
+        try:
+            out[dist_name] = metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            out[dist_name] = None
+    return out
+
+
+def use_wheels(folder: str) -> Path:
+    """Unpack the carried wheels into ``folder/site`` (a wheel is a zip of an installed layout) and put it
+    first on the import path of this process and of the workers: no pip, no network, no system install."""
+    import zipfile
+
+    site = Path(folder).resolve() / "site"
+    for wheel in sorted(Path(folder).glob("*.whl")):
+        stamp = site / f".{wheel.name}.unpacked"
+        if not stamp.exists():
+            site.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(site)
+            stamp.write_text("")
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return site
+
+
+def driver(args) -> int:
+    if args.wheels:
+        use_wheels(args.wheels)
+    try:
+        import torch
+    except ImportError as exc:
+        print(json.dumps({"skipped": f"torch is not installed ({exc})"}))
+        return 0
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        print(json.dumps({"skipped": "no CUDA device"}))
+        return 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else max(args.tp)
+    versions = _versions()
+    doc = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": f"{count} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "none (CPU test run)",
+        "torch": versions["torch"],
+        "megatron_core": versions["megatron-core"],
+        "transformers": versions["transformers"],
+        "mbridge": versions["mbridge"],
+        "python": sys.version.split()[0],
+        "model": {**LLAMA3_8B, "num_hidden_layers": args.layers},
+        "runs": [],
+    }
+    for tp in args.tp:
+        if tp > count:
+            doc["runs"].append({"tp": tp, "skipped": f"needs {tp} GPUs, {count} present"})
+            continue
+        out = Path(args.out or ".").resolve().parent / f".gpu-export-tp{tp}.json"
+        out.unlink(missing_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(tp),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--tp-size",
+            str(tp),
+            "--layers",
+            str(args.layers),
+            "--repeats",
+            str(args.repeats),
+            "--worker-out",
+            str(out),
+        ]
+        cmd += ["--hidden", str(args.hidden)] if args.hidden else []
+        cmd += ["--ffn", str(args.ffn)] if args.ffn else []
+        cmd += ["--ours-only"] if args.ours_only else []
+        print(f"[gpu_export] TP={tp}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        if out.is_file():
+            run = json.loads(out.read_text())
+            out.unlink()
+        else:
+            run = {"tp": tp, "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
+        run["process_wall_s"] = time.perf_counter() - start
+        doc["runs"].append(run)
+    text = json.dumps(doc, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def fetch_wheels(folder: str) -> int:
+    """Download the cp312 wheels the GPU machine lacks (it reaches no package index)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--platform",
+        "manylinux_2_24_x86_64",
+        "--platform",
+        "manylinux2014_x86_64",
+        "-d",
+        folder,
+        *CARRY_WHEELS,
+    ]
+    return subprocess.run(cmd).returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=32, help="decoder layers (32: Llama-3-8B)")
+    parser.add_argument("--hidden", type=int, default=None, help="hidden size (default 4096)")
+    parser.add_argument("--ffn", type=int, default=None, help="MLP size (default 14336)")
+    parser.add_argument("--tp", type=int, nargs="+", default=[1, 2], help="tensor parallel sizes to run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ours-only", action="store_true", help="skip mbridge")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--timeout", type=float, default=1500)
+    parser.add_argument("--wheels", default=None, help="folder of carried wheels to unpack and use (no pip)")
+    parser.add_argument("--fetch-wheels", metavar="DIR", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # test the logic on gloo
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tp-size", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.fetch_wheels:
+        return fetch_wheels(args.fetch_wheels)
+    if args.worker:
+        worker(args)
+        return 0
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
