@@ -185,7 +185,7 @@ def worker(args) -> None:
             n += 1
             nbytes += tensor.numel() * tensor.element_size()
             if fingerprint is not None:
-                flat = tensor.reshape(-1)[::4099].double()
+                flat = tensor.reshape(-1)[::4099].to(torch.bfloat16).double()  # mbridge keeps fp32 norms
                 fingerprint[name] = (tuple(tensor.shape), round(float(flat.sum()), 3))
         synchronize()
         dist.barrier()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,12 @@ from bridge_core.config_translation import dtype_name, hf_dtype, parse_dtype
 from bridge_core.conversion import plan
 from bridge_core.conversion.export import export_tasks
 from bridge_core.conversion.groups import ParallelLayout
+from bridge_core.conversion.host_copy import to_host
 from bridge_core.conversion.load import LoadReport, load_tasks
 from bridge_core.conversion.params import collect_params, unwrap
 from bridge_core.errors import ConfigError
 from bridge_core.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
-from bridge_core.hf_writer import ShardedSafetensorsWriter
+from bridge_core.hf_writer import ShardedSafetensorsWriter, fsync_folder
 from bridge_core.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.registry import get_registry
 
@@ -173,20 +174,32 @@ class AutoBridge:
         to_rank: int | None = None,
         dtype: str | torch.dtype | None = None,
         progress: Any = None,
+        on_plan: Callable[[list[tuple[str, tuple[int, ...], torch.dtype]]], None] | None = None,
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(hf_name, tensor)`` for the whole model (every rank takes part).
 
         ``to_rank=None``: every rank receives every tensor (e.g. weight sync); an int: only that rank.
-        Padded vocabulary rows are trimmed; a tied output layer is not emitted twice.
+        Padded vocabulary rows are trimmed; a tied output layer is not emitted twice. ``on_plan``, if
+        given, is called on the receiving rank(s) before the first tensor with ``(hf_name, shape,
+        dtype)`` of every tensor to come, in order (``ShardedSafetensorsWriter.plan`` takes it).
         """
         tasks, layout, config = self._tasks(model)
         # Default: the model's dtype for every tensor (torch norms of the local spec keep fp32 weights).
         want = parse_dtype(dtype) if dtype is not None else config.params_dtype
         device = tasks[0].param.tensor.device if tasks else torch.device("cpu")
-        for name, tensor in export_tasks(
-            tasks, self.bridge, config, layout, to_rank=to_rank, dtype=want, device=device, progress=progress
-        ):
-            yield name, (tensor.cpu() if cpu else tensor)
+        tensors = export_tasks(
+            tasks,
+            self.bridge,
+            config,
+            layout,
+            to_rank=to_rank,
+            dtype=want,
+            device=device,
+            progress=progress,
+            on_plan=on_plan,
+        )
+        # cpu=True: pinned, overlapped device-to-host copies (see conversion/host_copy.py).
+        yield from to_host(tensors) if cpu else tensors
 
     def hf_config_for_export(self, provider: Any, dtype: torch.dtype | None = None) -> Any:
         """The HF config regenerated from ``provider`` through the bridge (not copied from the source).
@@ -219,25 +232,28 @@ class AutoBridge:
         """Write a complete HF folder (rank 0 writes; every rank takes part).
 
         Sharded safetensors + ``model.safetensors.index.json``, a regenerated config.json, and the
-        tokenizer and generation-config files (``side_files``, default: the source folder's). Written
-        into a temporary sibling and renamed at the end, so an interrupted save never leaves a
-        complete-looking folder.
+        tokenizer and generation-config files (``side_files``, default: the source folder's). The
+        shards are laid out from the export plan and each tensor is written as it arrives (no shard is
+        held in memory). Everything is written into a temporary sibling, fsynced, and renamed at the
+        end, so an interrupted save never leaves a complete-looking folder.
         """
         path = check_output_dir(path, overwrite)
         rank = dist.get_rank() if dist.is_initialized() else 0
         want = parse_dtype(dtype) if dtype is not None else None
-        weights = self.export_hf_weights(model, cpu=True, to_rank=0, dtype=want, progress=progress)
         if rank != 0:
-            for _ in weights:
+            for _ in self.export_hf_weights(model, cpu=True, to_rank=0, dtype=want, progress=progress):
                 pass
             return None
         provider = unwrap(_chunks(model)[0]).config
-        with atomic_output_dir(path, overwrite) as tmp:
-            writer = ShardedSafetensorsWriter(tmp, max_shard_size)
+        with atomic_output_dir(path, overwrite) as tmp, ShardedSafetensorsWriter(tmp, max_shard_size) as writer:
+            weights = self.export_hf_weights(
+                model, cpu=True, to_rank=0, dtype=want, progress=progress, on_plan=writer.plan
+            )
             for name, tensor in weights:
                 writer.add(name, tensor)
             writer.finish()
             self.hf_config_for_export(provider, want or provider.params_dtype).save_pretrained(tmp)
             for side in self.hf.side_files() if side_files is None else side_files:
                 shutil.copy2(side, tmp / side.name)
+            fsync_folder(tmp)
         return path
