@@ -7,6 +7,7 @@ transformers' own forward pass and saved tensors are the reference: roundtrips a
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from bridge_core.testing.launch import run_cases
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 
 HERE = Path(__file__).parent
+UNDER_LAUNCHER = "WORLD_SIZE" in os.environ  # read at collection, before any test starts a group
 LLAMA = {
     "model_type": "llama",
     "hidden_size": 96,
@@ -112,6 +114,18 @@ def test_seed_smoke_test_runs_unchanged(llama, capsys):
     original = load_file(llama / "model.safetensors")
     assert sorted(line.split()[0] for line in lines) == sorted(original)
     assert lines[0].startswith("model.embed_tokens.weight (1000, 96)")
+
+
+@pytest.mark.skipif(UNDER_LAUNCHER, reason="runs under a launcher")
+def test_one_process_group_leaves_the_environment_alone(llama):
+    """A subprocess started later (e.g. ``bridgectl``) must not believe it runs under torchrun."""
+    import torch.distributed as dist
+
+    from bridge_core.parallel import ensure_process_group
+
+    ensure_process_group()
+    assert dist.is_initialized() and dist.get_world_size() == 1
+    assert not {"WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"} & set(os.environ)
 
 
 def test_fp32_roundtrip_is_bit_exact_and_logits_match_transformers(llama, tmp_path):

@@ -24,20 +24,18 @@ def _free_port() -> int:
 
 
 def ensure_process_group() -> None:
-    """Initialise ``torch.distributed`` from the environment (torchrun's variables, or one process)."""
+    """Initialise ``torch.distributed``: from torchrun's variables, or as a private one-process group."""
     if dist.is_initialized():
         return
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
-    if cuda_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    backend = "nccl" if cuda_available() else "gloo"
+    if "WORLD_SIZE" in os.environ:  # torchrun, or bridgectl's own rank processes
+        if cuda_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        dist.init_process_group(backend)
+        return
+    # One process, on a free port. The environment is left alone, so that a process started later
+    # from this one (e.g. a ``bridgectl`` subprocess) does not believe it runs under torchrun.
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
 
 
 @dataclass(frozen=True)
