@@ -103,3 +103,23 @@ def test_architecture_nobody_knows_points_to_new_plugin(clean_plugin_env, monkey
     monkeypatch.setenv("BRIDGE_PLUGINS", "")
     with pytest.raises(UnsupportedArchitectureError, match="bridgectl new-plugin"):
         get_registry().bridge_for("MadeUpForCausalLM")
+
+
+def test_launcher_starts_ranks_without_importing_anything_heavy(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("1")
+    commands = [
+        ["import", "--hf-model", str(hf), "--megatron-path", str(tmp_path / "out"), "--tp", "2"],
+        ["export", "--megatron-path", str(ckpt), "--hf-path", str(tmp_path / "exp"), "--tp", "2"],
+    ]
+    out = _assert_no_heavy(
+        "import bridge_core.cli.launcher as launcher\nfrom bridge_core.cli.main import main\n"
+        "started = []\nlauncher.spawn_ranks = lambda argv, world: started.append(world) or 0\n"
+        f"for argv in {commands!r}:\n    assert main(argv) == 0\n"
+        "assert started == [2, 2], started"
+    )
+    assert out == "[]"

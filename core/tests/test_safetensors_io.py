@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from bridge_core.errors import CheckpointError, ConfigError
 from bridge_core.hf_writer import ShardedSafetensorsWriter, parse_size
 from bridge_core.output_dir import atomic_output_dir
-from bridge_core.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, TensorMeta
+from bridge_core.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, TensorMeta, read_header
 
 A = torch.arange(6, dtype=torch.float32).reshape(2, 3)
 B = torch.arange(4, dtype=torch.bfloat16)
@@ -103,6 +104,137 @@ def test_headers_are_read_without_opening_handles(sharded):
     assert SafetensorsCheckpoint(sharded)._handles == {}
 
 
+def test_every_dtype_reads_bit_exact_like_safetensors(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(5, 7, generator=gen) * 100
+    tensors = {
+        "f32": values,
+        "f64": values.double(),
+        "f16": values.half(),
+        "bf16": values.bfloat16(),
+        "fp8_e4m3": (values / 100).to(torch.float8_e4m3fn),
+        "fp8_e5m2": (values / 100).to(torch.float8_e5m2),
+        "i64": values.long(),
+        "i32": values.int(),
+        "i16": values.short(),
+        "i8": values.to(torch.int8),
+        "u8": values.abs().to(torch.uint8),
+        "bool": values > 0,
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4, dtype=torch.bfloat16),
+        "odd": torch.arange(3, dtype=torch.int8),  # leaves the next tensor at an odd offset
+        "after_odd": torch.arange(3, dtype=torch.bfloat16),
+    }
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    reference = load_file(str(tmp_path / "model.safetensors"))
+    ckpt = SafetensorsCheckpoint(tmp_path)
+    for name, expected in reference.items():
+        got = ckpt.get_tensor(name)
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        assert torch.equal(got.reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8)), name
+
+
+def test_zero_element_tensor_has_its_shape_and_dtype(tmp_path):
+    save_file({"e": torch.empty(3, 0, dtype=torch.float16), "a": A}, str(tmp_path / "model.safetensors"))
+    ckpt = SafetensorsCheckpoint(tmp_path)
+    e = ckpt.get_tensor("e")
+    assert e.shape == (3, 0) and e.dtype == torch.float16 and ckpt.meta["e"].nbytes == 0
+    assert torch.equal(ckpt.get_tensor("a"), A)
+
+
+def test_tensors_are_fresh_writable_memory(single):
+    ckpt = SafetensorsCheckpoint(single)
+    a = ckpt.get_tensor("a")
+    a.add_(1)  # a memory-mapped or read-only buffer would refuse or write through
+    assert torch.equal(ckpt.get_tensor("a"), A)
+    assert a.data_ptr() != ckpt.get_tensor("a").data_ptr()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+def test_shards_are_not_memory_mapped(sharded):
+    ckpt = SafetensorsCheckpoint(sharded)
+    kept = [ckpt[name] for name in ckpt]
+    maps = Path("/proc/self/maps").read_text()
+    assert str(sharded) not in maps and len(kept) == 3
+
+
+def test_get_slice_takes_negative_indices_and_refuses_out_of_range(single):
+    ckpt = SafetensorsCheckpoint(single)
+    assert torch.equal(ckpt.get_slice("s", -1), STACKED[-1])
+    assert torch.equal(ckpt.get_slice("s", 0), STACKED[0])
+    with pytest.raises(IndexError, match="index 4 is out of range for s of shape"):
+        ckpt.get_slice("s", 4)
+    with pytest.raises(IndexError, match="index -5 is out of range"):
+        ckpt.get_slice("s", -5)
+
+
+def test_get_slice_with_a_non_integer_index_reads_the_whole_tensor(single):
+    ckpt = SafetensorsCheckpoint(single)
+    assert torch.equal(ckpt.get_slice("s", slice(1, 3)), STACKED[1:3])
+    assert torch.equal(ckpt.get_slice("s", (slice(None), 1)), STACKED[:, 1])
+
+
+def test_get_slice_of_an_unknown_tensor_is_a_checkpoint_error(single):
+    with pytest.raises(CheckpointError, match="tensor nope is not in the checkpoint"):
+        SafetensorsCheckpoint(single).get_slice("nope", 0)
+
+
+class ShortReads:
+    """A file handle whose ``readinto`` returns at most 3 bytes, as a large read may."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def seek(self, pos):
+        return self.handle.seek(pos)
+
+    def readinto(self, buf):
+        with memoryview(buf) as view:
+            return self.handle.readinto(view[:3])
+
+
+def test_short_reads_are_completed(single):
+    ckpt = SafetensorsCheckpoint(single)
+    ckpt.get_tensor("b")
+    ckpt._handles["model.safetensors"] = ShortReads(ckpt._handles["model.safetensors"])
+    assert torch.equal(ckpt.get_tensor("a"), A) and torch.equal(ckpt.get_slice("s", 3), STACKED[3])
+
+
+def test_file_truncated_after_the_header_check_is_named(single):
+    path = single / "model.safetensors"
+    ckpt = SafetensorsCheckpoint(single)
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(CheckpointError) as err:
+        for name in ckpt:
+            ckpt.get_tensor(name)
+    assert str(path) in str(err.value) and "truncated" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shard_removed_before_its_first_read_cannot_be_opened(sharded):
+    ckpt = SafetensorsCheckpoint(sharded)
+    (sharded / "model-00001-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00001-of-00002.safetensors: cannot open"):
+        ckpt.get_tensor("a")
+
+
+def test_close_closes_the_handles_and_a_later_read_reopens(single):
+    ckpt = SafetensorsCheckpoint(single)
+    ckpt.get_tensor("a")
+    handle = ckpt._handles["model.safetensors"]
+    ckpt.close()
+    assert handle.closed and ckpt._handles == {}
+    assert torch.equal(ckpt.get_tensor("b"), B)
+
+
+def test_unsupported_dtype_is_named_when_read(tmp_path):
+    write_raw(tmp_path / "model.safetensors", {"q": {"dtype": "F4", "shape": [2, 2], "data_offsets": [0, 2]}}, b"ab")
+    ckpt = SafetensorsCheckpoint(tmp_path)
+    assert ckpt.meta["q"].dtype == "F4"
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read q \\(dtype F4 is not supported\\)"):
+        ckpt.get_tensor("q")
+
+
 # -- refusals -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["../model.safetensors", "/tmp/model.safetensors", "sub/model.safetensors", ".."])
 def test_index_shard_outside_the_folder_is_refused(sharded, name):
@@ -159,6 +291,60 @@ def test_file_shorter_than_a_header_length_is_corrupt(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"abc")
     with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
         SafetensorsCheckpoint(tmp_path)
+
+
+def write_raw(path, header, data=b""):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def test_header_offsets_past_the_end_of_the_file_are_truncation(tmp_path):
+    path = write_raw(
+        tmp_path / "model.safetensors",
+        {
+            "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+            "b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]},
+        },
+        b"\0" * 20,
+    )
+    with pytest.raises(CheckpointError) as err:
+        SafetensorsCheckpoint(tmp_path)
+    assert str(path) in str(err.value) and "truncated safetensors file" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry,detail",
+    [
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}, "hold 12 bytes, a F32 tensor of shape [4] needs 16"),
+        ({"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 16]}, "hold 16 bytes"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}, "data_offsets [16, 0]"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [-4, 12]}, "data_offsets [-4, 12]"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0.0, 16]}, "data_offsets [0.0, 16]"),
+        ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, None),
+        ({"dtype": "F32", "shape": "4", "data_offsets": [0, 16]}, None),
+        ({"dtype": 7, "shape": [4], "data_offsets": [0, 16]}, None),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0]}, None),
+        ({"dtype": "F32", "shape": [4]}, None),
+        ([0, 16], None),
+    ],
+)
+def test_inconsistent_header_entry_is_named_as_corrupt(tmp_path, entry, detail):
+    path = write_raw(tmp_path / "model.safetensors", {"__metadata__": {"format": "pt"}, "w": entry}, b"\0" * 32)
+    with pytest.raises(CheckpointError) as err:
+        SafetensorsCheckpoint(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: corrupt safetensors header entry for w") and "\n" not in message
+    assert detail is None or detail in message
+
+
+def test_read_header_gives_metadata_only(single):
+    header = read_header(single / "model.safetensors")
+    assert header == {
+        "a": TensorMeta("model.safetensors", (2, 3), torch.float32),
+        "b": TensorMeta("model.safetensors", (4,), torch.bfloat16),
+        "s": TensorMeta("model.safetensors", (4, 2, 3), torch.float16),
+    }
 
 
 def test_pickle_only_folder_is_refused_without_loading(tmp_path):

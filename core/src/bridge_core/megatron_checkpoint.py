@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace, nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 from megatron.core.dist_checkpointing.strategies import torch as mcore_torch_strategies
 from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME, TorchCommonLoadStrategy
 from megatron.core.dist_checkpointing.strategies.torch import (
@@ -313,10 +315,15 @@ def _shared_atomic_dir(path: Path, overwrite: bool, prepare: Any) -> Iterator[Pa
 
 
 class _SyncSaveStrategy(TorchDistSaveShardedStrategy):
-    """The torch_dist format written in this process (the default strategy spawns writer processes)."""
+    """The torch_dist format written in this process (the default strategy spawns writer processes).
+
+    Two writer threads per rank (megatron-core's own default for torch_dist): each rank writes two
+    files, ``__<rank>_0.distcp`` and ``__<rank>_1.distcp``, which torch's reader and Megatron-LM read
+    like one. torch DCP fsyncs every file before the save returns.
+    """
 
     def __init__(self) -> None:
-        super().__init__("torch_dist", 1, thread_count=1)
+        super().__init__("torch_dist", 1, thread_count=2)
 
     def save(self, sharded_state_dict: Any, checkpoint_dir: str | Path) -> None:
         state, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, self.keep_only_main_replica)
@@ -559,6 +566,52 @@ def _check_vocab(chunks: list[torch.nn.Module], info: CheckpointInfo) -> None:
         )
 
 
+def _aliases_whole(leaves: list[Any], target: torch.Tensor) -> bool:
+    """True when ``leaves`` are contiguous views of ``target``'s memory that tile it exactly."""
+    if not target.is_contiguous() or not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
+        return False
+    storage = target.untyped_storage().data_ptr()
+    spans = []
+    for t in leaves:
+        if t.device != target.device or t.dtype != target.dtype or not t.is_contiguous():
+            return False
+        if t.untyped_storage().data_ptr() != storage:
+            return False
+        spans.append((t.data_ptr(), t.data_ptr() + t.nbytes))
+    position = target.data_ptr()
+    for start, end in sorted(spans):
+        if start != position:
+            return False
+        position = end
+    return position == target.data_ptr() + target.nbytes
+
+
+def _merge_in_place(merge: Any, target: torch.Tensor) -> Any:
+    """A factory merge that returns ``target`` itself when the loaded pieces are views of it.
+
+    megatron-core loads into the ``ShardedTensor.data`` it is given; a factory (the gate/up halves of
+    ``linear_fc1``) builds those as views of the parameter, so after the load the parameter already
+    holds the values and the factory's ``torch.cat`` would only make a second copy of it.
+    """
+
+    def merged(loaded: Any) -> Any:
+        leaves = list(nested_values(loaded)) if isinstance(loaded, (dict, list)) else [loaded]
+        return target if _aliases_whole(leaves, target) else merge(loaded)
+
+    return merged
+
+
+def _load_in_place(sharded: dict) -> dict:
+    """Make every ShardedTensorFactory of ``sharded`` merge into its own parameter (no copy)."""
+
+    def patch(value: Any) -> Any:
+        if isinstance(value, ShardedTensorFactory) and isinstance(value.data, torch.Tensor):
+            return dataclasses.replace(value, merge_fn=_merge_in_place(value.merge_fn, value.data.detach()))
+        return value
+
+    return dict_list_map_inplace(patch, sharded)
+
+
 def load_weights_into(model_chunks: Any, checkpoint: str | os.PathLike | CheckpointInfo) -> CheckpointInfo:
     """Load the checkpoint's weights into this rank's model chunks (every rank calls it).
 
@@ -574,13 +627,19 @@ def load_weights_into(model_chunks: Any, checkpoint: str | os.PathLike | Checkpo
     metadata = _load_common(weights).get("content_metadata") or dict(CONTENT_METADATA)
     _check_vocab(chunks, info)
     keys = _model_keys(len(chunks))
-    sharded = {key: chunk.sharded_state_dict(metadata=dict(metadata)) for key, chunk in zip(keys, chunks)}
+    # The ShardedTensor.data of the model's own sharded state dict are its parameters (or views of
+    # them): dist-checkpointing reads into them in place, and load_state_dict's copy onto itself is
+    # a no-op, so the load needs no second copy of the model.
+    sharded = _load_in_place(
+        {key: chunk.sharded_state_dict(metadata=dict(metadata)) for key, chunk in zip(keys, chunks)}
+    )
     try:
         loaded = dist_checkpointing.load(
             sharded, str(weights), sharded_strategy=_SafeLoadStrategy(), common_strategy=_SafeCommonLoadStrategy()
         )
         for key, chunk in zip(keys, chunks):
-            chunk.load_state_dict(loaded[key], strict=True)
+            chunk.load_state_dict(loaded.pop(key), strict=True)
+        del loaded
     except (Exception, CheckpointException) as exc:
         raise CheckpointError(f"{weights}: cannot load the weights into this model: {_one_line(exc)}") from exc
     return info

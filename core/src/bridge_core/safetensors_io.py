@@ -1,13 +1,17 @@
 """Streaming safetensors I/O: a lazy checkpoint reader and a sharded, atomic writer.
 
-The reader parses every shard's header up front (names, shapes, dtypes; corrupt and truncated files
-are caught here, before any weight is read), then reads tensors on demand with one ``safe_open``
-handle per file. Pickle files are never loaded.
+The reader parses every shard's header up front (names, shapes, dtypes, byte ranges; corrupt and
+truncated files are caught here, before any weight is read), then reads each tensor on demand with
+plain file I/O (one handle per file, ``readinto`` a freshly allocated tensor). Nothing is memory
+mapped, so the page cache of the shards does not count in the process's resident memory. Pickle files
+are never loaded.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import operator
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -35,6 +39,20 @@ DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
+# Read as ``safe_open`` reads them, but left as strings in ``TensorMeta`` (the conversion plan refuses those).
+_READ_ONLY_DTYPES = {
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "C64": "complex64",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+}
+_READ_DTYPES: dict[str, torch.dtype] = {
+    **DTYPES,
+    **{k: getattr(torch, v) for k, v in _READ_ONLY_DTYPES.items() if hasattr(torch, v)},
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,15 @@ class TensorMeta:
 
 def read_header(path: Path) -> dict[str, TensorMeta]:
     """Parse and validate one safetensors file's header (no tensor data is read)."""
+    return _read_header(path)[0]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, tuple[int, int]]]:
+    """``read_header``, plus each tensor's absolute byte range ``[start, stop)`` in the file."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -66,23 +93,38 @@ def read_header(path: Path) -> dict[str, TensorMeta]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     out: dict[str, TensorMeta] = {}
+    ranges: dict[str, tuple[int, int]] = {}
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             begin, stop = info["data_offsets"]
-            shape, dtype = tuple(int(d) for d in info["shape"]), info["dtype"]
+            shape, dtype = tuple(info["shape"]), info["dtype"]
+            if not isinstance(dtype, str) or not all(_is_int(d) and d >= 0 for d in shape):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors header entry for {name}") from None
+        if not (_is_int(begin) and _is_int(stop) and 0 <= begin <= stop):
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header entry for {name} (data_offsets [{begin}, {stop}])"
+            )
+        if dtype in _READ_DTYPES:
+            need = int(torch.Size(shape).numel()) * _READ_DTYPES[dtype].itemsize
+            if stop - begin != need:
+                raise CheckpointError(
+                    f"{path}: corrupt safetensors header entry for {name} (data_offsets [{begin}, {stop}] "
+                    f"hold {stop - begin} bytes, a {dtype} tensor of shape {list(shape)} needs {need})"
+                )
         end = max(end, stop)
         out[name] = TensorMeta(path.name, shape, DTYPES.get(dtype, dtype))
+        ranges[name] = (8 + n + begin, 8 + n + stop)
     if 8 + n + end > size:
         raise CheckpointError(
             f"{path}: truncated safetensors file ({size} bytes, header promises {8 + n + end}); "
             "re-download or re-export it"
         )
-    return out
+    return out, ranges
 
 
 def _check_shard_name(folder: Path, name: object, index_path: Path) -> Path:
@@ -105,22 +147,26 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
         self.folder = Path(folder)
         self.meta: dict[str, TensorMeta] = {}
         self.index_path = self.folder / INDEX_NAME
+        self._ranges: dict[str, tuple[int, int]] = {}
         files = self._shard_files()
-        headers = {name: read_header(path) for name, path in files.items()}
+        headers = {name: _read_header(path) for name, path in files.items()}
         if self._weight_map is None:
-            for file_name, header in headers.items():
+            for file_name, (header, ranges) in headers.items():
                 for key, meta in header.items():
                     if key in self.meta:
                         raise CheckpointError(
                             f"{self.folder}: tensor {key} appears in {self.meta[key].file} and {file_name}"
                         )
                     self.meta[key] = meta
+                    self._ranges[key] = ranges[key]
         else:
             for key, file_name in self._weight_map.items():
-                if key not in headers[file_name]:
+                header, ranges = headers[file_name]
+                if key not in header:
                     raise CheckpointError(f"{self.index_path}: {key} is listed in {file_name}, which does not hold it")
-                self.meta[key] = headers[file_name][key]
-        self._handles: dict[str, object] = {}
+                self.meta[key] = header[key]
+                self._ranges[key] = ranges[key]
+        self._handles: dict[str, io.FileIO] = {}
 
     def _shard_files(self) -> dict[str, Path]:
         self._weight_map: dict[str, str] | None = None
@@ -168,41 +214,84 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
         return key in self.meta
 
     # -- reading --------------------------------------------------------------------------------
-    def _handle(self, file_name: str):
+    def _handle(self, file_name: str) -> io.FileIO:
         handle = self._handles.get(file_name)
         if handle is None:
-            from safetensors import safe_open
-
             path = self.folder / file_name
             try:
-                handle = safe_open(str(path), framework="pt", device="cpu")
-            except Exception as exc:
+                handle = io.FileIO(path, "r")
+            except OSError as exc:
                 raise CheckpointError(f"{path}: cannot open ({exc})") from None
             self._handles[file_name] = handle
         return handle
 
-    def get_tensor(self, key: str) -> torch.Tensor:
-        """Read one tensor (the file handle is opened once and reused)."""
+    def _locate(self, key: str) -> tuple[TensorMeta, torch.dtype, int, int]:
         meta = self.meta.get(key)
         if meta is None:
             raise MissingTensorError(f"{self.folder}: tensor {key} is not in the checkpoint")
+        dtype = _READ_DTYPES.get(meta.dtype, meta.dtype) if isinstance(meta.dtype, str) else meta.dtype
+        if isinstance(dtype, str):
+            raise CheckpointError(f"{self.folder / meta.file}: cannot read {key} (dtype {dtype} is not supported)")
+        start, stop = self._ranges[key]
+        return meta, dtype, start, stop
+
+    def _read(self, file_name: str, key: str, start: int, nbytes: int) -> torch.Tensor:
+        """``nbytes`` bytes at ``start`` of ``file_name``, read into a new uint8 tensor (no memory map)."""
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes == 0:
+            return out
+        f = self._handle(file_name)
+        view = memoryview(out.numpy())
+        got = 0
         try:
-            return self._handle(meta.file).get_tensor(key)
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(f"{self.folder / meta.file}: cannot read {key} ({exc})") from None
+            f.seek(start)
+            while got < nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise CheckpointError(
+                        f"{self.folder / file_name}: truncated safetensors file (it ends inside {key}, "
+                        f"at byte {start + got}); re-download or re-export it"
+                    )
+                got += n
+        except OSError as exc:
+            raise CheckpointError(f"{self.folder / file_name}: cannot read {key} ({exc})") from None
+        finally:
+            view.release()
+        return out
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        """Read one tensor into fresh memory (the file handle is opened once and reused)."""
+        meta, dtype, start, stop = self._locate(key)
+        if start == stop:
+            return torch.empty(meta.shape, dtype=dtype)
+        return self._read(meta.file, key, start, stop - start).view(dtype).reshape(meta.shape)
 
     def get_slice(self, key: str, index: int) -> torch.Tensor:
-        """Read ``tensor[index]`` without reading the rest (stacked expert tensors)."""
-        meta = self.meta.get(key)
-        if meta is None:
-            raise MissingTensorError(f"{self.folder}: tensor {key} is not in the checkpoint")
-        return self._handle(meta.file).get_slice(key)[index]
+        """Read ``tensor[index]`` without reading the rest (stacked expert tensors).
+
+        An integer index reads one row of the first dimension; any other index reads the whole tensor.
+        """
+        meta, dtype, start, stop = self._locate(key)
+        try:
+            i = operator.index(index)
+        except TypeError:
+            return self.get_tensor(key)[index]
+        rows = meta.shape[0] if meta.shape else 0
+        if not -rows <= i < rows:
+            raise IndexError(
+                f"{self.folder / meta.file}: index {index} is out of range for {key} of shape {list(meta.shape)}"
+            )
+        i %= rows
+        row_bytes = (stop - start) // rows
+        row = self._read(meta.file, key, start + i * row_bytes, row_bytes)
+        return row.view(dtype).reshape(meta.shape[1:])
 
     @property
     def total_bytes(self) -> int:
         return sum(m.nbytes for m in self.meta.values())
 
     def close(self) -> None:
-        self._handles.clear()
+        """Close the open file handles (a later read opens them again)."""
+        handles, self._handles = list(self._handles.values()), {}
+        for handle in handles:
+            handle.close()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bridge_core.errors import CheckpointError
+from bridge_core.parallelism import Parallelism
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -29,9 +30,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow models that need remote code")
 
 
-def parallelism(args: argparse.Namespace):
-    from bridge_core.workflows import Parallelism
-
+def parallelism(args: argparse.Namespace) -> Parallelism:
     for name in ("tp", "pp", "ep"):
         if getattr(args, name) < 1:
             raise CheckpointError(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,29 @@ def global_units(
     return sorted(units.values(), key=lambda u: natural_key(u.global_name))
 
 
+def planned_outputs(units: list[Unit]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """``(hf_name, shape, dtype)`` of every tensor ``export_tasks`` yields, in the order it yields them.
+
+    A stacked tensor (``index`` not None: one slice per Megatron parameter, e.g. MoE experts) comes
+    out when its last slice arrives, with the slice count as its first dimension.
+    """
+    expected: dict[str, int] = defaultdict(int)
+    for unit in units:
+        for name, index, _, _ in unit.parts:
+            expected[name] += index is not None
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for unit in units:
+        for name, index, shape, dtype in unit.parts:
+            if index is None:
+                out.append((name, tuple(shape), dtype))
+                continue
+            seen[name] += 1
+            if seen[name] == expected[name]:
+                out.append((name, (expected[name], *shape), dtype))
+    return out
+
+
 def _produce(task: Task, bridge: Any, config: Any, layout: ParallelLayout, dtype: torch.dtype | None) -> dict | None:
     """Gather the task's shards to its leader; the leader returns ``{hf_name: tensor}``."""
     split = layout.for_param(task.param)
@@ -82,8 +105,13 @@ def export_tasks(
     dtype: torch.dtype | None,
     device: torch.device,
     progress: Any = None,
+    on_plan: Callable[[list[tuple[str, tuple[int, ...], torch.dtype]]], None] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, tensor)`` on the receiving rank(s); other ranks yield nothing but take part."""
+    """Yield ``(hf_name, tensor)`` on the receiving rank(s); other ranks yield nothing but take part.
+
+    ``on_plan`` is called on the receiving rank(s), before the first tensor, with ``planned_outputs``:
+    the name, shape and dtype of every tensor to come (a writer lays its files out from it).
+    """
     units = global_units(tasks, layout, config, bridge.hf_config, dtype)
     by_name = {t.param.global_name: t for t in tasks if not t.tied_copy}
     expected = defaultdict(int)
@@ -92,6 +120,8 @@ def export_tasks(
             expected[name] += index is not None
     stacks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
     receiving = to_rank is None or layout.rank == to_rank
+    if on_plan is not None and receiving:
+        on_plan(planned_outputs(units))
     if progress is not None:
         nbytes = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for u in units for _, _, s, d in u.parts)
         progress.begin(sum(len(u.parts) for u in units), nbytes)
