@@ -398,8 +398,8 @@ def render(r: dict, gpu: dict | None = None) -> str:
         "interleaved with the conversions. The same copy done inside the kernel (`sendfile`, no user-space "
         "buffer) is listed as a lower bound; a converter has to hold the bytes in memory, so the ratios use the "
         "first. "
-        "`bridgectl import` fsyncs its checkpoint (torch DCP `sync_files`); `bridgectl export` does not fsync its "
-        "safetensors (safetensors' `save_file` does not), so the export ratio flatters it slightly.",
+        "Both conversions fsync what they write, as the floor does: `bridgectl import` its checkpoint (torch DCP "
+        "`sync_files`), `bridgectl export` every shard, the index and the folder.",
         '- **Startup**: a bare `python -c "import torch, megatron.core"` measured in the same run; '
         "`wall − startup` is compared with the floor.",
         "- This machine is shared and noisy (the same copy varies by 2× between runs); read ratios and medians, "
