@@ -41,14 +41,18 @@ def copy_floor(src: str | os.PathLike, dst_dir: str | os.PathLike) -> dict:
             t2 = time.perf_counter()
             os.fsync(fout.fileno())
             write_s += time.perf_counter() - t2
-    dfd = os.open(dst_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(dst_dir)
     wall = time.perf_counter() - start
     shutil.rmtree(dst_dir, ignore_errors=True)
     return {"bytes": total, "wall_s": wall, "read_s": read_s, "write_s": write_s, "gb_s": total / 1e9 / wall}
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def kernel_copy(src: str | os.PathLike, dst_dir: str | os.PathLike) -> dict:
@@ -69,11 +73,7 @@ def kernel_copy(src: str | os.PathLike, dst_dir: str | os.PathLike) -> dict:
                 offset += sent
             total += offset
             os.fsync(fout.fileno())
-    dfd = os.open(dst_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(dst_dir)
     wall = time.perf_counter() - start
     shutil.rmtree(dst_dir, ignore_errors=True)
     return {"bytes": total, "wall_s": wall, "gb_s": total / 1e9 / wall}

@@ -93,20 +93,6 @@ def _hf_config(args):
     return config
 
 
-def _tag_tp_attributes(chunks) -> None:
-    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
-
-    from bridge_core.conversion.params import split_dims, unwrap
-
-    for chunk in chunks:
-        chunk = unwrap(chunk)
-        dims = split_dims(chunk)
-        for param in chunk.parameters():
-            dim = dims[id(param)]
-            if dim is not None and not hasattr(param, "tensor_model_parallel"):
-                set_tensor_model_parallel_attributes(param, True, dim, 1)
-
-
 def _mbridge(hf_config, provider, dtype):
     import mbridge
 
@@ -152,7 +138,9 @@ def worker(args) -> None:
     provider.perform_initialization = False
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False)
-    _tag_tp_attributes(model)
+    from live_worker import tag_tp_attributes
+
+    tag_tp_attributes(model)
     params = [p for chunk in model for p in chunk.parameters()]
     cuda = torch.cuda.is_available()
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)

@@ -45,7 +45,8 @@ def _mbridge(hf_config, provider, dtype):
     return mb
 
 
-def _tag_tp_attributes(chunks) -> None:
+def tag_tp_attributes(chunks) -> None:
+    """Put the TP attributes megatron-core sets only during random initialisation (mbridge reads them)."""
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
     from bridge_core.conversion.params import split_dims, unwrap
@@ -82,7 +83,7 @@ def main() -> None:
     provider.perform_initialization = False
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False)
-    _tag_tp_attributes(model)
+    tag_tp_attributes(model)
     build_s = time.perf_counter() - t0
     rank = dist.get_rank()
     mb = _mbridge(bridge.hf_config, provider, provider.params_dtype) if "mbridge" in sides else None

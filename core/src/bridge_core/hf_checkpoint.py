@@ -30,6 +30,11 @@ def read_config_json(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (an HF model folder needs config.json)")
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, with one-line errors naming the file."""
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:

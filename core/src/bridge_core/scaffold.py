@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge_core.errors import BridgeError, CheckpointError
+from bridge_core.hf_checkpoint import read_json_object
 
 INSTALL_TEMPLATE = "pip install 'bridge-core[template]'"
 # Config keys the template's own bridge handles on top of the stock DecoderBridge (see its bridge.py).
@@ -85,13 +86,7 @@ def read_config(path: str | Path) -> tuple[Path, dict[str, Any]]:
         path = path / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such config file (give a config.json or a folder holding one)")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return path, data
+    return path, read_json_object(path)
 
 
 def family_from_model_type(model_type: str | None) -> str | None:
