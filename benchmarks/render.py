@@ -99,8 +99,9 @@ def kernel_note(r: dict) -> str:
         return ""
     return (
         "The floor ratios use the user-space copy. Against the in-kernel copy of the same bytes (`sendfile`), "
-        f"every conversion above is {min(ratios):.1f}–{max(ratios):.1f} × (section 1). Peak RSS includes the "
-        "pages of memory-mapped source files; the anonymous part is listed in section 1."
+        f"every conversion above is {min(ratios):.1f}–{max(ratios):.1f} × (section 1). Peak RSS counts every "
+        "resident page of the process tree, file-backed ones (shared libraries) included; the anonymous part is "
+        "listed in section 1."
     )
 
 
