@@ -21,6 +21,7 @@ from bridge_core.errors import CheckpointError, ConfigError, CoverageError
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
 from bridge_core.registry import Registry, reset_registry
+from bridge_core.safetensors_io import SafetensorsCheckpoint
 from bridge_core.testing.compare import compare_hf_weights
 from bridge_core.testing.launch import run_cases
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
@@ -145,6 +146,20 @@ def test_bf16_tied_roundtrip_keeps_dtypes_and_trims_padding(llama_tied_bf16, tmp
     assert {t.dtype for t in exported.values()} == {torch.bfloat16}
     bridge.save_hf_pretrained(model, tmp_path / "out")
     assert compare_hf_weights(llama_tied_bf16, tmp_path / "out") == []
+
+
+def test_direct_reads_fill_parameters_as_the_general_path_does(llama, monkeypatch):
+    bridge, model = convert(llama)
+    direct = [p.detach().clone() for p in model[0].parameters()]
+    with torch.no_grad():
+        for p in model[0].parameters():
+            p.fill_(3.0)
+    monkeypatch.delattr(SafetensorsCheckpoint, "read_rows_into")
+    report = bridge.load_hf_weights(model)
+    assert report.direct == 0 and report.tensors == len(direct)
+    assert all(torch.equal(a, b) for a, b in zip(direct, model[0].parameters()))
+    monkeypatch.undo()
+    assert bridge.load_hf_weights(model).direct == len(direct)  # fp32 checkpoint into an fp32 model: every one
 
 
 def test_load_weights_at_build_skips_random_init(llama):

@@ -2,9 +2,9 @@
 
 The reader parses every shard's header up front (names, shapes, dtypes, byte ranges; corrupt and
 truncated files are caught here, before any weight is read), then reads each tensor on demand with
-plain file I/O (one handle per file, ``readinto`` a freshly allocated tensor). Nothing is memory
-mapped, so the page cache of the shards does not count in the process's resident memory. Pickle files
-are never loaded.
+plain file I/O (one handle per file, ``readinto`` a freshly allocated tensor, or rows straight into a
+caller's tensor). Nothing is memory mapped, so the page cache of the shards does not count in the
+process's resident memory. Pickle files are never loaded.
 """
 
 from __future__ import annotations
@@ -238,8 +238,14 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
     def _read(self, file_name: str, key: str, start: int, nbytes: int) -> torch.Tensor:
         """``nbytes`` bytes at ``start`` of ``file_name``, read into a new uint8 tensor (no memory map)."""
         out = torch.empty(nbytes, dtype=torch.uint8)
+        self._read_into(file_name, key, start, out)
+        return out
+
+    def _read_into(self, file_name: str, key: str, start: int, out: torch.Tensor) -> None:
+        """Fill the contiguous uint8 tensor ``out`` with the bytes at ``start`` of ``file_name``."""
+        nbytes = out.numel()
         if nbytes == 0:
-            return out
+            return
         f = self._handle(file_name)
         view = memoryview(out.numpy())
         got = 0
@@ -257,7 +263,30 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
             raise CheckpointError(f"{self.folder / file_name}: cannot read {key} ({exc})") from None
         finally:
             view.release()
-        return out
+
+    def read_rows_into(self, key: str, first_row: int, out: torch.Tensor) -> int:
+        """Read rows ``first_row ...`` of ``key`` (dim 0) straight into ``out``; returns the bytes read.
+
+        ``out`` must be contiguous, of the tensor's dtype, and hold whole rows that exist in the file.
+        """
+        meta, dtype, start, stop = self._locate(key)
+        rows = meta.shape[0] if meta.shape else 0
+        row_bytes = (stop - start) // rows if rows else 0
+        nbytes = out.numel() * out.element_size()
+        if (
+            out.dtype != dtype
+            or not out.is_contiguous()
+            or not row_bytes
+            or nbytes % row_bytes
+            or first_row < 0
+            or first_row * row_bytes + nbytes > stop - start
+        ):
+            raise ValueError(
+                f"{self.folder / meta.file}: cannot read {tuple(out.shape)} {out.dtype} from row {first_row} "
+                f"of {key} ({list(meta.shape)} {dtype})"
+            )
+        self._read_into(meta.file, key, start + first_row * row_bytes, out.detach().reshape(-1).view(torch.uint8))
+        return nbytes
 
     def get_tensor(self, key: str) -> torch.Tensor:
         """Read one tensor into fresh memory (the file handle is opened once and reused)."""

@@ -1,4 +1,7 @@
-"""Import execution: read each HF tensor once per tensor-parallel group, format, split, scatter."""
+"""Import execution: read each HF tensor once per tensor-parallel group, format, split, scatter.
+
+Tasks whose rows can be read straight into the parameter skip the scatter (``direct.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from bridge_core.conversion.direct import plan_reads, read_rows
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.plan import Task
 from bridge_core.errors import CoverageError
@@ -41,6 +45,7 @@ class LoadReport:
     """What ``load_hf_weights`` did on this rank."""
 
     tensors: int = 0
+    direct: int = 0  # of them, read straight into the parameter (``direct.py``)
     bytes_read: int = 0
     seconds: float = 0.0
     downcast: list[str] = field(default_factory=list)
@@ -73,6 +78,15 @@ def load_tasks(
     for task in tasks:
         param = task.param.tensor
         split = layout.for_param(task.param)
+        reads = plan_reads(task, bridge, source, config, split)
+        if reads is not None:  # this rank reads its own rows into the parameter; nothing is sent
+            with torch.no_grad():
+                report.bytes_read += read_rows(source, reads, param)
+            report.tensors += 1
+            report.direct += 1
+            if progress is not None:
+                progress.update(param.numel() * param.element_size())
+            continue
         shards = None
         if split.index == 0:
             full = read_full(task, bridge, source, config)
@@ -90,9 +104,11 @@ def load_tasks(
             if split.size == 1:
                 param.copy_(shards[0])
             else:
-                out = torch.empty_like(param)
+                # Straight into the parameter when its memory allows: no temporary, no second copy.
+                out = param if param.is_contiguous() else torch.empty_like(param)
                 dist.scatter(out, shards, src=split.leader, group=split.group)
-                param.copy_(out)
+                if out is not param:
+                    param.copy_(out)
         report.tensors += 1
         if progress is not None:
             progress.update(param.numel() * param.element_size())

@@ -11,6 +11,8 @@ import torch
 
 Tensor = torch.Tensor
 HFParam = str | dict[str, str]
+# (HF name, first HF row, first row of the full Megatron tensor, number of rows)
+RowPiece = tuple[str, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,29 @@ class MegatronParamMapping:
     def megatron_to_hf(self, weight: Tensor, ctx: MappingContext) -> dict[str, Tensor]:
         """The full Megatron tensor -> ``{hf_name: tensor}``. Default: the tensor itself."""
         return {self.hf_param: weight}
+
+    # -- row placement (optional; lets the loader read file rows straight into the parameter) ---
+    def hf_row_layout(self, hf_rows: dict[str, int], ctx: MappingContext) -> list[RowPiece] | None:
+        """Where ``hf_to_megatron`` puts each HF tensor's rows (dim 0) in the full Megatron tensor.
+
+        ``hf_rows`` maps each HF name to its row count. Return None when the transform does more
+        than place whole rows; rows no piece covers are zeros. Used only when the class defining it
+        also defines (or inherits from the class defining) ``hf_to_megatron``. Default: the identity.
+        """
+        if not isinstance(self.hf_param, str):
+            return None
+        return [(self.hf_param, 0, 0, hf_rows[self.hf_param])]
+
+    def shard_rows(self, full_rows: int, n: int, index: int) -> list[tuple[int, int]] | None:
+        """``(first row, count)`` ranges of the full tensor that ``split(full, n)[index]`` holds, in
+        order; None when ``split`` does not cut whole rows. Default: as the default ``split``."""
+        if self.tp_dim is None or n == 1:
+            return [(0, full_rows)]
+        if self.tp_dim != 0:
+            return None
+        size = -(-full_rows // n)
+        first = min(index * size, full_rows)
+        return [(first, min(size, full_rows - first))]
 
     # -- sharding (pure) ------------------------------------------------------------------------
     def split(self, full: Tensor, n: int) -> list[Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bridge_core.mappings.base import MappingContext, MegatronParamMapping, Tensor
+from bridge_core.mappings.base import MappingContext, MegatronParamMapping, RowPiece, Tensor
 
 
 def merge_qkv(q: Tensor, k: Tensor, v: Tensor, num_heads: int, num_groups: int, head_dim: int) -> Tensor:
@@ -29,6 +29,35 @@ def split_qkv(qkv: Tensor, num_heads: int, num_groups: int, head_dim: int) -> tu
     k = grouped[:, q_rows : q_rows + head_dim].reshape(-1, *rest)
     v = grouped[:, q_rows + head_dim :].reshape(-1, *rest)
     return q, k, v
+
+
+def qkv_row_layout(
+    names: tuple[str, str, str], rows: tuple[int, int, int], num_heads: int, num_groups: int, head_dim: int
+) -> list[RowPiece] | None:
+    """``merge_qkv`` as row pieces: per group, its query rows, then its key rows, then its value rows.
+
+    ``rows`` are the q, k, v row counts (weights and biases alike); None when they do not fit the heads.
+    """
+    q_rows = (num_heads // num_groups) * head_dim
+    if rows != (num_groups * q_rows, num_groups * head_dim, num_groups * head_dim):
+        return None
+    width = q_rows + 2 * head_dim
+    q, k, v = names
+    out: list[RowPiece] = []
+    for g in range(num_groups):
+        out += [
+            (q, g * q_rows, g * width, q_rows),
+            (k, g * head_dim, g * width + q_rows, head_dim),
+            (v, g * head_dim, g * width + q_rows + head_dim, head_dim),
+        ]
+    return out
+
+
+def gated_shard_rows(full_rows: int, n: int, index: int) -> list[tuple[int, int]]:
+    """``split_gated(full, n)[index]`` as full-tensor row ranges: its gate rows, then its up rows."""
+    half = full_rows // 2
+    size = half // n
+    return [(index * size, size), (half + index * size, size)]
 
 
 def split_gated(full: Tensor, n: int) -> list[Tensor]:
@@ -63,6 +92,10 @@ class QKVMapping(MegatronParamMapping):
     def hf_to_megatron(self, hf_weights: dict[str, Tensor], ctx: MappingContext) -> Tensor:
         return merge_qkv(hf_weights["q"], hf_weights["k"], hf_weights["v"], *self._dims(ctx))
 
+    def hf_row_layout(self, hf_rows: dict[str, int], ctx: MappingContext) -> list[RowPiece] | None:
+        names = (self.hf_param["q"], self.hf_param["k"], self.hf_param["v"])
+        return qkv_row_layout(names, tuple(hf_rows[n] for n in names), *self._dims(ctx))
+
     def megatron_to_hf(self, weight: Tensor, ctx: MappingContext) -> dict[str, Tensor]:
         q, k, v = split_qkv(weight, *self._dims(ctx))
         return {self.hf_param["q"]: q, self.hf_param["k"]: k, self.hf_param["v"]: v}
@@ -79,12 +112,19 @@ class GatedMLPMapping(MegatronParamMapping):
     def hf_to_megatron(self, hf_weights: dict[str, Tensor], ctx: MappingContext) -> Tensor:
         return torch.cat([hf_weights["gate"], hf_weights["up"]], dim=0)
 
+    def hf_row_layout(self, hf_rows: dict[str, int], ctx: MappingContext) -> list[RowPiece] | None:
+        gate, up = self.hf_param["gate"], self.hf_param["up"]
+        return [(gate, 0, 0, hf_rows[gate]), (up, 0, hf_rows[gate], hf_rows[up])]
+
     def megatron_to_hf(self, weight: Tensor, ctx: MappingContext) -> dict[str, Tensor]:
         gate, up = torch.chunk(weight, 2, dim=0)
         return {self.hf_param["gate"]: gate, self.hf_param["up"]: up}
 
     def split(self, full: Tensor, n: int) -> list[Tensor]:
         return split_gated(full, n)
+
+    def shard_rows(self, full_rows: int, n: int, index: int) -> list[tuple[int, int]] | None:
+        return gated_shard_rows(full_rows, n, index)
 
     def merge(self, shards: list[Tensor]) -> Tensor:
         return merge_gated(shards)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bridge_core.mappings.base import MappingContext, MegatronParamMapping, Tensor
+from bridge_core.mappings.base import MappingContext, MegatronParamMapping, RowPiece, Tensor
 
 
 class ColumnParallelMapping(MegatronParamMapping):
@@ -55,6 +55,9 @@ class VocabParallelMapping(ColumnParallelMapping):
 
     def hf_to_megatron(self, hf_weights: Tensor, ctx: MappingContext) -> Tensor:
         return pad_rows(hf_weights, ctx.megatron_shape[0])
+
+    def hf_row_layout(self, hf_rows: dict[str, int], ctx: MappingContext) -> list[RowPiece] | None:
+        return [(self.hf_param, 0, 0, hf_rows[self.hf_param])]  # the padded rows stay zeros
 
     def megatron_to_hf(self, weight: Tensor, ctx: MappingContext) -> dict[str, Tensor]:
         return {self.hf_param: weight[: ctx.hf_config.vocab_size]}
