@@ -10,10 +10,18 @@ import torch
 from safetensors.torch import save_file
 
 from bridge_core.bridge import MegatronModelBridge
-from bridge_core.conversion.direct import _hook_overridden, _layout_trusted, plan_reads, read_rows
+from bridge_core.conversion.direct import (
+    RowReader,
+    _hook_overridden,
+    _layout_trusted,
+    plan_reads,
+    read_rows,
+    read_threads,
+)
 from bridge_core.conversion.groups import SplitGroup
 from bridge_core.conversion.params import ParamInfo
 from bridge_core.conversion.plan import Task
+from bridge_core.errors import CheckpointError
 from bridge_core.mappings import (
     ColumnParallelMapping,
     FusedExpertMapping,
@@ -181,3 +189,31 @@ def test_read_rows_into_reads_rows_and_refuses_what_does_not_fit(source):
         source.read_rows_into("emb", 0, torch.empty(2, 6))
     with pytest.raises(ValueError, match=r"emb"):
         source.read_rows_into("emb", 0, torch.empty(6, 4, dtype=torch.bfloat16).t())  # not contiguous
+
+
+def test_reader_threads_follow_the_setting_and_refuse_nonsense(monkeypatch):
+    monkeypatch.setenv("BRIDGE_READ_THREADS", "3")
+    assert read_threads() == 3
+    monkeypatch.setenv("BRIDGE_READ_THREADS", "many")
+    with pytest.raises(ValueError, match="BRIDGE_READ_THREADS='many'"):
+        read_threads()
+    monkeypatch.delenv("BRIDGE_READ_THREADS")
+    assert 1 <= read_threads() <= 4
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_reads_fill_in_order_and_a_failed_read_is_raised(source, tmp_path, threads):
+    reader = RowReader(threads)
+    params = [torch.empty(16, 6, dtype=torch.bfloat16) for _ in range(4)]
+    for i, p in enumerate(params):
+        reader.submit(source, [("gate" if i % 2 else "up", 0, 0, 16)], p)
+    done = reader.finished(wait=True)
+    assert done == [(192, 192)] * 4
+    assert all(torch.equal(p, source["gate" if i % 2 else "up"]) for i, p in enumerate(params))
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: 8 + int.from_bytes(data[:8], "little")])  # the data went after the header check
+    reader.submit(source, [("norm", 0, 0, 6)], torch.empty(6, dtype=torch.bfloat16))
+    with pytest.raises(CheckpointError, match="truncated"):
+        reader.finished(wait=True)
+    reader.close()

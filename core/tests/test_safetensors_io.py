@@ -193,7 +193,19 @@ class ShortReads:
             return self.handle.readinto(view[:3])
 
 
-def test_short_reads_are_completed(single):
+def test_short_reads_are_completed(single, monkeypatch):
+    import bridge_core.safetensors_io as io_module
+
+    ckpt = SafetensorsCheckpoint(single)
+    preadv = io_module.os.preadv
+    monkeypatch.setattr(io_module.os, "preadv", lambda fd, bufs, offset: preadv(fd, [bufs[0][:3]], offset))
+    assert torch.equal(ckpt.get_tensor("a"), A) and torch.equal(ckpt.get_slice("s", 3), STACKED[3])
+
+
+def test_short_reads_are_completed_without_preadv(single, monkeypatch):
+    import bridge_core.safetensors_io as io_module
+
+    monkeypatch.delattr(io_module.os, "preadv")
     ckpt = SafetensorsCheckpoint(single)
     ckpt.get_tensor("b")
     ckpt._handles["model.safetensors"] = ShortReads(ckpt._handles["model.safetensors"])

@@ -14,6 +14,7 @@ import json
 import operator
 import os
 import struct
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,18 @@ def _read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, tuple[int
     return out, ranges
 
 
+_SEEK_LOCK = threading.Lock()
+
+
+def _pread_into(f: io.FileIO, view: memoryview, offset: int) -> int:
+    """``readinto`` at ``offset`` without moving a shared file position (safe from several threads)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(f.fileno(), [view], offset)
+    with _SEEK_LOCK:  # platforms without preadv: one reader at a time
+        f.seek(offset)
+        return f.readinto(view)
+
+
 def _check_shard_name(folder: Path, name: object, index_path: Path) -> Path:
     if (
         not isinstance(name, str)
@@ -167,6 +180,7 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
                 self.meta[key] = header[key]
                 self._ranges[key] = ranges[key]
         self._handles: dict[str, io.FileIO] = {}
+        self._lock = threading.Lock()  # reads may come from several threads (positional, no shared offset)
 
     def _shard_files(self) -> dict[str, Path]:
         self._weight_map: dict[str, str] | None = None
@@ -217,12 +231,15 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
     def _handle(self, file_name: str) -> io.FileIO:
         handle = self._handles.get(file_name)
         if handle is None:
-            path = self.folder / file_name
-            try:
-                handle = io.FileIO(path, "r")
-            except OSError as exc:
-                raise CheckpointError(f"{path}: cannot open ({exc})") from None
-            self._handles[file_name] = handle
+            with self._lock:
+                handle = self._handles.get(file_name)
+                if handle is None:
+                    path = self.folder / file_name
+                    try:
+                        handle = io.FileIO(path, "r")
+                    except OSError as exc:
+                        raise CheckpointError(f"{path}: cannot open ({exc})") from None
+                    self._handles[file_name] = handle
         return handle
 
     def _locate(self, key: str) -> tuple[TensorMeta, torch.dtype, int, int]:
@@ -250,9 +267,8 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
         view = memoryview(out.numpy())
         got = 0
         try:
-            f.seek(start)
             while got < nbytes:
-                n = f.readinto(view[got:])
+                n = _pread_into(f, view[got:], start + got)
                 if not n:
                     raise CheckpointError(
                         f"{self.folder / file_name}: truncated safetensors file (it ends inside {key}, "

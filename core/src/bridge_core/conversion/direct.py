@@ -9,6 +9,9 @@ and nothing is sent. Anything else takes the general path (read, transform, spli
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -110,3 +113,51 @@ def read_rows(source: Any, reads: list[Read], param: torch.Tensor) -> int:
             dest[edge:lo].zero_()
         edge = max(edge, hi)
     return done
+
+
+def read_threads() -> int:
+    """Reader threads per rank: ``BRIDGE_READ_THREADS``, else this rank's share of the CPUs, at most 4.
+
+    Reading into fresh parameters is bound by page faults, which proceed in parallel on several cores.
+    """
+    value = os.environ.get("BRIDGE_READ_THREADS", "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ValueError(f"BRIDGE_READ_THREADS={value!r}: expected a positive integer") from None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(4, cpus // max(1, local)))
+
+
+class RowReader:
+    """Runs ``read_rows`` on a few threads; the caller collects bytes and progress as reads finish."""
+
+    def __init__(self, threads: int):
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="bridge-read") if threads > 1 else None
+        self._pending: deque[tuple[Future, int]] = deque()
+
+    def submit(self, source: Any, reads: list[Read], param: torch.Tensor) -> None:
+        nbytes = param.numel() * param.element_size()
+        if self._pool is None:
+            done: Future = Future()
+            try:
+                done.set_result(read_rows(source, reads, param))
+            except Exception as exc:  # raised by ``finished``, as from a thread
+                done.set_exception(exc)
+            self._pending.append((done, nbytes))
+        else:
+            self._pending.append((self._pool.submit(read_rows, source, reads, param), nbytes))
+
+    def finished(self, wait: bool = False) -> list[tuple[int, int]]:
+        """``(bytes read, parameter bytes)`` of the reads done so far, in order (all of them if ``wait``)."""
+        out = []
+        while self._pending and (wait or self._pending[0][0].done()):
+            future, nbytes = self._pending.popleft()
+            out.append((future.result(), nbytes))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

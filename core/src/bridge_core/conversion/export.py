@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.conversion.groups import ParallelLayout
+from bridge_core.conversion.groups import ParallelLayout, SplitGroup
 from bridge_core.conversion.plan import Task, export_parts, natural_key
 from bridge_core.errors import CoverageError
 
@@ -78,13 +78,31 @@ def planned_outputs(units: list[Unit]) -> list[tuple[str, tuple[int, ...], torch
     return out
 
 
+def gather_to_leader(local: torch.Tensor, split: SplitGroup) -> list[torch.Tensor] | None:
+    """Every member's shard, in group order, on the leader (None elsewhere).
+
+    On gloo, point-to-point sends: its ``gather`` moved 0.4-0.5 GB/s here against 1.2 GB/s for
+    ``send``/``recv`` and 1.6 GB/s for ``broadcast`` (two ranks, 64 MB tensors). Elsewhere ``gather``.
+    """
+    if dist.get_backend(split.group) != "gloo":
+        shards = [torch.empty_like(local) for _ in range(split.size)] if split.index == 0 else None
+        dist.gather(local, shards, dst=split.leader, group=split.group)
+        return shards
+    if split.index != 0:
+        dist.send(local, dst=split.leader, group=split.group)
+        return None
+    shards = [local] + [torch.empty_like(local) for _ in range(split.size - 1)]
+    for shard, src in zip(shards[1:], split.ranks[1:]):
+        dist.recv(shard, src=src, group=split.group)
+    return shards
+
+
 def _produce(task: Task, bridge: Any, config: Any, layout: ParallelLayout, dtype: torch.dtype | None) -> dict | None:
     """Gather the task's shards to its leader; the leader returns ``{hf_name: tensor}``."""
     split = layout.for_param(task.param)
     local = task.param.tensor.detach()
     if split.size > 1:
-        shards = [torch.empty_like(local) for _ in range(split.size)] if split.index == 0 else None
-        dist.gather(local.contiguous(), shards, dst=split.leader, group=split.group)
+        shards = gather_to_leader(local.contiguous(), split)
     else:
         shards = [local]
     if split.index != 0:

@@ -19,6 +19,7 @@ class SplitGroup:
     index: int
     leader: int
     replica_zero: bool
+    ranks: tuple[int, ...] = ()  # global ranks of the members, in group order
 
 
 class ParallelLayout:
@@ -36,7 +37,7 @@ class ParallelLayout:
     @staticmethod
     def _group(group: Any, replica_zero: bool) -> SplitGroup:
         ranks = dist.get_process_group_ranks(group)
-        return SplitGroup(group, len(ranks), ranks.index(dist.get_rank()), ranks[0], replica_zero)
+        return SplitGroup(group, len(ranks), ranks.index(dist.get_rank()), ranks[0], replica_zero, tuple(ranks))
 
     def for_param(self, param: ParamInfo) -> SplitGroup:
         return self.etp if param.is_expert else self.tp

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.conversion.direct import plan_reads, read_rows
+from bridge_core.conversion.direct import RowReader, plan_reads, read_threads
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.plan import Task
 from bridge_core.errors import CoverageError
@@ -61,6 +61,36 @@ def read_full(task: Task, bridge: Any, source: Any, config: Any) -> torch.Tensor
     return full
 
 
+def load_general(
+    task: Task, bridge: Any, source: Any, config: Any, split: Any, checkpoint_dtype: Any, report: LoadReport
+) -> int:
+    """Read, format and split on the group's leader, scatter to the others; returns the bytes read here."""
+    param = task.param.tensor
+    shards, nbytes = None, 0
+    if split.index == 0:
+        full = read_full(task, bridge, source, config)
+        nbytes = full.numel() * full.element_size()
+        if (
+            full.dtype.itemsize > param.dtype.itemsize
+            and full.is_floating_point()
+            and checkpoint_dtype is not None
+            and full.dtype != checkpoint_dtype
+        ):
+            report.downcast.append(task.param.global_name)
+        full = full.to(device=param.device, dtype=param.dtype)
+        shards = [s.contiguous() for s in task.mapping.split(full, split.size)]
+    with torch.no_grad():
+        if split.size == 1:
+            param.copy_(shards[0])
+        else:
+            # Straight into the parameter when its memory allows: no temporary, no second copy.
+            out = param if param.is_contiguous() else torch.empty_like(param)
+            dist.scatter(out, shards, src=split.leader, group=split.group)
+            if out is not param:
+                param.copy_(out)
+    return nbytes
+
+
 def load_tasks(
     tasks: list[Task],
     bridge: Any,
@@ -75,43 +105,33 @@ def load_tasks(
     start = time.perf_counter()
     if progress is not None:
         progress.begin(len(tasks), sum(t.param.tensor.numel() * t.param.tensor.element_size() for t in tasks))
-    for task in tasks:
-        param = task.param.tensor
-        split = layout.for_param(task.param)
-        reads = plan_reads(task, bridge, source, config, split)
-        if reads is not None:  # this rank reads its own rows into the parameter; nothing is sent
-            with torch.no_grad():
-                report.bytes_read += read_rows(source, reads, param)
+    reader = RowReader(read_threads())
+
+    def collect(wait: bool = False) -> None:
+        for nbytes, param_bytes in reader.finished(wait):
+            report.bytes_read += nbytes
             report.tensors += 1
             report.direct += 1
             if progress is not None:
+                progress.update(param_bytes)
+
+    try:
+        for task in tasks:
+            param = task.param.tensor
+            split = layout.for_param(task.param)
+            reads = plan_reads(task, bridge, source, config, split)
+            if reads is not None:  # this rank reads its own rows into the parameter; nothing is sent
+                reader.submit(source, reads, param)
+                collect()
+                continue
+            report.bytes_read += load_general(task, bridge, source, config, split, checkpoint_dtype, report)
+            report.tensors += 1
+            if progress is not None:
                 progress.update(param.numel() * param.element_size())
-            continue
-        shards = None
-        if split.index == 0:
-            full = read_full(task, bridge, source, config)
-            report.bytes_read += full.numel() * full.element_size()
-            if (
-                full.dtype.itemsize > param.dtype.itemsize
-                and full.is_floating_point()
-                and checkpoint_dtype is not None
-                and full.dtype != checkpoint_dtype
-            ):
-                report.downcast.append(task.param.global_name)
-            full = full.to(device=param.device, dtype=param.dtype)
-            shards = [s.contiguous() for s in task.mapping.split(full, split.size)]
-        with torch.no_grad():
-            if split.size == 1:
-                param.copy_(shards[0])
-            else:
-                # Straight into the parameter when its memory allows: no temporary, no second copy.
-                out = param if param.is_contiguous() else torch.empty_like(param)
-                dist.scatter(out, shards, src=split.leader, group=split.group)
-                if out is not param:
-                    param.copy_(out)
-        report.tensors += 1
-        if progress is not None:
-            progress.update(param.numel() * param.element_size())
+            collect()
+        collect(wait=True)
+    finally:
+        reader.close()
     report.seconds = time.perf_counter() - start
     if report.downcast:
         log.warning(
