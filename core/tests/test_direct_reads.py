@@ -21,7 +21,7 @@ from bridge_core.conversion.direct import (
 from bridge_core.conversion.groups import SplitGroup
 from bridge_core.conversion.params import ParamInfo
 from bridge_core.conversion.plan import Task
-from bridge_core.errors import CheckpointError
+from bridge_core.errors import CheckpointError, ConfigError
 from bridge_core.mappings import (
     ColumnParallelMapping,
     FusedExpertMapping,
@@ -140,8 +140,8 @@ def source(tmp_path) -> SafetensorsCheckpoint:
     return SafetensorsCheckpoint(tmp_path)
 
 
-def task_for(mapping, shape, full_shape, dtype=torch.bfloat16) -> Task:
-    param = torch.full(shape, 7.0, dtype=dtype)  # not zeros: the padding must be written
+def task_for(mapping, shape, full_shape, dtype=torch.bfloat16, device="cpu") -> Task:
+    param = torch.full(shape, 7.0, dtype=dtype, device=device)  # not zeros: the padding must be written
     info = ParamInfo("p", "p", 0, shape, full_shape, dtype, mapping.tp_dim, 1, False, param)
     return Task(info, mapping)
 
@@ -175,6 +175,8 @@ def test_a_dtype_or_shape_the_file_does_not_hold_takes_the_general_path(source):
     stacked.mapping.index = 0
     assert plan_reads(stacked, bridge_stub(), source, None, group) is None
     assert plan_reads(task_for(ReplicatedMapping("p", "norm"), (6,), (6,)), bridge_stub(), {}, None, group) is None
+    on_device = task_for(ReplicatedMapping("p", "norm"), (6,), (6,), device="meta")  # not host memory
+    assert plan_reads(on_device, bridge_stub(), source, None, group) is None
     row = task_for(RowParallelMapping("p", "gate"), (16, 3), (16, 6))
     assert plan_reads(row, bridge_stub(), source, None, SplitGroup(None, 2, 0, 0, True)) is None
 
@@ -194,9 +196,10 @@ def test_read_rows_into_reads_rows_and_refuses_what_does_not_fit(source):
 def test_reader_threads_follow_the_setting_and_refuse_nonsense(monkeypatch):
     monkeypatch.setenv("BRIDGE_READ_THREADS", "3")
     assert read_threads() == 3
-    monkeypatch.setenv("BRIDGE_READ_THREADS", "many")
-    with pytest.raises(ValueError, match="BRIDGE_READ_THREADS='many'"):
-        read_threads()
+    for bad in ("many", "0", "-2"):
+        monkeypatch.setenv("BRIDGE_READ_THREADS", bad)
+        with pytest.raises(ConfigError, match=f"BRIDGE_READ_THREADS='{bad}'"):
+            read_threads()
     monkeypatch.delenv("BRIDGE_READ_THREADS")
     assert 1 <= read_threads() <= 4
 

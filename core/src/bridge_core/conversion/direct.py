@@ -2,9 +2,10 @@
 
 Used for a task when its mapping places whole HF rows (``hf_row_layout``) and its split keeps whole
 rows (``shard_rows``), the bridge does not override ``maybe_modify_loaded_hf_weight``, the file
-holds the parameter's dtype, and the source can read rows (``read_rows_into``). Then every rank of a
-tensor-parallel group reads only the rows of its own shard: each byte is still read once per group,
-and nothing is sent. Anything else takes the general path (read, transform, split, scatter).
+holds the parameter's dtype, the parameter is in host memory, and the source can read rows
+(``read_rows_into``). Then every rank of a tensor-parallel group reads only the rows of its own
+shard: each byte is still read once per group, and nothing is sent. Anything else takes the general
+path (read, transform, split, scatter).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from bridge_core.bridge import MegatronModelBridge
 from bridge_core.conversion.groups import SplitGroup
 from bridge_core.conversion.plan import Task
+from bridge_core.errors import ConfigError
 from bridge_core.mappings.base import MegatronParamMapping
 
 # (HF name, first HF row, first local row, number of rows)
@@ -50,6 +52,7 @@ def plan_reads(task: Task, bridge: Any, source: Any, config: Any, split: SplitGr
     m, param = task.mapping, task.param.tensor
     if (
         m.index is not None
+        or param.device.type != "cpu"  # GPU parameters: read, then one host-to-device copy (general path)
         or param.dim() == 0
         or not param.is_contiguous()
         or not hasattr(source, "read_rows_into")
@@ -122,10 +125,10 @@ def read_threads() -> int:
     """
     value = os.environ.get("BRIDGE_READ_THREADS", "").strip()
     if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise ValueError(f"BRIDGE_READ_THREADS={value!r}: expected a positive integer") from None
+        threads = int(value) if value.isdigit() else 0
+        if threads < 1:
+            raise ConfigError(f"BRIDGE_READ_THREADS={value!r}: expected a positive integer")
+        return threads
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return max(1, min(4, cpus // max(1, local)))
