@@ -3,7 +3,8 @@
 Every rank learns the global list of export units (one per Megatron parameter, owned by the leader of
 its tensor-parallel group in data-parallel replica 0) with one ``all_gather_object``, then all ranks
 walk it in the same order, so collectives always match. ``to_rank=None`` broadcasts every tensor to
-every rank (weight sync); ``to_rank=r`` sends them to rank ``r`` only (writing a checkpoint).
+every rank (weight sync; when the world is one tensor-parallel group, the members share their shards
+and each formats for itself); ``to_rank=r`` sends them to rank ``r`` only (writing a checkpoint).
 """
 
 from __future__ import annotations
@@ -97,15 +98,31 @@ def gather_to_leader(local: torch.Tensor, split: SplitGroup) -> list[torch.Tenso
     return shards
 
 
-def _produce(task: Task, bridge: Any, config: Any, layout: ParallelLayout, dtype: torch.dtype | None) -> dict | None:
-    """Gather the task's shards to its leader; the leader returns ``{hf_name: tensor}``."""
+def share_shards(local: torch.Tensor, split: SplitGroup) -> list[torch.Tensor]:
+    """Every member's shard on every member, in group order: one broadcast per member (on gloo,
+    ``all_gather`` moved 0.2 GB/s here against 1.6 GB/s for ``broadcast``)."""
+    shards = []
+    for i, src in enumerate(split.ranks):
+        shard = local if i == split.index else torch.empty_like(local)
+        dist.broadcast(shard, src=src, group=split.group)
+        shards.append(shard)
+    return shards
+
+
+def _produce(
+    task: Task, bridge: Any, config: Any, layout: ParallelLayout, dtype: torch.dtype | None, everywhere: bool
+) -> dict | None:
+    """Gather the task's shards to its leader, which returns ``{hf_name: tensor}`` (``everywhere``:
+    every member gets every shard and returns the tensors)."""
     split = layout.for_param(task.param)
     local = task.param.tensor.detach()
-    if split.size > 1:
-        shards = gather_to_leader(local.contiguous(), split)
-    else:
+    if split.size == 1:
         shards = [local]
-    if split.index != 0:
+    elif everywhere:
+        shards = share_shards(local.contiguous(), split)
+    else:
+        shards = gather_to_leader(local.contiguous(), split)
+    if split.index != 0 and not everywhere:
         return None
     full = task.mapping.merge(shards)
     hf = task.mapping.megatron_to_hf(full, task.context(config, bridge.hf_config))
@@ -138,6 +155,10 @@ def export_tasks(
             expected[name] += index is not None
     stacks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
     receiving = to_rank is None or layout.rank == to_rank
+    # Every rank wants every tensor and the world is one tensor-parallel group (no PP, DP or EP):
+    # the members share their shards and each formats for itself, instead of gathering to the
+    # leader and broadcasting the result back (which sends each rank its own shard again).
+    everywhere = to_rank is None and layout.world > 1 and layout.tp.size == layout.etp.size == layout.world
     if on_plan is not None and receiving:
         on_plan(planned_outputs(units))
     if progress is not None:
@@ -147,7 +168,7 @@ def export_tasks(
         task = by_name.get(unit.global_name)
         produced = None
         if task is not None and layout.for_param(task.param).replica_zero:
-            produced = _produce(task, bridge, config, layout, dtype)
+            produced = _produce(task, bridge, config, layout, dtype, everywhere)
         if produced is not None and [(n, tuple(t.shape)) for n, t in produced.items()] != [
             (n, s) for n, _, s, _ in unit.parts
         ]:
@@ -157,7 +178,7 @@ def export_tasks(
             )
         for name, index, shape, part_dtype in unit.parts:
             tensor = produced[name] if produced is not None else None
-            if layout.world == 1:
+            if layout.world == 1 or everywhere:
                 pass
             elif to_rank is None:
                 if tensor is None:

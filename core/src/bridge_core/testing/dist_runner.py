@@ -5,8 +5,9 @@ Each case: ``{"name", "hf_path", "tp", "pp", "ep", "etp", "vp", "dtype", "load_w
 "out", "plugin"}``; ``plugin`` (optional, ``{"module": ..., "path": ...}``) registers that module
 in-process as the only plugin instead of discovering the installed ones. For each case, through the
 public API only: build the provider at that parallelism, load the HF weights, compute logits for the
-saved ``ids`` (written to ``out/logits.pt``), and save the model back to ``out/hf``. A case that
-raises writes ``out/error-rank<r>.txt`` and the runner moves on.
+saved ``ids`` (written to ``out/logits.pt``), save the model back to ``out/hf``, and check that an
+export to every rank (weight sync) gives each rank the saved tensors. A case that raises writes
+``out/error-rank<r>.txt`` and the runner moves on.
 """
 
 from __future__ import annotations
@@ -59,6 +60,25 @@ def run_case(case: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(logits, out / "logits.pt")
     bridge.save_hf_pretrained(model, out / "hf", overwrite=True)
+    check_weight_sync(bridge, model, out / "hf")
+
+
+def check_weight_sync(bridge, model, saved: Path) -> None:
+    """``export_hf_weights`` with every rank receiving (RL weight sync) gives each rank what was saved."""
+    import torch
+    import torch.distributed as dist
+
+    from bridge_core.safetensors_io import SafetensorsCheckpoint
+
+    dist.barrier()  # rank 0 has renamed the folder into place
+    reference, rank, seen = SafetensorsCheckpoint(saved), dist.get_rank(), []
+    for name, tensor in bridge.export_hf_weights(model, cpu=True):
+        if name not in reference or not torch.equal(tensor, reference[name]):
+            raise AssertionError(f"weight sync on rank {rank}: {name} differs from the saved tensor")
+        seen.append(name)
+    if sorted(seen) != sorted(reference):
+        raise AssertionError(f"weight sync on rank {rank}: received {len(seen)} tensors, {len(reference)} saved")
+    reference.close()
 
 
 def main(spec_path: str) -> int:
