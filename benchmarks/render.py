@@ -135,7 +135,7 @@ def machine_section(r: dict) -> str:
             f"{v.get('bridge-core')} / {v.get('bridge-llama')} / {v.get('bridge-qwen')}",
         ],
         ["mbridge (own venv, same torch/megatron-core/transformers)", str(v.get("mbridge"))],
-        ["repeats (median reported)", str(r["repeats"])],
+        ["repeats (median reported)", _repeats(r)],
         ["suite wall time", f"{r.get('suite_wall_s', 0) / 60:.1f} min"],
     ]
     return table(["", ""], rows)
@@ -439,6 +439,11 @@ def render(r: dict, gpu: dict | None = None) -> str:
         analysis,
     ]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _repeats(r: dict) -> str:
+    live = {d.get("repeats") for d in r.get("live", {}).values()} - {None, r["repeats"]}
+    return str(r["repeats"]) + (f" (live: {', '.join(map(str, sorted(live)))})" if live else "")
 
 
 def write(results: dict, doc: Path) -> None:

@@ -201,6 +201,9 @@ def _free_port() -> int:
 # -- main ---------------------------------------------------------------------------------------
 
 
+LIVE_REPEATS = 5
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -252,9 +255,10 @@ def main() -> int:
         results["conversions"] = conversions
     if "live" in parts:
         results["live"] = {}
+        repeats = max(args.repeats, LIVE_REPEATS)  # the first of them pays for fresh memory on both sides
         for tp in (1, 2):
-            log(f"live load/export vs mbridge, TP={tp}, x{args.repeats}")
-            results["live"][f"tp{tp}"] = live(peer_python, models["toy-1.5g"], tp, args.repeats, work)
+            log(f"live load/export vs mbridge, TP={tp}, x{repeats}")
+            results["live"][f"tp{tp}"] = live(peer_python, models["toy-1.5g"], tp, repeats, work)
     if "discovery" in parts:
         log("discovery: import bridge_core, bridgectl plugins with the installed plugins and with 20")
         results["discovery"] = discovery.run(cache, repeats=max(5, args.repeats))
