@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from bridge_core.conversion.params import unwrap
 from bridge_core.errors import CheckpointError
+from bridge_core.hf_checkpoint import read_json_object
 
 TRACKER = "latest_checkpointed_iteration.txt"
 ITERATION = 0
@@ -247,13 +248,7 @@ def _read_json(file: Path, required: bool) -> dict:
         if required:
             raise CheckpointError(f"{file}: missing; it holds the settings needed to rebuild the model")
         return {}
-    try:
-        value = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{file}: not valid JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{file}: expected a JSON object, found {type(value).__name__}")
-    return value
+    return read_json_object(file)
 
 
 def load_megatron_checkpoint(path: str | os.PathLike) -> CheckpointInfo:

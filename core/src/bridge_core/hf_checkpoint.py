@@ -37,10 +37,10 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, with one-line errors naming the file."""
     try:
         data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
 
 

@@ -57,7 +57,7 @@ class VocabParallelMapping(ColumnParallelMapping):
         return pad_rows(hf_weights, ctx.megatron_shape[0])
 
     def hf_row_layout(self, hf_rows: dict[str, int], ctx: MappingContext) -> list[RowPiece] | None:
-        return [(self.hf_param, 0, 0, hf_rows[self.hf_param])]  # the padded rows stay zeros
+        return super().hf_row_layout(hf_rows, ctx)  # the HF rows first; the padded rows stay zeros
 
     def megatron_to_hf(self, weight: Tensor, ctx: MappingContext) -> dict[str, Tensor]:
         return {self.hf_param: weight[: ctx.hf_config.vocab_size]}
