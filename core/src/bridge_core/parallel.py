@@ -6,6 +6,7 @@ without; a single process needs no launcher) and initialises megatron-core's mod
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ def ensure_process_group() -> None:
     # One process, on a free port. The environment is left alone, so that a process started later
     # from this one (e.g. a ``bridgectl`` subprocess) does not believe it runs under torchrun.
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    atexit.register(_destroy_private_group)  # it has no peers to wait for: end it before the interpreter
+
+
+def _destroy_private_group() -> None:
+    if dist.is_initialized() and dist.get_world_size() == 1:
+        dist.destroy_process_group()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ first failure stops the others and reports that rank's one-line error (no torchr
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,14 +76,25 @@ def spawn_ranks(argv: list[str], world: int) -> int:
             err.close()
     if failed is None:
         return 0
-    if not (logs / "rank0.error").exists():  # rank 0 printed nothing: report the failing rank's error
-        print(_error_line(logs, failed), file=sys.stderr)
-    return procs[failed][0].returncode or 1
+    code = procs[failed][0].returncode
+    if not (logs / "rank0.error").exists():  # rank 0 printed no error line: report the failing rank's
+        print(_error_line(logs, failed, code), file=sys.stderr)
+    return code if code > 0 else 1
 
 
-def _error_line(logs: Path, rank: int) -> str:
+def _error_line(logs: Path, rank: int, code: int) -> str:
     error = logs / f"rank{rank}.error"
     if error.exists():
         return error.read_text().strip()
-    tail = (logs / f"rank{rank}.err").read_text().strip().splitlines()[-1:] or ["no output"]
-    return f"bridgectl: rank {rank} failed: {tail[0]} (logs in {logs})"
+    how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+    stderr = logs / f"rank{rank}.err"  # rank 0's stderr went to the terminal, above this line
+    tail = stderr.read_text().strip().splitlines()[-1:] if stderr.exists() else []
+    where = f": {tail[0]} (logs in {logs})" if tail else " (its output is above)" if rank == 0 else ""
+    return f"bridgectl: rank {rank} {how}{where}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    code = _run(sys.argv[1:] if argv is None else argv)
+    _end_process_group(code)
+    return code
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     top, rest = parser.parse_known_args(argv)
     if top.command is None:
@@ -71,6 +76,29 @@ def main(argv: list[str] | None = None) -> int:
             "(rerun with --debug for the traceback)"
         )
         return 1
+
+
+def _end_process_group(code: int) -> None:
+    """Stop the process group this command used before the interpreter exits.
+
+    Exiting with a live gloo group can abort in its worker threads ("terminate called without an
+    active exception", exit -6) after the work is done. On success every rank destroys it; a failed
+    rank process exits at once instead, as peers may still wait in a collective it will never join.
+    """
+    import os
+
+    dist = sys.modules.get("torch.distributed")  # never import torch here (``bridgectl plugins``)
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if code == 0:
+        parallel_state = sys.modules.get("megatron.core.parallel_state")
+        if parallel_state is not None:
+            parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()
+    elif "WORLD_SIZE" in os.environ:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def quiet_libraries() -> None:
