@@ -82,7 +82,7 @@ def with_config(src: Path, dst: Path, **changes) -> Path:
 def test_import_writes_a_megatron_lm_checkpoint(checkpoint, toy):
     assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
     files = {p.name for p in (checkpoint / "iter_0000000").iterdir()}
-    assert {".metadata", "common.pt", "metadata.json", "__0_0.distcp", "__1_0.distcp"} <= files
+    assert {".metadata", "metadata.json", "__0_0.distcp", "__1_0.distcp"} <= files
     provenance = json.loads((checkpoint / "provenance.json").read_text())
     assert provenance["architecture"] == "LlamaForCausalLM"
     assert provenance["plugin"]["distribution"] == "bridge-llama"

@@ -14,7 +14,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core")
 
 import torch.nn.functional as F  # noqa: E402
+from megatron.core import dist_checkpointing  # noqa: E402
+from megatron.core.dist_checkpointing.strategies import common as mcore_common  # noqa: E402
 
+from bridge_core.checkpoint_load import read_common_state  # noqa: E402
 from bridge_core.errors import CheckpointError  # noqa: E402
 from bridge_core.megatron_checkpoint import (  # noqa: E402
     load_megatron_checkpoint,
@@ -24,6 +27,9 @@ from bridge_core.megatron_checkpoint import (  # noqa: E402
 )
 from bridge_core.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.provider import GPTModelProvider  # noqa: E402
+
+# megatron-core before 0.17 writes the common state to common.pt; later ones inside the .distcp files
+COMMON_PT = ["common.pt"] if hasattr(mcore_common, "TorchCommonLoadStrategy") else []
 
 MODEL = dict(
     num_layers=2,
@@ -109,7 +115,7 @@ def test_layout(saved, tmp_path):
     ]
     assert (path / "latest_checkpointed_iteration.txt").read_text() == "0"
     files = {p.name for p in (path / "iter_0000000").iterdir()}
-    assert {".metadata", "common.pt", "metadata.json"} <= files and any(f.endswith(".distcp") for f in files)
+    assert {".metadata", "metadata.json", *COMMON_PT} <= files and any(f.endswith(".distcp") for f in files)
     assert (path / "tokenizer" / "tokenizer.json").read_text() == '{"model": {}}'
     assert json.loads((path / "provenance.json").read_text()) == {"hf_path": "toy", "sha": "0"}
 
@@ -120,7 +126,11 @@ def test_layout(saved, tmp_path):
     assert settings["padded_vocab_size"] == 384 and settings["num_query_groups"] == 2
     assert "init_method" in run_config["omitted_provider_fields"]
 
-    common = torch.load(path / "iter_0000000" / "common.pt", weights_only=True)
+    # megatron-core's own reader (common.pt before 0.17, the common_state object after), and ours
+    common = dist_checkpointing.load_common_state_dict(str(path / "iter_0000000"))
+    assert read_common_state(path / "iter_0000000") == common
+    if COMMON_PT:  # Megatron-LM loads it with weights_only=True
+        assert torch.load(path / "iter_0000000" / "common.pt", weights_only=True) == common
     assert common["checkpoint_version"] == 3.0 and common["iteration"] == 0
     args = common["args"]
     expected = dict(
@@ -260,6 +270,22 @@ def test_malicious_stored_object_is_refused(build, tmp_path):
         load_weights_into(fresh, path)
     message = one_line(err)
     assert message.startswith(f"{path / 'iter_0000000'}: cannot load the weights into this model: UnpicklingError")
+    assert not marker.exists()
+
+
+def test_malicious_common_state_is_refused(build, tmp_path, monkeypatch):
+    """The common state (common.pt, or the common_state object of megatron-core 0.17+) is weights-only."""
+    import bridge_core.megatron_checkpoint as saver
+
+    provider, chunks = build()
+    marker = tmp_path / "pwned"
+    monkeypatch.setattr(saver, "megatron_args", lambda *args, **kwargs: Evil(marker))
+    path = save(chunks, provider, tmp_path / "ckpt", tmp_path)
+    _, fresh = build(seed=1)
+    with pytest.raises(CheckpointError) as err:
+        load_weights_into(fresh, path)
+    message = one_line(err)
+    assert message.startswith(str(path / "iter_0000000")) and "UnpicklingError" in message, message
     assert not marker.exists()
 
 

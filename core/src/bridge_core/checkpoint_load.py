@@ -2,22 +2,28 @@
 
 ``.metadata`` is read with a restricted unpickler and stored objects with ``weights_only=True``; the
 parameters are dist-checkpointing's destination, so the load needs no second copy of the model.
+Both layouts of the common (non-tensor) state load: ``common.pt`` (megatron-core before 0.17) and the
+``common_state`` object inside the torch_dist files (0.17 and later, which read both).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing import serialization as mcore_serialization
 from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace, nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 from megatron.core.dist_checkpointing.strategies import torch as mcore_torch_strategies
-from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME, TorchCommonLoadStrategy
+from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
 from megatron.core.dist_checkpointing.strategies.torch import MCoreLoadPlanner, TorchDistLoadShardedStrategy
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
@@ -32,6 +38,13 @@ from bridge_core.checkpoint_format import (
 )
 from bridge_core.errors import CheckpointError
 from bridge_core.safe_pickle import load_weights_only, read_dcp_metadata
+
+try:  # megatron-core < 0.17: the common state is common.pt, read through a strategy
+    from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+except ImportError:  # 0.17+: a ShardedObject in the torch_dist files (common.pt still read if present)
+    TorchCommonLoadStrategy = None
+
+COMMON_STATE_KEY = "common_state/shard_0_1"  # ShardedObject("common_state", ..., (1,), (0,)).unique_key
 
 
 class _SafeReader(FileSystemReader):
@@ -59,27 +72,60 @@ class _SafeLoadPlanner(MCoreLoadPlanner):
 class _SafeLoadStrategy(TorchDistLoadShardedStrategy):
     """megatron's torch_dist loader with the restricted ``.metadata`` reader and weights-only objects."""
 
-    def load(self, sharded_state_dict: Any, checkpoint_dir: Any) -> Any:
-        module, saved = mcore_torch_strategies, {}
-        patches = {
-            "_get_filesystem_reader": lambda checkpoint_dir, cache_metadata=False: _SafeReader(checkpoint_dir),
-            "MCoreLoadPlanner": _SafeLoadPlanner,
-        }
-        for name, value in patches.items():
-            saved[name] = getattr(module, name)
+    def load(self, sharded_state_dict: Any, checkpoint_dir: Any, *args: Any, **kwargs: Any) -> Any:
+        with _safe_readers(), warnings.catch_warnings():
+            # torch's notice that its ShardedTensor (used inside) is deprecated
+            warnings.filterwarnings("ignore", "Please use DTensor", FutureWarning)
+            return super().load(sharded_state_dict, checkpoint_dir, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _safe_readers() -> Iterator[None]:
+    """Point megatron's filesystem reader and load planner at the restricted ones while inside."""
+    patches = [
+        (module, "_get_filesystem_reader", lambda checkpoint_dir, *_, **__: _SafeReader(checkpoint_dir))
+        for module in (mcore_torch_strategies, mcore_serialization)
+        if hasattr(module, "_get_filesystem_reader")
+    ]
+    patches.append((mcore_torch_strategies, "MCoreLoadPlanner", _SafeLoadPlanner))
+    if TorchCommonLoadStrategy is None:  # 0.17+ unpickles the common state with weights_only=False
+        patches.append((mcore_serialization, "load_common_state_dict", read_common_state))
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    try:
+        for module, name, value in patches:
             setattr(module, name, value)
-        try:
-            with warnings.catch_warnings():  # torch's notice that its ShardedTensor (used inside) is deprecated
-                warnings.filterwarnings("ignore", "Please use DTensor", FutureWarning)
-                return super().load(sharded_state_dict, checkpoint_dir)
-        finally:
-            for name, value in saved.items():
-                setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
-class _SafeCommonLoadStrategy(TorchCommonLoadStrategy):
-    def load_common(self, checkpoint_dir: str | Path) -> Any:
-        return _load_common(Path(checkpoint_dir))
+def read_common_state(weights: str | os.PathLike) -> dict:
+    """The checkpoint's common state (args, iteration, content metadata), read safely in this process.
+
+    From ``common.pt`` where it exists, else from the ``common_state`` object inside the torch_dist
+    files (megatron-core 0.17 and later write it there).
+    """
+    weights = Path(weights)
+    file = weights / COMMON_STATE_FNAME
+    if file.exists() or TorchCommonLoadStrategy is not None:
+        return _load_common(weights)
+    metadata = read_dcp_metadata(weights / ".metadata")
+    if COMMON_STATE_KEY not in metadata.state_dict_metadata:
+        raise CheckpointError(f"{file}: missing, and {weights / '.metadata'} holds no {COMMON_STATE_KEY}")
+    state = {COMMON_STATE_KEY: io.BytesIO()}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Please use DTensor", FutureWarning)
+            torch.distributed.checkpoint.load(
+                state, storage_reader=_SafeReader(weights), planner=_SafeLoadPlanner(), no_dist=True
+            )
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointError(f"{weights}: cannot read the common state: {_one_line(exc)}") from exc
+    common = state[COMMON_STATE_KEY]
+    if isinstance(common, io.BytesIO):
+        common = load_weights_only(common.getvalue())
+    return common[0] if isinstance(common, list) else common
 
 
 def _load_common(weights: Path) -> dict:
@@ -88,9 +134,28 @@ def _load_common(weights: Path) -> dict:
         with open(file, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{file}: missing") from None
+        newer = " (a checkpoint written by megatron-core 0.17 or newer, which this megatron-core cannot read)"
+        raise CheckpointError(f"{file}: missing{newer if _has_inner_common(weights) else ''}") from None
     except Exception as exc:
         raise CheckpointError(f"{file}: refused to load: {_one_line(exc)}") from exc
+
+
+def _has_inner_common(weights: Path) -> bool:
+    try:
+        return COMMON_STATE_KEY in read_dcp_metadata(weights / ".metadata").state_dict_metadata
+    except CheckpointError:
+        return False
+
+
+if TorchCommonLoadStrategy is not None:
+
+    class _SafeCommonLoadStrategy(TorchCommonLoadStrategy):
+        def load_common(self, checkpoint_dir: str | Path) -> Any:
+            return _load_common(Path(checkpoint_dir))
+
+    _COMMON_KWARGS: dict[str, Any] = {"common_strategy": _SafeCommonLoadStrategy()}
+else:
+    _COMMON_KWARGS = {}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -173,7 +238,7 @@ def load_weights_into(model_chunks: Any, checkpoint: str | os.PathLike | Checkpo
     weights = info.weights_dir
     chunks = unwrap_chunks(model_chunks)
     read_dcp_metadata(weights / ".metadata")  # refuse an unsafe index before anything else reads it
-    metadata = _load_common(weights).get("content_metadata") or dict(CONTENT_METADATA)
+    metadata = read_common_state(weights).get("content_metadata") or dict(CONTENT_METADATA)
     _check_vocab(chunks, info)
     keys = model_keys(len(chunks))
     # The ShardedTensor.data of the model's own sharded state dict are its parameters (or views of
@@ -183,9 +248,10 @@ def load_weights_into(model_chunks: Any, checkpoint: str | os.PathLike | Checkpo
         {key: chunk.sharded_state_dict(metadata=dict(metadata)) for key, chunk in zip(keys, chunks)}
     )
     try:
-        loaded = dist_checkpointing.load(
-            sharded, str(weights), sharded_strategy=_SafeLoadStrategy(), common_strategy=_SafeCommonLoadStrategy()
-        )
+        with _safe_readers():  # megatron-core 0.17+ reads the common state outside the strategy
+            loaded = dist_checkpointing.load(
+                sharded, str(weights), sharded_strategy=_SafeLoadStrategy(), **_COMMON_KWARGS
+            )
         for key, chunk in zip(keys, chunks):
             chunk.load_state_dict(loaded.pop(key), strict=True)
         del loaded
