@@ -68,7 +68,7 @@ def verify(folder, megatron_path: str, parallel, atol: float) -> int:
     cast_model(loaded.model, loaded.provider, torch.float32)
     vocab = loaded.bridge.hf_config.vocab_size
     ids = fixed_prompt(vocab)
-    logits = forward_logits(loaded.model, ids, vocab_size=vocab)
+    logits = forward_logits(loaded.model, ids, vocab_size=vocab).cpu()  # the reference runs on the CPU
     if rank() != 0:
         return 0
     from transformers import AutoModelForCausalLM
