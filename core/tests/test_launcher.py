@@ -74,3 +74,15 @@ def test_a_rank_ends_its_process_group(code, world_size, rc, out):
     env = {"PATH": "/usr/bin:/bin", "WORLD_SIZE": world_size, "RANK": "0"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert (proc.returncode, proc.stdout.strip()) == (rc, out), proc.stderr
+
+
+def test_a_group_the_caller_started_is_left_alone():
+    script = (
+        "import torch.distributed as dist\nfrom bridge_core.cli.main import main\n"
+        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{launcher._free_port()}', rank=0, "
+        "world_size=1)\n"
+        "assert main(['plugins', '--json']) == 0\nprint(dist.is_initialized())\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "BRIDGE_PLUGINS": ""}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert (proc.returncode, proc.stdout.strip().splitlines()[-1:]) == (0, ["True"]), proc.stderr

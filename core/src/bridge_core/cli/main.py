@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    caller_group = _process_group() is not None  # a group the caller started stays the caller's
     code = _run(sys.argv[1:] if argv is None else argv)
-    _end_process_group(code)
+    if not caller_group:
+        _end_process_group(code)
     return code
 
 
@@ -87,8 +89,8 @@ def _end_process_group(code: int) -> None:
     """
     import os
 
-    dist = sys.modules.get("torch.distributed")  # never import torch here (``bridgectl plugins``)
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    dist = _process_group()
+    if dist is None:
         return
     if code == 0:
         parallel_state = sys.modules.get("megatron.core.parallel_state")
@@ -99,6 +101,12 @@ def _end_process_group(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _process_group():
+    """``torch.distributed`` if it has an initialised group, else None (never imports torch)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
 
 
 def quiet_libraries() -> None:
