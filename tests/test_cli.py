@@ -248,6 +248,16 @@ def test_checkpoint_without_tracker_file(checkpoint, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_bad_max_shard_size_is_refused_before_any_rank_starts(checkpoint, tmp_path, monkeypatch):
+    out, scratch = tmp_path / "o", tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where the launcher would keep its rank logs
+    args = ["--megatron-path", str(checkpoint), "--hf-path", str(out), "--tp", "2", "--max-shard-size", "5XB"]
+    line = assert_one_line_error(bridgectl("export", *args), "max shard size '5XB' is not a size")
+    assert line.startswith("bridgectl export: error:") and not out.exists()
+    assert not any(scratch.iterdir())  # no rank was started
+
+
 def test_debug_shows_the_traceback(tmp_path):
     proc = bridgectl("import", "--debug", "--hf-model", str(tmp_path / "nope"), "--megatron-path", str(tmp_path / "o"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr

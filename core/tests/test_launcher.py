@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,13 @@ def spawn_fake(monkeypatch, tmp_path: Path, rank0: str, others: str, world: int 
     script.write_text(FAKE_RANK.format(rank0=rank0, others=others))
     script.chmod(0o755)
     monkeypatch.setattr(launcher.sys, "executable", str(script))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the rank logs go
     return launcher.spawn_ranks(["import"], world)
+
+
+def rank_logs(tmp_path: Path) -> list[str]:
+    return [str(p) for p in (tmp_path / "tmp").iterdir()]
 
 
 def test_a_rank_killed_by_a_signal_is_named_and_the_others_are_stopped(monkeypatch, tmp_path, capfd):
@@ -35,24 +42,28 @@ def test_a_rank_killed_by_a_signal_is_named_and_the_others_are_stopped(monkeypat
     assert time.monotonic() - start < 30  # rank 1 was terminated, not waited for
     lines = capfd.readouterr().err.strip().splitlines()
     assert lines == ["bridgectl: rank 0 was killed by SIGABRT (its output is above)"]
+    assert rank_logs(tmp_path) == []  # nothing points to them
 
 
 def test_a_failing_rank_reports_its_last_stderr_line_and_exit_code(monkeypatch, tmp_path, capfd):
     code = spawn_fake(monkeypatch, tmp_path, rank0="sleep 60", others="echo noise >&2; echo boom >&2; exit 3")
     assert code == 3
     (line,) = capfd.readouterr().err.strip().splitlines()
-    assert line.startswith("bridgectl: rank 1 exited with code 3: boom (logs in ")
+    (logs,) = rank_logs(tmp_path)
+    assert line == f"bridgectl: rank 1 exited with code 3: boom (logs in {logs})"
+    assert (Path(logs) / "rank1.err").read_text() == "noise\nboom\n"
 
 
 def test_a_rank_error_file_is_reported_as_written(monkeypatch, tmp_path, capfd):
     others = f'echo "bridgectl import: error: bad --tp" > "${launcher.ERROR_FILE_ENV}"; exit 2'
     assert spawn_fake(monkeypatch, tmp_path, rank0="sleep 60", others=others) == 2
     assert capfd.readouterr().err.strip() == "bridgectl import: error: bad --tp"
+    assert rank_logs(tmp_path) == []
 
 
 def test_every_rank_succeeding_is_success(monkeypatch, tmp_path, capfd):
     assert spawn_fake(monkeypatch, tmp_path, rank0="exit 0", others="exit 0", world=3) == 0
-    assert capfd.readouterr().err == ""
+    assert capfd.readouterr().err == "" and rank_logs(tmp_path) == []
 
 
 END_GROUP = """

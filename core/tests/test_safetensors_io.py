@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -471,6 +472,25 @@ def test_atomic_output_dir_renames_into_place_on_success(tmp_path):
         assert not out.exists() and tmp.parent == tmp_path and tmp.name.startswith(".out.partial-")
     assert (out / "f.txt").read_text() == "new"
     assert siblings(out) == ["out"]
+
+
+def test_atomic_output_dir_flushes_everything_before_the_rename_and_the_parent_after(tmp_path, monkeypatch):
+    import bridge_core.output_dir as output_dir
+
+    events = []
+    real_rename = Path.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))))
+    monkeypatch.setattr(
+        Path, "rename", lambda self, target: events.append(("rename", str(target))) or real_rename(self, target)
+    )
+    out = tmp_path / "out"
+    with output_dir.atomic_output_dir(out) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "a.json").write_text("{}")
+        (tmp / "sub" / "b.bin").write_bytes(b"x")
+    before_rename = sorted(name for _, name in events[:-2])
+    assert before_rename == sorted(str(tmp / name) for name in ("", "a.json", "sub", "sub/b.bin"))
+    assert events[-2:] == [("rename", str(out)), ("fsync", str(tmp_path))]
 
 
 def test_atomic_output_dir_leaves_nothing_on_error(tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 import sys
 from collections.abc import Iterable
@@ -32,21 +31,9 @@ from typing import Any
 
 import torch
 
-from bridge_core.errors import CheckpointError, ConfigError
+from bridge_core.errors import CheckpointError
 from bridge_core.safetensors_io import INDEX_NAME
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
+from bridge_core.sizes import parse_size
 
 _ST_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -68,16 +55,6 @@ for _name, _code in (("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64")):
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _COPY_CHUNK = 64 * 2**20
-
-
-def parse_size(value: str | int) -> int:
-    """``"5GB"`` -> 5e9 bytes (``GiB`` for powers of two), as transformers reads ``max_shard_size``."""
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
-    if not m or m.group(2).upper() not in _UNITS:
-        raise ConfigError(f"max shard size {value!r} is not a size like '5GB' or '500MiB'")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def _itemsize(dtype: torch.dtype) -> int:

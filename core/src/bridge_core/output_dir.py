@@ -28,7 +28,8 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False, what: st
     """Yield a temporary sibling folder; on success it replaces ``path``, on failure it is removed.
 
     A reader never sees a half-written ``path``: it either does not exist, is the old one, or is
-    complete.
+    complete. Every file and folder is flushed to disk before the rename, and the parent folder
+    after it, so a crash (power loss included) cannot leave a complete-looking folder with missing data.
     """
     path = check_output_dir(path, overwrite, what)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,8 +42,26 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False, what: st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_tree(tmp)
     trash = path.parent / f".{path.name}.old-{os.getpid()}"
     if path.exists():
         path.rename(trash)
     tmp.rename(path)
+    fsync_path(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` (files already fsynced by their writer cost nothing)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

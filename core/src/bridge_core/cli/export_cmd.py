@@ -19,17 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bridge_core.output_dir import check_output_dir
+    from bridge_core.sizes import parse_size
 
     parallel = parallelism(args)
+    parse_size(args.max_shard_size)
     precheck_checkpoint(args.megatron_path)
     check_output_dir(args.hf_path, args.overwrite, "--hf-path")
     code = run_on_ranks(args, parallel.world_size)
     if code is not None:
         return code
-    # Checked here, not before starting ranks: hf_writer imports torch, which the launcher must not pay for.
-    from bridge_core.hf_writer import parse_size
-
-    parse_size(args.max_shard_size)
     from bridge_core.workflows import export_checkpoint
 
     export_checkpoint(

@@ -8,6 +8,7 @@ first failure stops the others and reports that rank's one-line error (no torchr
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,10 +76,14 @@ def spawn_ranks(argv: list[str], world: int) -> int:
         if err is not None:
             err.close()
     if failed is None:
+        shutil.rmtree(logs, ignore_errors=True)
         return 0
     code = procs[failed][0].returncode
-    if not (logs / "rank0.error").exists():  # rank 0 printed no error line: report the failing rank's
-        print(_error_line(logs, failed, code), file=sys.stderr)
+    line = None if (logs / "rank0.error").exists() else _error_line(logs, failed, code)
+    if line is not None:  # rank 0 printed no error line: report the failing rank's
+        print(line, file=sys.stderr)
+    if line is None or str(logs) not in line:  # keep the logs only where the message points to them
+        shutil.rmtree(logs, ignore_errors=True)
     return code if code > 0 else 1
 
 
