@@ -30,7 +30,7 @@ from bridge_core.conversion.load import LoadReport, load_tasks
 from bridge_core.conversion.params import collect_params, unwrap
 from bridge_core.errors import ConfigError
 from bridge_core.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
-from bridge_core.hf_writer import ShardedSafetensorsWriter, fsync_folder
+from bridge_core.hf_writer import ShardedSafetensorsWriter
 from bridge_core.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.registry import get_registry
 
@@ -255,5 +255,4 @@ class AutoBridge:
             self.hf_config_for_export(provider, want or provider.params_dtype).save_pretrained(tmp)
             for side in self.hf.side_files() if side_files is None else side_files:
                 shutil.copy2(side, tmp / side.name)
-            fsync_folder(tmp)
-        return path
+        return path  # atomic_output_dir fsynced every file before the rename

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from bridge_core.errors import CheckpointError
+from bridge_core.output_dir import fsync_path
 from bridge_core.safetensors_io import INDEX_NAME
 from bridge_core.sizes import parse_size
 
@@ -124,25 +125,6 @@ def safetensors_header(entries: Iterable[tuple[str, str, tuple[int, ...], int, i
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(len(text) + 8) % 8)
     return struct.pack("<Q", len(text)) + text
-
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """fsync a file or a folder (a folder's entries: created, renamed, removed files)."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_folder(folder: str | os.PathLike) -> None:
-    """fsync every file directly in ``folder``, then the folder itself."""
-    folder = Path(folder)
-    for entry in folder.iterdir():
-        if entry.is_file() and not entry.is_symlink():
-            fsync_path(entry)
-    fsync_path(folder)
 
 
 @dataclass

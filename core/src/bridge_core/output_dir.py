@@ -55,12 +55,15 @@ def fsync_tree(root: Path) -> None:
     """Flush every file and folder under ``root`` (files already fsynced by their writer cost nothing)."""
     for folder, _dirs, files in os.walk(root):
         for name in files:
-            fsync_path(Path(folder) / name)
+            if not (Path(folder) / name).is_symlink():
+                fsync_path(Path(folder) / name)
         fsync_path(Path(folder))
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder (a folder's entries: created, renamed, removed files)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
