@@ -122,9 +122,7 @@ def read_common_state(weights: str | os.PathLike) -> dict:
             )
     except (Exception, CheckpointException) as exc:
         raise CheckpointError(f"{weights}: cannot read the common state: {_one_line(exc)}") from exc
-    common = state[COMMON_STATE_KEY]
-    if isinstance(common, io.BytesIO):
-        common = load_weights_only(common.getvalue())
+    common = state[COMMON_STATE_KEY]  # unpickled, weights only, by _SafeLoadPlanner.load_bytes
     return common[0] if isinstance(common, list) else common
 
 
