@@ -37,7 +37,7 @@ def rank_logs(tmp_path: Path) -> list[str]:
 
 def test_a_rank_killed_by_a_signal_is_named_and_the_others_are_stopped(monkeypatch, tmp_path, capfd):
     start = time.monotonic()
-    code = spawn_fake(monkeypatch, tmp_path, rank0="kill -ABRT $$", others="sleep 60")
+    code = spawn_fake(monkeypatch, tmp_path, rank0="kill -ABRT $$", others="exec sleep 60")
     assert code == 1
     assert time.monotonic() - start < 30  # rank 1 was terminated, not waited for
     lines = capfd.readouterr().err.strip().splitlines()
@@ -46,7 +46,7 @@ def test_a_rank_killed_by_a_signal_is_named_and_the_others_are_stopped(monkeypat
 
 
 def test_a_failing_rank_reports_its_last_stderr_line_and_exit_code(monkeypatch, tmp_path, capfd):
-    code = spawn_fake(monkeypatch, tmp_path, rank0="sleep 60", others="echo noise >&2; echo boom >&2; exit 3")
+    code = spawn_fake(monkeypatch, tmp_path, rank0="exec sleep 60", others="echo noise >&2; echo boom >&2; exit 3")
     assert code == 3
     (line,) = capfd.readouterr().err.strip().splitlines()
     (logs,) = rank_logs(tmp_path)
@@ -56,7 +56,7 @@ def test_a_failing_rank_reports_its_last_stderr_line_and_exit_code(monkeypatch, 
 
 def test_a_rank_error_file_is_reported_as_written(monkeypatch, tmp_path, capfd):
     others = f'echo "bridgectl import: error: bad --tp" > "${launcher.ERROR_FILE_ENV}"; exit 2'
-    assert spawn_fake(monkeypatch, tmp_path, rank0="sleep 60", others=others) == 2
+    assert spawn_fake(monkeypatch, tmp_path, rank0="exec sleep 60", others=others) == 2
     assert capfd.readouterr().err.strip() == "bridgectl import: error: bad --tp"
     assert rank_logs(tmp_path) == []
 
