@@ -45,6 +45,7 @@ class TestLlamaConformance(BridgeConformance):
         ),
         "llama-bf16": ToyModel("LlamaForCausalLM", {"model_type": "llama", **BASE}, dtype="bfloat16"),
         "mistral": ToyModel("MistralForCausalLM", {"model_type": "mistral", **BASE, "sliding_window": None}),
+        "mistral-window": ToyModel("MistralForCausalLM", {"model_type": "mistral", **BASE, "sliding_window": 8}),
     }
 
 
@@ -69,7 +70,7 @@ def folder_with(toy_model_factory):
             "llama3 rope scaling with {'low_freq_factor': 2.0}",
         ),
         ("LlamaForCausalLM", {"model_type": "llama", "attention_bias": True}, "attention_bias=True"),
-        ("MistralForCausalLM", {"model_type": "mistral", "sliding_window": 64}, "sliding_window=64"),
+        ("MistralForCausalLM", {"model_type": "mistral", "sliding_window": 0}, "sliding_window=0 is not supported"),
     ],
 )
 def test_unsupported_settings_are_refused(folder_with, arch, extra, fragment):

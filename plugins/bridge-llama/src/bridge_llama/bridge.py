@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from bridge_core.decoder import DecoderBridge
+from bridge_core.modeling.sliding_window import sliding_window_hf, sliding_window_kwargs
+from bridge_core.modeling.specs import SDPAAttentionProvider
 
 
 class LlamaBridge(DecoderBridge):
@@ -15,17 +17,18 @@ class LlamaBridge(DecoderBridge):
     """
 
 
-def _no_sliding_window(value: Any, hf_config: Any) -> bool:
-    """None (no sliding window)"""
-    return value is None or value >= getattr(hf_config, "max_position_embeddings", 0)
-
-
 class MistralBridge(DecoderBridge):
-    """``MistralForCausalLM`` without sliding-window attention (Mistral 7B v0.2 and later, Ministral-style
-    configs with ``sliding_window: null``). v0.1's 4096-token window is refused: the local layer spec
-    has no sliding-window attention."""
+    """``MistralForCausalLM``: explicit ``head_dim``, and ``sliding_window`` (v0.1's 4096 tokens) on every layer.
 
-    SUPPORTED_HF_CONFIG: ClassVar[dict[str, Any]] = {
-        **DecoderBridge.SUPPORTED_HF_CONFIG,
-        "sliding_window": _no_sliding_window,
-    }
+    A window is applied exactly by ``SDPACoreAttention`` (``bridge_core.modeling``) on the local
+    layer spec; a null ``sliding_window`` (v0.2 and later) keeps the stock local attention.
+    """
+
+    HANDLED_HF_CONFIG = DecoderBridge.HANDLED_HF_CONFIG | {"sliding_window"}
+    PROVIDER_CLASS = SDPAAttentionProvider
+
+    def hf_config_to_provider_kwargs(self, hf_config: Any) -> dict[str, Any]:
+        return {**super().hf_config_to_provider_kwargs(hf_config), **sliding_window_kwargs(hf_config)}
+
+    def megatron_to_hf_config(self, provider: Any) -> dict[str, Any]:
+        return {**super().megatron_to_hf_config(provider), **sliding_window_hf(provider)}
