@@ -1,0 +1,7 @@
+"""bridge-phi: Phi bridges for bridge-core.
+
+Importing this package is cheap; the bridges (``bridge_phi.bridge``) import torch
+and are loaded by bridge-core only when a model of this family is converted.
+"""
+
+__version__ = "0.1.0"
