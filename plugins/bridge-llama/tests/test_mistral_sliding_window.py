@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bridge_core import AutoBridge
 from bridge_core.inference import forward_logits
@@ -44,6 +45,14 @@ def loaded(folder):
     destroy_model_parallel()
 
 
+def eager_logits(folder, ids):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return hf(ids).logits.float()
+
+
 def cores(model) -> list[SDPACoreAttention]:
     return [layer.self_attention.core_attention for layer in model[0].decoder.layers]
 
@@ -54,7 +63,9 @@ def test_window_is_exact_and_matters(folder, loaded):
     assert all(isinstance(c, SDPACoreAttention) and c.window == (WINDOW - 1, 0) for c in cores(model))
     ids = sample_ids(1000, seq=SEQ)
     want = hf_logits(folder, ids)
-    assert (forward_logits(model, ids, vocab_size=1000) - want).abs().max().item() <= 1e-4
+    ours = forward_logits(model, ids, vocab_size=1000)
+    assert (ours - want).abs().max().item() <= 1e-4
+    assert (ours - eager_logits(folder, ids)).abs().max().item() <= 1e-4  # transformers' other attention path
     for window, what in ((None, "no window"), ((WINDOW, 0), "one key too many"), ((WINDOW - 2, 0), "one too few")):
         for core in cores(model):
             core.window = window

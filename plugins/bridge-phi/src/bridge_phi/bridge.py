@@ -37,7 +37,7 @@ def partial_rotary_factor(hf_config: Any) -> float:
 
 
 class Phi3Bridge(DecoderBridge):
-    """``Phi3ForCausalLM``: Phi-3 and Phi-3.5 mini/medium (4k-context variants and those without ``longrope``)."""
+    """``Phi3ForCausalLM`` without ``longrope``: Phi-3-mini-4k, Phi-3-medium-4k (128k variants, Phi-3.5 use it)."""
 
     HANDLED_HF_CONFIG = DecoderBridge.HANDLED_HF_CONFIG | {
         "sliding_window",
