@@ -195,3 +195,31 @@ def test_provider_uses_sdpa_where_needed(choice, window, expected):
     provider.core_attention = "flash"
     with pytest.raises(ConfigError, match="core_attention must be one of auto, sdpa, local, got 'flash'"):
         provider.layer_spec()
+
+
+def test_whole_model_with_sdpa_matches_the_local_spec():
+    from bridge_core.inference import forward_logits
+    from bridge_core.provider import GPTModelProvider
+
+    def model(spec):
+        provider = GPTModelProvider(
+            num_layers=2,
+            hidden_size=HEADS * DIM,
+            num_attention_heads=HEADS,
+            num_query_groups=GROUPS,
+            ffn_hidden_size=64,
+            vocab_size=100,
+            seq_length=SEQ,
+            normalization="RMSNorm",
+            gated_linear_unit=True,
+            transformer_layer_spec=spec,
+        )
+        torch.manual_seed(0)
+        return provider.provide_distributed_model(wrap_with_ddp=False)
+
+    local, sdpa = model("local"), model(sdpa_layer_spec)
+    assert isinstance(sdpa[0].decoder.layers[0].self_attention.core_attention, SDPACoreAttention)
+    sdpa[0].load_state_dict(local[0].state_dict())
+    ids = torch.randint(0, 100, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    diff = (forward_logits(sdpa, ids, vocab_size=100) - forward_logits(local, ids, vocab_size=100)).abs().max()
+    assert diff.item() <= 1e-5
