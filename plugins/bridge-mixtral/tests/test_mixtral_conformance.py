@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _fused import fused_copy
+from _mixtral_layouts import fused_copy
 from bridge_core.testing.conformance import BridgeConformance, ToyModel
 
 TOY = {
