@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MixtralForCausalLM: HF folder -> Megatron-LM checkpoint -> HF folder, then verified
-# (every exported tensor bit-identical to the source, fp32 logits within 1e-4).
-# Usage: conversion.sh HF_FOLDER [WORK_DIR] [import flags, e.g. --tp 2 --pp 2]
+# (every exported tensor bit-identical to the source, in the source's expert layout; fp32 logits within 1e-4).
+# Usage: conversion.sh HF_FOLDER [WORK_DIR] [import flags, e.g. --tp 2 --ep 4]
 # Needs: pip install bridge-core bridge-mixtral
 set -euo pipefail
 HF="${1:?usage: conversion.sh HF_FOLDER [WORK_DIR] [import flags]}"
