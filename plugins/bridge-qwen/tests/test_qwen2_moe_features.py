@@ -138,3 +138,32 @@ def test_greedy_generation_equals_transformers(softmax):
         assert torch.equal(greedy_generate(model, ids, new, eos_token_id=eos, use_cache=False), expected)
     finally:
         destroy_model_parallel()
+
+
+def test_generation_at_ep2_tp2_pp2_in_one_launch(softmax, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from bridge_core.testing.launch import torchrun
+
+    new = 16
+    ids = torch.randint(0, 1000, (1, 10), generator=torch.Generator().manual_seed(3))
+    hf = AutoModelForCausalLM.from_pretrained(softmax).eval()
+    with torch.no_grad():
+        want = hf.generate(ids, do_sample=False, max_new_tokens=new)[0].tolist()
+    cases = [{"name": "ep2", "ep": 2}, {"name": "tp2-etp1", "tp": 2, "etp": 1}, {"name": "pp2", "pp": 2}]
+    spec = {
+        "hf_path": str(softmax),
+        "ids": ids[0].tolist(),
+        "max_new_tokens": new,
+        "eos_token_id": hf.generation_config.eos_token_id,
+        "out": str(tmp_path / "results.json"),
+        "cases": cases,
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    script = Path(__file__).parent / "_qwen2_moe_generation_dist.py"
+    env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "BRIDGE_PLUGINS": "qwen"}
+    proc = torchrun([str(script), str(tmp_path / "spec.json")], 2, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for case in cases:
+        assert results[case["name"]] == [want, want], case["name"]  # every rank holds transformers' tokens
