@@ -105,3 +105,34 @@ def test_router_settings_translate_both_ways(mixtral, tmp_path):
     out = bridge.hf_config_for_export(provider)
     assert (out.router_jitter_noise, out.router_aux_loss_coef) == (0.1, 0.02)
     assert AutoBridge.from_hf_pretrained(mixtral).to_megatron_provider().moe_input_jitter_eps is None
+
+
+def test_published_mixtral_8x7b_config_translates_both_ways():
+    """Mixtral-8x7B-v0.1's config.json values (no weights): every key survives HF -> provider -> HF."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        "mixtral",
+        architectures=["MixtralForCausalLM"],
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_hidden_layers=32,
+        intermediate_size=14336,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        vocab_size=32000,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        sliding_window=None,
+        rms_norm_eps=1e-5,
+        router_aux_loss_coef=0.02,
+        dtype="bfloat16",
+    )
+    bridge = AutoBridge.from_hf_config(config)
+    provider = bridge.to_megatron_provider()
+    assert (provider.num_moe_experts, provider.moe_router_topk, provider.moe_ffn_hidden_size) == (8, 2, 14336)
+    assert (provider.kv_channels, provider.num_query_groups, provider.rotary_base) == (128, 8, 1e6)
+    assert provider.moe_router_pre_softmax is False and provider.params_dtype == torch.bfloat16
+    source, regenerated = config.to_dict(), bridge.hf_config_for_export(provider).to_dict()
+    assert {k: (v, regenerated.get(k)) for k, v in source.items() if regenerated.get(k) != v} == {}

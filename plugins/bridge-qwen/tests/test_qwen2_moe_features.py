@@ -167,3 +167,42 @@ def test_generation_at_ep2_tp2_pp2_in_one_launch(softmax, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     for case in cases:
         assert results[case["name"]] == [want, want], case["name"]  # every rank holds transformers' tokens
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # Qwen1.5-MoE-A2.7B (a transformers 4 config: no qkv_bias key, biases implied)
+        dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=16, num_hidden_layers=24,
+             intermediate_size=5632, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+             num_experts=60, num_experts_per_tok=4, max_position_embeddings=8192, max_window_layers=21),
+        # Qwen2-57B-A14B
+        dict(hidden_size=3584, num_attention_heads=28, num_key_value_heads=4, num_hidden_layers=28,
+             intermediate_size=18944, moe_intermediate_size=2560, shared_expert_intermediate_size=20480,
+             num_experts=64, num_experts_per_tok=8, max_position_embeddings=32768, max_window_layers=28),
+    ],
+)  # fmt: skip
+def test_published_configs_translate_both_ways(shape):
+    """The released models' config.json values (no weights): every key survives HF -> provider -> HF."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        "qwen2_moe",
+        architectures=["Qwen2MoeForCausalLM"],
+        **shape,
+        norm_topk_prob=False,
+        vocab_size=151936,
+        rope_theta=1e6,
+        sliding_window=32768,
+        use_sliding_window=False,
+        rms_norm_eps=1e-6,
+        router_aux_loss_coef=0.001,
+        dtype="bfloat16",
+    )
+    bridge = AutoBridge.from_hf_config(config)
+    provider = bridge.to_megatron_provider()
+    assert provider.add_qkv_bias and provider.moe_shared_expert_gate and provider.moe_router_pre_softmax
+    assert provider.moe_layer_freq == [1] * shape["num_hidden_layers"]
+    assert provider.moe_shared_expert_intermediate_size == shape["shared_expert_intermediate_size"]
+    source, regenerated = config.to_dict(), bridge.hf_config_for_export(provider).to_dict()
+    assert {k: (v, regenerated.get(k)) for k, v in source.items() if regenerated.get(k) != v} == {}

@@ -96,6 +96,10 @@ class MixtralBridge(DecoderBridge):
         out = super().megatron_to_hf_config(provider)
         out["intermediate_size"] = provider.moe_ffn_hidden_size or provider.ffn_hidden_size
         out["router_jitter_noise"] = provider.moe_input_jitter_eps or 0.0
+        if provider.kv_channels == provider.hidden_size // provider.num_attention_heads and (
+            self.hf_config is not None and getattr(self.hf_config, "head_dim", None) is None
+        ):
+            out["head_dim"] = None  # the released configs leave it implied (hidden_size / heads)
         return out
 
     # -- weights --------------------------------------------------------------------------------
