@@ -135,13 +135,15 @@ class AutoBridge:
         return self.to_megatron_provider().finalize()
 
     # -- planning -------------------------------------------------------------------------------
-    def _tasks(self, model: Any) -> tuple[list[plan.Task], ParallelLayout, Any]:
+    def _tasks(self, model: Any, hf_names: Iterable[str] | None = None) -> tuple[list[plan.Task], ParallelLayout, Any]:
         chunks = _chunks(model)
         layout = ParallelLayout()
         params = collect_params(chunks, layout.tp.size, layout.etp.size, layout.ep_rank)
         tied = bool(getattr(unwrap(chunks[0]), "share_embeddings_and_output_weights", False))
+        config = unwrap(chunks[0]).config
+        self.bridge.select_hf_layout(config, None if hf_names is None else frozenset(hf_names))
         tasks = plan.build_tasks(params, self.bridge.mapping_registry(), tied=tied, owner=self.owner)
-        return tasks, layout, unwrap(chunks[0]).config
+        return tasks, layout, config
 
     # -- import ---------------------------------------------------------------------------------
     def load_hf_weights(
@@ -157,7 +159,7 @@ class AutoBridge:
         mismatches, and any HF tensor or Megatron parameter left unmapped, missing or used twice.
         """
         source = HFCheckpoint(hf_path).weights if hf_path is not None else self.hf.weights
-        tasks, layout, config = self._tasks(model)
+        tasks, layout, config = self._tasks(model, source.meta)
         dequantizes = self.bridge.dequantizes_hf_weights
         plan.check_quantization(source.meta, self.bridge.hf_config, dequantizes=dequantizes, owner=self.owner)
         plan.check_import_shapes(tasks, source.meta, config, self.bridge.hf_config)

@@ -7,7 +7,7 @@ planning, coverage checks and communication; a bridge only describes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -77,6 +77,13 @@ class MegatronModelBridge:
         return out
 
     # -- weights --------------------------------------------------------------------------------
+    def select_hf_layout(self, model_config: Any, hf_names: Collection[str] | None) -> None:
+        """Called before ``mapping_registry()`` whenever a model is loaded or exported: ``model_config``
+        is the model's provider, ``hf_names`` the source checkpoint's tensor names on import (None on
+        export). Override when one architecture has several HF tensor layouts (per-expert or stacked
+        experts): pick by the names present, and record the choice in a provider field so that an
+        export writes what the source had. No-op by default."""
+
     def mapping_registry(self) -> MegatronMappingRegistry:
         """Every parameter mapping of the architecture (``self.hf_config`` is set)."""
         raise NotImplementedError(f"{type(self).__name__} must implement mapping_registry()")

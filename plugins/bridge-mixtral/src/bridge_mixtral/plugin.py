@@ -1,0 +1,19 @@
+"""Entry point of bridge-mixtral: declares the contract and registers strings only.
+
+bridge-core imports this module during discovery, in every process, before any model is used:
+keep it tiny and never import torch, megatron or transformers here (the conformance tests check).
+"""
+
+from bridge_core import hookimpl
+
+BRIDGE_CONTRACT = ">=1.0,<2"
+
+
+@hookimpl
+def register_bridges(register):
+    register(architecture="MixtralForCausalLM", bridge="bridge_mixtral.bridge:MixtralBridge", model_type="mixtral")
+
+
+@hookimpl
+def register_flops(register):
+    register(block="mixtral_decoder_layer", function="bridge_mixtral.flops:decoder_layer_flops")

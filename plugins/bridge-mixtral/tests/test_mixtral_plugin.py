@@ -1,0 +1,33 @@
+"""bridge-mixtral's own pieces: registrations and FLOPs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from bridge_core.discovery import discover
+
+
+def test_registers_its_architecture_and_flops():
+    registry = discover(environ={"BRIDGE_PLUGINS": "mixtral", "BRIDGE_STRICT_PLUGINS": "1"})
+    (record,) = [p for p in registry.plugins if p.status != "blocked"]
+    assert (record.distribution, record.status) == ("bridge-mixtral", "loaded")
+    assert record.architectures == ["MixtralForCausalLM"]
+    assert registry.bridge_for("MixtralForCausalLM").bridge == "bridge_mixtral.bridge:MixtralBridge"
+    assert record.flops == ["mixtral_decoder_layer"]
+
+
+def test_decoder_layer_flops_count_the_routed_experts_only():
+    from bridge_mixtral.flops import decoder_layer_flops
+
+    provider = SimpleNamespace(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        ffn_hidden_size=32,
+        moe_ffn_hidden_size=32,
+        num_moe_experts=8,
+        moe_router_topk=2,
+    )
+    qkv, out, router, experts = 64 * (4 + 2 * 2) * 16, 4 * 16 * 64, 64 * 8, 2 * 3 * 64 * 32
+    assert decoder_layer_flops(provider) == 2.0 * (qkv + out + router + experts)
