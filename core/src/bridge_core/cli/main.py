@@ -39,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bridge_core.cli.launcher import stop_signals_interrupt
+
     caller_group = _process_group() is not None  # a group the caller started stays the caller's
-    code = _run(sys.argv[1:] if argv is None else argv)
+    try:
+        with stop_signals_interrupt():  # SIGTERM/SIGHUP unwind like Ctrl-C: outputs clean up
+            code = _run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt as exc:
+        code = _interrupted(exc)
     if not caller_group:
         _end_process_group(code)
     return code
@@ -62,9 +68,6 @@ def _run(argv: list[str]) -> int:
     args.argv = [top.command, *rest] + (["--debug"] if top.debug and "--debug" not in rest else [])
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("bridgectl: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:
         from bridge_core.errors import BridgeError
 
@@ -78,6 +81,19 @@ def _run(argv: list[str]) -> int:
             "(rerun with --debug for the traceback)"
         )
         return 1
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C (or SIGTERM/SIGHUP): one line, exit 128 + the signal; a launched rank leaves the line to its launcher."""
+    import signal
+
+    from bridge_core.cli.launcher import is_launched_rank
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if not is_launched_rank():
+        how = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        print(f"bridgectl: interrupted{how}", file=sys.stderr)
+    return 128 + signum
 
 
 def _end_process_group(code: int) -> None:
