@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping
 
 import importlib_metadata
 
 from bridge_core.errors import ConfigError, PluginError
-from bridge_core.registry import BLOCKED, FAILED, PluginRecord, Registry, describe
+from bridge_core.registry import BLOCKED, FAILED, PluginRecord, Registry, describe, normalize
 
 ENTRY_POINT_GROUP = "bridge_core.plugins"
-
-
-def normalize(name: str) -> str:
-    """PEP 503 normalisation: ``Bridge_Qwen`` and ``bridge.qwen`` both become ``bridge-qwen``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _names(value: str) -> set[str]:

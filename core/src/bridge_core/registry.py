@@ -94,6 +94,11 @@ def import_target(target: str) -> Any:
     return obj
 
 
+def normalize(name: str) -> str:
+    """PEP 503 normalisation: ``Bridge_Qwen`` and ``bridge.qwen`` both become ``bridge-qwen``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def describe(exc: BaseException) -> str:
     """``Type: message`` of an exception a plugin raised, on one line (``SystemExit`` shows its code)."""
     text = " ".join(str(exc).split())
@@ -294,8 +299,8 @@ class Registry:
             raise
         except BaseException as exc:
             raise PluginError(
-                f"plugin {reg.plugin!r} ({reg.distribution} {reg.version}) registers {architecture} as "
-                f"{reg.bridge}, which fails to import: {describe(exc)}"
+                f"{reg.distribution} {reg.version} registers {architecture} as {reg.bridge} "
+                f"(plugin {reg.plugin!r}), which fails to import: {describe(exc)}"
             ) from exc
 
     def create_bridge(self, architecture: str, *args: Any, **kwargs: Any) -> Any:
@@ -322,10 +327,13 @@ class Registry:
         dist = KNOWN_ARCHITECTURES.get(architecture)
         if dist is None:
             return msg + "; no known plugin provides it: write one with 'bridgectl new-plugin'"
-        mine = [p for p in self.plugins if p.distribution.lower() == dist]
+        mine = [p for p in self.plugins if normalize(p.distribution) == dist]
         if mine and mine[0].status != LOADED:
             p = mine[0]
             return msg + f"; {p.distribution} {p.version} is installed but {p.status}: {p.reason}"
+        if mine:  # installing it again would not help; the version is the installed distribution's
+            p = mine[0]
+            return msg + f"; {architecture} is not supported by the installed {p.distribution} {p.version}"
         return msg + f"; {architecture}: pip install {dist}"
 
     def supported_architectures(self) -> list[str]:
