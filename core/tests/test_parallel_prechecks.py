@@ -10,14 +10,7 @@ import textwrap
 
 import pytest
 
-from bridge_core.cli.common import parallelism, positive_float
 from bridge_core.errors import ConfigError
-from bridge_core.parallel_checks import (
-    ModelShape,
-    check_parallel_sizes,
-    shape_from_hf_config,
-    shape_from_provider_settings,
-)
 
 LLAMA_4_HEADS = {
     "architectures": ["LlamaForCausalLM"],
@@ -30,10 +23,19 @@ LLAMA_4_HEADS = {
     "vocab_size": 256,
 }
 
-# Runs ``bridgectl`` in a fresh interpreter with the rank launcher replaced by a recorder.
+# Runs ``bridgectl`` in a fresh interpreter with the rank launcher replaced by a recorder, and an
+# in-process plugin serving LlamaForCausalLM (whatever plugins are installed).
 RUN = """
-import json, sys
+import json, sys, types
+from bridge_core import hookimpl
 from bridge_core.cli import launcher, main
+from bridge_core.registry import Registry, reset_registry
+toy = types.ModuleType("toy_plugin")
+toy.BRIDGE_CONTRACT = ">=1.0,<2"
+toy.register_bridges = hookimpl(lambda register: register(architecture="LlamaForCausalLM", bridge="toy:Bridge"))
+registry = Registry()
+registry.add_plugin(toy, name="toy", strict=True)
+reset_registry(registry)
 started = []
 launcher.spawn_ranks = lambda argv, world: started.append(world) or 0
 code = main.main({argv!r})
@@ -102,6 +104,8 @@ def test_etp_below_one_is_a_one_line_error(hf_folder, tmp_path, etp):
 
 
 def test_parallelism_accepts_an_unset_etp():
+    from bridge_core.cli.common import parallelism
+
     args = argparse.Namespace(tp=2, pp=1, ep=1, etp=None)
     assert parallelism(args).world_size == 2
     with pytest.raises(ConfigError, match="--etp must be at least 1, got 0"):
@@ -109,17 +113,23 @@ def test_parallelism_accepts_an_unset_etp():
 
 
 def test_shapes_from_both_configs_agree():
+    from bridge_core.parallel_checks import shape_from_hf_config, shape_from_provider_settings
+
     provider = {"num_attention_heads": 4, "num_query_groups": 2, "num_layers": 2, "vocab_size": 256}
     assert shape_from_hf_config(LLAMA_4_HEADS) == shape_from_provider_settings(provider)
 
 
 def test_malformed_values_are_left_to_the_full_validation():
+    from bridge_core.parallel_checks import ModelShape, check_parallel_sizes, shape_from_hf_config
+
     shape = shape_from_hf_config({"num_attention_heads": "four", "num_hidden_layers": True, "vocab_size": -1})
     assert shape == ModelShape()
     check_parallel_sizes(shape, tp=3, pp=5)  # nothing known, nothing refused
 
 
 def test_kv_heads_and_padded_vocab_rules():
+    from bridge_core.parallel_checks import ModelShape, check_parallel_sizes
+
     with pytest.raises(ConfigError, match=r"num_query_groups \(KV heads\)=2 .*valid sizes: 1, 2$"):
         check_parallel_sizes(ModelShape(num_attention_heads=8, num_query_groups=2), tp=4)
     with pytest.raises(ConfigError, match="padded_vocab_size=1001 is not divisible by tensor parallel size 2"):
@@ -128,11 +138,15 @@ def test_kv_heads_and_padded_vocab_rules():
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-1", "0", "abc"])
 def test_positive_float_refuses(text):
+    from bridge_core.cli.common import positive_float
+
     with pytest.raises(argparse.ArgumentTypeError):
         positive_float(text)
 
 
 def test_positive_float_accepts():
+    from bridge_core.cli.common import positive_float
+
     assert positive_float("1e-4") == 1e-4
 
 
