@@ -61,7 +61,8 @@ def start_parent(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     fake.write_text(FAKE_RANK.format(python=sys.executable, sleep=RANK_SLEEP_S))
     fake.chmod(0o755)
     (tmp_path / "fake_cmd.py").write_text(FAKE_COMMAND)
-    env = {**os.environ, "FAKE_OUT": str(out), "PYTHONPATH": str(tmp_path), "BRIDGE_PLUGINS": ""}
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "FAKE_OUT": str(out), "PYTHONPATH": path, "BRIDGE_PLUGINS": ""}
     env.pop("WORLD_SIZE", None)
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(PARENT.format(fake=str(fake)))],

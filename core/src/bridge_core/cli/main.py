@@ -76,6 +76,9 @@ def _run(argv: list[str]) -> int:
         if isinstance(exc, BridgeError):
             _report(f"bridgectl {top.command}: error: {_one_line(str(exc))}")
             return 2
+        if isinstance(exc, OSError) and exc.filename is not None:  # the machine's answer about a path
+            _report(f"bridgectl {top.command}: error: {exc.filename}: {_one_line(exc.strerror or str(exc))}")
+            return 2
         _report(
             f"bridgectl {top.command}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
             "(rerun with --debug for the traceback)"
