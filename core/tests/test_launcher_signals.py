@@ -106,3 +106,27 @@ def test_ranks_die_with_their_launcher_and_never_complete(tmp_path, sig):
     expected = "bridgectl: interrupted" + ("" if sig == signal.SIGINT else " (SIGTERM)")
     assert stderr.strip().splitlines() == [expected]
     assert stdout == ""
+
+
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def wait_until(condition, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_ctrl_z_stops_the_ranks_with_their_launcher_and_fg_resumes_them(tmp_path):
+    parent, out = start_parent(tmp_path)
+    pids = rank_pids(out, parent)
+    parent.send_signal(signal.SIGTSTP)
+    assert wait_until(lambda: state(parent.pid) == "T" and all(state(pid) == "T" for pid in pids))
+    time.sleep(RANK_SLEEP_S + 1)
+    assert list(out.glob("*.done")) == []  # nothing ran on while the job was stopped
+    parent.send_signal(signal.SIGCONT)
+    stdout, stderr = parent.communicate(timeout=60)
+    assert parent.returncode == 0, stderr
+    assert sorted(p.name for p in out.glob("*.done")) == ["rank0.done", "rank1.done"]

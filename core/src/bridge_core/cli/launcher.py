@@ -53,7 +53,7 @@ def spawn_ranks(argv: list[str], world: int) -> int:
     logs = Path(tempfile.mkdtemp(prefix="bridgectl-ranks-"))
     procs: list[tuple[subprocess.Popen, Any]] = []
     try:
-        with stop_signals_interrupt():
+        with stop_signals_interrupt(), _job_control_reaches(procs):
             for rank in range(world):
                 procs.append(_start_rank(argv, rank, world, port, logs, procs[0][0].pid if procs else 0))
             failed = _wait_for_first_failure(procs)
@@ -160,6 +160,34 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _job_control_reaches(procs: list[tuple[subprocess.Popen, Any]]) -> Iterator[None]:
+    """Ctrl-Z (SIGTSTP) of the launcher stops its ranks' group too, and ``fg``/``bg`` resumes it."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTSTP) != signal.SIG_DFL:
+        yield
+        return
+
+    def on_stop(_signum, _frame):
+        group = procs[0][0].pid if procs and procs[0][0].poll() is None else None
+        if group is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stop as the shell expects; returns once continued
+        signal.signal(signal.SIGTSTP, on_stop)
+        if group is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGCONT)
+
+    signal.signal(signal.SIGTSTP, on_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
 
 
 def _die_with_parent(parent: int, group: int) -> Callable[[], None]:
