@@ -160,3 +160,38 @@ def test_atol_that_is_not_a_positive_number_is_refused(tmp_path, command, atol):
     )
     assert proc.returncode == 2
     assert f"argument --atol: expected a positive finite number, got '{atol}'" in proc.stderr
+
+
+def write_gguf(path, heads: int = 4, kv_heads: int = 2, layers: int = 2):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_token_list(["<s>", "a", "b"])
+    writer.add_tensor("token_embd.weight", np.zeros((3, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_source_is_checked_from_its_header_before_it_is_dequantized(tmp_path):
+    source = write_gguf(tmp_path / "toy.gguf")
+    report, err = bridgectl("import", "--hf-model", str(source), "--megatron-path", str(tmp_path / "m"), "--tp", "4")
+    assert report == {"code": 2, "started": [], "heavy": []}  # transformers (the dequantizer) never imported
+    assert err == (
+        f"bridgectl import: error: {source}: tensor parallel size 4 does not divide "
+        "num_query_groups (KV heads)=2 (tensor_model_parallel_size / --tp); valid sizes: 1, 2"
+    )
+
+
+def test_gguf_header_shape(tmp_path):
+    from bridge_core.parallel_checks import ModelShape, shape_from_gguf
+
+    shape = shape_from_gguf(str(write_gguf(tmp_path / "toy.gguf", heads=6, kv_heads=3, layers=5)))
+    assert shape == ModelShape(num_attention_heads=6, num_query_groups=3, num_layers=5, vocab_size=3)
+    assert shape_from_gguf(str(tmp_path / "missing.gguf")) is None  # left to the real reader

@@ -1,7 +1,8 @@
 """Parallel sizes against the model's shape: the rules, free of torch, and the config-only precheck.
 
 ``check_parallel_sizes`` holds the rules ``GPTModelProvider.finalize()`` applies; ``precheck_parallel``
-applies them to a ``config.json`` or a checkpoint's ``run_config.json`` read as plain JSON, so that a
+applies them to a ``config.json``, a checkpoint's ``run_config.json`` (read as plain JSON) or a GGUF
+header, so that a
 command refuses a bad ``--tp/--pp/--ep`` in well under a second, before any rank or heavy module starts.
 """
 
@@ -97,6 +98,41 @@ def shape_from_provider_settings(settings: Mapping[str, Any]) -> ModelShape:
         padded_vocab_size=_count(settings.get("padded_vocab_size")),
         uneven_pipeline=bool(uneven),
     )
+
+
+def shape_from_gguf(path: str) -> ModelShape | None:
+    """The shape in a GGUF file's header (the ``<arch>.*`` keys of the GGUF spec), or None if unreadable.
+
+    Reads the metadata only (the ``gguf`` package memory-maps the file), so that a size the model rules
+    out is refused before minutes of dequantization.
+    """
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(path).fields
+        arch = _gguf_value(fields, "general.architecture")
+        tokens = fields.get("tokenizer.ggml.tokens")
+        return ModelShape(
+            num_attention_heads=_count(_gguf_value(fields, f"{arch}.attention.head_count")),
+            num_query_groups=_count(_gguf_value(fields, f"{arch}.attention.head_count_kv")),
+            num_layers=_count(_gguf_value(fields, f"{arch}.block_count")),
+            num_moe_experts=_count(_gguf_value(fields, f"{arch}.expert_count")),
+            vocab_size=len(tokens.data) if tokens is not None else None,
+        )
+    except Exception:  # no gguf package, or a file its real reader will name the problem of
+        return None
+
+
+def _gguf_value(fields: Mapping[str, Any], key: str) -> Any:
+    field = fields.get(key)
+    if field is None or len(field.data) != 1:
+        return None
+    from gguf import GGUFValueType
+
+    value = field.parts[field.data[0]]
+    if field.types == [GGUFValueType.STRING]:
+        return bytes(value).decode("utf-8", "replace")
+    return int(value[0]) if value.dtype.kind in "iu" else None  # one integer, or not a count
 
 
 def precheck_parallel(shape: ModelShape, where: str, tp: int = 1, pp: int = 1, ep: int = 1) -> None:

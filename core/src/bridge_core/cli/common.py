@@ -36,7 +36,23 @@ def parallelism(args: argparse.Namespace) -> Parallelism:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be at least 1, got {value}")
-    return Parallelism(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
+    sizes = Parallelism(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
+    _precheck_gguf_source(getattr(args, "hf_model", None), sizes)
+    return sizes
+
+
+def _precheck_gguf_source(source: str | None, sizes: Parallelism) -> None:
+    """A GGUF ``--hf-model``'s header against the sizes, before it is dequantized (minutes) into a folder."""
+    from bridge_core.cli.launcher import under_launcher
+    from bridge_core.gguf_source import is_gguf, resolve_gguf
+    from bridge_core.parallel_checks import precheck_parallel, shape_from_gguf
+
+    if source is None or under_launcher() or not is_gguf(source):
+        return
+    path = resolve_gguf(source)
+    shape = shape_from_gguf(str(path))
+    if shape is not None:
+        precheck_parallel(shape, str(path), tp=sizes.tp, pp=sizes.pp, ep=sizes.ep)
 
 
 def positive_float(text: str) -> float:
