@@ -66,8 +66,7 @@ class AutoBridge:
         registry = get_registry()
         self.hf = hf
         self.registration = registry.bridge_for(hf.architecture)
-        bridge_cls = registry.load_bridge_class(hf.architecture)
-        self.bridge = bridge_cls(hf.config)
+        self.bridge = registry.create_bridge(hf.architecture, hf.config)
         self.torch_dtype = parse_dtype(torch_dtype) if torch_dtype is not None else None
 
     # -- construction ---------------------------------------------------------------------------

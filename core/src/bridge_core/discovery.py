@@ -4,35 +4,43 @@ Runs on first need, once per process (see ``registry.get_registry``). Imports ea
 entry-point module only; never torch, megatron or transformers, never CUDA. Environment variables:
 ``BRIDGE_PLUGINS`` selects (unset: all, empty: none, else a comma list of entry-point or distribution
 names), ``BRIDGE_DISABLE_PLUGINS`` blocks, ``BRIDGE_STRICT_PLUGINS=1`` raises instead of skipping.
+Plugin code may fail in any way but Ctrl-C (``sys.exit()`` too): that plugin is recorded as failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 
 import importlib_metadata
 
-from bridge_core.errors import PluginError
-from bridge_core.registry import BLOCKED, FAILED, PluginRecord, Registry
+from bridge_core.errors import ConfigError, PluginError
+from bridge_core.registry import BLOCKED, FAILED, PluginRecord, Registry, describe, normalize
 
 ENTRY_POINT_GROUP = "bridge_core.plugins"
-
-
-def normalize(name: str) -> str:
-    """PEP 503 normalisation: ``Bridge_Qwen`` and ``bridge.qwen`` both become ``bridge-qwen``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _names(value: str) -> set[str]:
     return {normalize(part.strip()) for part in value.split(",") if part.strip()}
 
 
+STRICT_ON = ("1", "true", "yes", "on")
+STRICT_OFF = ("", "0", "false", "no", "off")
+
+
 def is_strict(environ: Mapping[str, str] | None = None) -> bool:
-    """True when ``BRIDGE_STRICT_PLUGINS`` asks for plugin problems to be raised."""
+    """True when ``BRIDGE_STRICT_PLUGINS`` asks for plugin problems to be raised.
+
+    A value that is neither on (1/true/yes/on) nor off (unset, empty, 0/false/no/off) is an error.
+    """
     env = os.environ if environ is None else environ
-    return env.get("BRIDGE_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes", "on")
+    raw = env.get("BRIDGE_STRICT_PLUGINS", "")
+    value = raw.strip().lower()
+    if value not in STRICT_ON + STRICT_OFF:
+        raise ConfigError(f"BRIDGE_STRICT_PLUGINS={raw!r}: expected 1/true/yes/on or 0/false/no/off (or unset)")
+    return value in STRICT_ON
 
 
 def _blocked_reason(ep_name: str, dist_name: str, env: Mapping[str, str]) -> str | None:
@@ -67,14 +75,25 @@ def discover(registry: Registry | None = None, *, environ: Mapping[str, str] | N
             registry.record(PluginRecord(ep.name, dist_name, dist_version, ep.value, status=BLOCKED, reason=blocked))
             continue
         try:
-            plugin = ep.load()
-        except Exception as exc:
-            reason = f"importing {ep.value} failed: {type(exc).__name__}: {exc}"
+            with plugin_output_to_stderr():
+                plugin = ep.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # sys.exit() at import included: that plugin fails, not the host
+            reason = f"importing {ep.value} failed: {describe(exc)}"
             registry.record(PluginRecord(ep.name, dist_name, dist_version, ep.value, status=FAILED, reason=reason))
             if strict:
                 raise PluginError(f"plugin {ep.name!r} ({dist_name} {dist_version}): {reason}") from exc
             continue
-        registry.add_plugin(
-            plugin, name=ep.name, distribution=dist_name, version=dist_version, entry_point=ep.value, strict=strict
-        )
+        with plugin_output_to_stderr():
+            registry.add_plugin(
+                plugin, name=ep.name, distribution=dist_name, version=dist_version, entry_point=ep.value, strict=strict
+            )
     return registry
+
+
+@contextlib.contextmanager
+def plugin_output_to_stderr() -> Iterator[None]:
+    """What plugin code prints goes to stderr: stdout stays the command's (``plugins --json``)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -18,10 +18,7 @@ from megatron.core.transformer import TransformerConfig
 from bridge_core.cpu_support import cuda_available, tensor_cuda_is_identity
 from bridge_core.errors import ConfigError
 from bridge_core.parallel import ParallelSizes, ensure_model_parallel
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+from bridge_core.parallel_checks import ModelShape, check_parallel_sizes
 
 
 def transformer_engine_available() -> bool:
@@ -92,36 +89,23 @@ class GPTModelProvider(TransformerConfig):
         return self
 
     def _check_parallel_sizes(self) -> None:
-        tp, pp, ep = self.tensor_model_parallel_size, self.pipeline_model_parallel_size, self.expert_model_parallel_size
-        heads, groups = self.num_attention_heads, self.num_query_groups or self.num_attention_heads
-        if heads % groups:
-            raise ConfigError(f"num_attention_heads={heads} is not a multiple of num_query_groups={groups} (KV heads)")
-        for value, what in ((heads, "num_attention_heads"), (groups, "num_query_groups (KV heads)")):
-            if value % tp:
-                ok = _divisors(math.gcd(heads, groups))
-                raise ConfigError(
-                    f"tensor parallel size {tp} does not divide {what}={value} "
-                    f"(tensor_model_parallel_size / --tp); valid sizes: {', '.join(map(str, ok))}"
-                )
-        if self.num_moe_experts and self.num_moe_experts % ep:
-            ok = ", ".join(map(str, _divisors(self.num_moe_experts)))
-            raise ConfigError(
-                f"expert parallel size {ep} does not divide num_moe_experts={self.num_moe_experts} "
-                f"(expert_model_parallel_size / --ep); valid sizes: {ok}"
-            )
-        uneven = self.num_layers_in_first_pipeline_stage or self.num_layers_in_last_pipeline_stage
-        stages = pp * (self.virtual_pipeline_model_parallel_size or 1)
-        if not uneven and self.num_layers % stages:
-            raise ConfigError(
-                f"pipeline parallel size {pp} (x virtual {self.virtual_pipeline_model_parallel_size or 1}) "
-                f"does not divide num_layers={self.num_layers} (pipeline_model_parallel_size / --pp)"
-            )
+        shape = ModelShape(
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups,
+            num_layers=self.num_layers,
+            num_moe_experts=self.num_moe_experts,
+            padded_vocab_size=self.padded_vocab_size,
+            uneven_pipeline=bool(self.num_layers_in_first_pipeline_stage or self.num_layers_in_last_pipeline_stage),
+        )
+        check_parallel_sizes(
+            shape,
+            tp=self.tensor_model_parallel_size,
+            pp=self.pipeline_model_parallel_size,
+            ep=self.expert_model_parallel_size,
+            vp=self.virtual_pipeline_model_parallel_size,
+        )
         if self.vocab_size is None:
             raise ConfigError("vocab_size is not set on the provider")
-        if self.padded_vocab_size is not None and self.padded_vocab_size % tp:
-            raise ConfigError(
-                f"padded_vocab_size={self.padded_vocab_size} is not divisible by tensor parallel size {tp}"
-            )
 
     @property
     def vocab_size_with_padding(self) -> int:

@@ -21,7 +21,7 @@ from bridge_core.contract import (
     incompatibility_fix,
     parse_contract_range,
 )
-from bridge_core.errors import PluginError, UnsupportedArchitectureError
+from bridge_core.errors import BridgeError, PluginError, UnsupportedArchitectureError
 from bridge_core.known_plugins import KNOWN_ARCHITECTURES
 
 LOADED, FAILED, INCOMPATIBLE, BLOCKED = "loaded", "failed", "incompatible", "blocked"
@@ -94,6 +94,19 @@ def import_target(target: str) -> Any:
     return obj
 
 
+def normalize(name: str) -> str:
+    """PEP 503 normalisation: ``Bridge_Qwen`` and ``bridge.qwen`` both become ``bridge-qwen``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception a plugin raised, on one line (``SystemExit`` shows its code)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (sys.exit({exc.code!r}))"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _check_target(kind: str, value: object) -> str:
     if not isinstance(value, str) or not _TARGET.match(value):
         raise PluginError(f"{kind} must be a 'module:attribute' string, got {value!r}")
@@ -140,6 +153,7 @@ class Registry:
         self.bridges: dict[str, BridgeRegistration] = {}
         self.recipes: dict[str, RecipeRegistration] = {}
         self.flops: dict[str, FlopsRegistration] = {}
+        self.conflicts: dict[str, str] = {}  # architecture -> why it cannot be used
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
 
@@ -188,8 +202,10 @@ class Registry:
             self._commit(self._call_hooks(plugin, record, where))
         except (PluginError, ContractRangeError) as exc:
             return self._fail(plugin, record, str(exc), strict, exc)
-        except Exception as exc:  # a plugin's own bug must not break the host
-            return self._fail(plugin, record, f"{where} raised {type(exc).__name__}: {exc}", strict, exc)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a plugin's own bug (sys.exit included) must not end the host
+            return self._fail(plugin, record, f"{where} raised {describe(exc)}", strict, exc)
         return record
 
     def _fail(self, plugin: Any, record: PluginRecord, reason: str, strict: bool, exc: BaseException) -> PluginRecord:
@@ -228,13 +244,15 @@ class Registry:
         accepted: list[BridgeRegistration] = []
         for reg in staging.bridges:
             existing = self.bridges.get(reg.architecture)
-            if existing is None or reg.override:
+            if existing is None or (reg.override and not existing.override):
                 accepted.append(reg)
-            elif not existing.override:
-                raise PluginError(
+            elif existing.override == reg.override:  # neither (or both) asked to win: no one serves it
+                conflict = (
                     f"{reg.architecture} is registered by both {existing.distribution} {existing.version} "
                     f"and {reg.distribution} {reg.version}; uninstall one, or register with override=True"
                 )
+                self.conflicts.setdefault(reg.architecture, conflict)
+                raise PluginError(conflict)
         for kind, new, table, key in (
             ("recipe", staging.recipes, self.recipes, "name"),
             ("FLOPs block", staging.flops, self.flops, "block"),
@@ -248,6 +266,8 @@ class Registry:
                     )
         for reg in accepted:
             self.bridges[reg.architecture] = reg
+            if reg.override:  # an explicit override settles an earlier conflict
+                self.conflicts.pop(reg.architecture, None)
         for reg in staging.recipes:
             self.recipes[reg.name] = reg
         for reg in staging.flops:
@@ -258,7 +278,13 @@ class Registry:
 
     # -- lookups --------------------------------------------------------------------------------
     def bridge_for(self, architecture: str) -> BridgeRegistration:
-        """The registration serving ``architecture``, or an error that says what to install."""
+        """The registration serving ``architecture``, or an error that says what to install.
+
+        An architecture two plugins registered (neither with ``override=True``) is an error naming both,
+        whichever of them was discovered first.
+        """
+        if architecture in self.conflicts:
+            raise PluginError(self.conflicts[architecture])
         reg = self.bridges.get(architecture)
         if reg is not None:
             return reg
@@ -269,10 +295,29 @@ class Registry:
         reg = self.bridge_for(architecture)
         try:
             return import_target(reg.bridge)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             raise PluginError(
-                f"{reg.distribution} {reg.version} registers {architecture} as {reg.bridge}, "
-                f"which fails to import: {type(exc).__name__}: {exc}"
+                f"{reg.distribution} {reg.version} registers {architecture} as {reg.bridge} "
+                f"(plugin {reg.plugin!r}), which fails to import: {describe(exc)}"
+            ) from exc
+
+    def create_bridge(self, architecture: str, *args: Any, **kwargs: Any) -> Any:
+        """An instance of ``architecture``'s bridge class; its own failure is a ``PluginError`` naming it.
+
+        A ``BridgeError`` the bridge raises on purpose (a config it refuses) passes through unchanged.
+        """
+        bridge_cls = self.load_bridge_class(architecture)
+        try:
+            return bridge_cls(*args, **kwargs)
+        except (KeyboardInterrupt, BridgeError):
+            raise
+        except BaseException as exc:
+            reg = self.bridges[architecture]
+            raise PluginError(
+                f"plugin {reg.plugin!r} ({reg.distribution} {reg.version}): bridge {reg.bridge} "
+                f"failed to start for {architecture}: {describe(exc)}"
             ) from exc
 
     def _unsupported_message(self, architecture: str) -> str:
@@ -282,10 +327,13 @@ class Registry:
         dist = KNOWN_ARCHITECTURES.get(architecture)
         if dist is None:
             return msg + "; no known plugin provides it: write one with 'bridgectl new-plugin'"
-        mine = [p for p in self.plugins if p.distribution.lower() == dist]
+        mine = [p for p in self.plugins if normalize(p.distribution) == dist]
         if mine and mine[0].status != LOADED:
             p = mine[0]
             return msg + f"; {p.distribution} {p.version} is installed but {p.status}: {p.reason}"
+        if mine:  # installing it again would not help; the version is the installed distribution's
+            p = mine[0]
+            return msg + f"; {architecture} is not supported by the installed {p.distribution} {p.version}"
         return msg + f"; {architecture}: pip install {dist}"
 
     def supported_architectures(self) -> list[str]:

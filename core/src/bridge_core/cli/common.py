@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bridge_core.errors import CheckpointError
+from bridge_core.errors import CheckpointError, ConfigError
 from bridge_core.parallelism import Parallelism
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -31,10 +32,38 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def parallelism(args: argparse.Namespace) -> Parallelism:
-    for name in ("tp", "pp", "ep"):
-        if getattr(args, name) < 1:
-            raise CheckpointError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    return Parallelism(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
+    for name in ("tp", "pp", "ep", "etp"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {value}")
+    sizes = Parallelism(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp)
+    _precheck_gguf_source(getattr(args, "hf_model", None), sizes)
+    return sizes
+
+
+def _precheck_gguf_source(source: str | None, sizes: Parallelism) -> None:
+    """A GGUF ``--hf-model``'s header against the sizes, before it is dequantized (minutes) into a folder."""
+    from bridge_core.cli.launcher import under_launcher
+    from bridge_core.gguf_source import is_gguf, resolve_gguf
+    from bridge_core.parallel_checks import precheck_parallel, shape_from_gguf
+
+    if source is None or under_launcher() or not is_gguf(source):
+        return
+    path = resolve_gguf(source)
+    shape = shape_from_gguf(str(path))
+    if shape is not None:
+        precheck_parallel(shape, str(path), tp=sizes.tp, pp=sizes.pp, ep=sizes.ep)
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite float above zero (``nan``, ``inf``, 0 and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
 
 
 def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
@@ -99,9 +128,36 @@ def run_on_ranks(args: argparse.Namespace, world: int, hf_folder: Path | None = 
     """Start ``world`` rank processes for this command unless already inside one; None: run here."""
     from bridge_core.cli.launcher import spawn_ranks, under_launcher
 
-    if world <= 1 or under_launcher():
+    if under_launcher():
+        return None
+    precheck_parallel_args(args, hf_folder)
+    if world <= 1:
         return None
     argv = list(args.argv)
     if hf_folder is not None:
         argv = replace_arg(argv, "--hf-model", str(hf_folder))
     return spawn_ranks(argv, world)
+
+
+def precheck_parallel_args(args: argparse.Namespace, hf_folder: Path | None = None) -> None:
+    """Refuse ``--tp/--pp/--ep`` that the model's shape rules out, from its JSON config alone.
+
+    The shape comes from ``hf_folder``'s ``config.json`` when the command reads an HF model, else
+    from ``--megatron-path``'s ``run_config.json``; nothing heavy is imported and no rank is started.
+    """
+    from bridge_core.hf_checkpoint import read_config_json, read_json_object
+    from bridge_core.parallel_checks import precheck_parallel, shape_from_hf_config, shape_from_provider_settings
+
+    parallel = parallelism(args)
+    megatron = getattr(args, "megatron_path", None)
+    run_config = Path(megatron) / "run_config.json" if megatron is not None else None
+    if hf_folder is not None:
+        shape, where = shape_from_hf_config(read_config_json(hf_folder)), hf_folder / "config.json"
+    elif run_config is not None and run_config.is_file():
+        settings = read_json_object(run_config).get("provider")
+        if not isinstance(settings, dict):
+            return  # the checkpoint reader names what is wrong with it
+        shape, where = shape_from_provider_settings(settings), run_config
+    else:
+        return
+    precheck_parallel(shape, str(where), tp=parallel.tp, pp=parallel.pp, ep=parallel.ep)

@@ -39,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bridge_core.cli.launcher import stop_signals_interrupt
+
     caller_group = _process_group() is not None  # a group the caller started stays the caller's
-    code = _run(sys.argv[1:] if argv is None else argv)
+    try:
+        with stop_signals_interrupt():  # SIGTERM/SIGHUP unwind like Ctrl-C: outputs clean up
+            code = _run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt as exc:
+        code = _interrupted(exc)
     if not caller_group:
         _end_process_group(code)
     return code
@@ -62,9 +68,6 @@ def _run(argv: list[str]) -> int:
     args.argv = [top.command, *rest] + (["--debug"] if top.debug and "--debug" not in rest else [])
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("bridgectl: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:
         from bridge_core.errors import BridgeError
 
@@ -73,11 +76,27 @@ def _run(argv: list[str]) -> int:
         if isinstance(exc, BridgeError):
             _report(f"bridgectl {top.command}: error: {_one_line(str(exc))}")
             return 2
+        if isinstance(exc, OSError) and exc.filename is not None:  # the machine's answer about a path
+            _report(f"bridgectl {top.command}: error: {exc.filename}: {_one_line(exc.strerror or str(exc))}")
+            return 2
         _report(
             f"bridgectl {top.command}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
             "(rerun with --debug for the traceback)"
         )
         return 1
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C (or SIGTERM/SIGHUP): one line, exit 128 + the signal; a launched rank leaves the line to its launcher."""
+    import signal
+
+    from bridge_core.cli.launcher import is_launched_rank
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if not is_launched_rank():
+        how = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        print(f"bridgectl: interrupted{how}", file=sys.stderr)
+    return 128 + signum
 
 
 def _end_process_group(code: int) -> None:

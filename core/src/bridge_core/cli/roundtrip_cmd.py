@@ -8,13 +8,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bridge_core.cli.common import add_common_args, add_parallel_args, hf_source, parallelism, precheck_hf, run_on_ranks
+from bridge_core.cli.common import (
+    add_common_args,
+    add_parallel_args,
+    hf_source,
+    parallelism,
+    positive_float,
+    precheck_hf,
+    run_on_ranks,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-model", required=True, help="HF folder or GGUF file")
     parser.add_argument("--work-dir", default=None, help="keep the checkpoint and export here (default: temporary)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest |logit difference| accepted (fp32)")
+    parser.add_argument("--atol", type=positive_float, default=1e-4, help="largest |logit difference| accepted (fp32)")
     add_parallel_args(parser)
     add_common_args(parser)
 

@@ -9,6 +9,7 @@ from bridge_core.cli.common import (
     add_parallel_args,
     hf_source,
     parallelism,
+    positive_float,
     precheck_checkpoint,
     precheck_hf,
     run_on_ranks,
@@ -20,7 +21,7 @@ PROMPT_IDS = 64  # tokens of the fixed prompt
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-model", required=True, help="the HF source (folder or GGUF file)")
     parser.add_argument("--megatron-path", required=True, help="checkpoint to verify")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest |logit difference| accepted (fp32)")
+    parser.add_argument("--atol", type=positive_float, default=1e-4, help="largest |logit difference| accepted (fp32)")
     parser.add_argument("--trust-remote-code", action="store_true")
     add_parallel_args(parser)
 

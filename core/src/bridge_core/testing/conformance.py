@@ -12,8 +12,9 @@ toys tagged ``moe``) on CPU under gloo in one torchrun launch. The same layouts 
 with NCCL in tests marked ``gpu`` (``gpu_parallel``; skipped with fewer than ``nproc`` CUDA devices).
 Registration checks run once: the entry point resolves under strict discovery, ``BRIDGE_CONTRACT``
 parses and contains the core's contract version, the distribution requires ``bridge-core`` within
-one major, the ``"module:Class"`` strings import, and the entry-point module imports no torch,
-megatron, transformers or safetensors.
+one major, the ``"module:Class"`` strings import, the entry-point module imports no torch,
+megatron, transformers or safetensors, and the plugin loads as the host loads it, next to every
+installed plugin, with no architecture another plugin also registers.
 
 Expensive results (toy folders, the parallel launch) are computed once per class and session.
 """
@@ -191,6 +192,12 @@ class BridgeConformance:
             f"BRIDGE_CONTRACT {record['contract']!r} of {record['entry_point']} does not contain "
             f"this core's contract {CONTRACT_VERSION}"
         )
+
+    def test_plugin_loads_next_to_every_installed_plugin(self):
+        from bridge_core.testing.pytest_plugin import host_load_problems
+
+        problems = host_load_problems(self.plugin)
+        assert not problems, "; ".join(problems)
 
     def test_distribution_requires_core_within_one_major(self):
         import importlib_metadata

@@ -14,6 +14,9 @@ Fixtures:
   in-process. The previous registry is restored afterwards.
 
 Marker: ``gpu`` (needs CUDA devices; tests skip themselves without enough of them).
+
+``host_load_problems(entry_point)`` loads a plugin as the host does, next to every installed plugin,
+and lists what would keep its bridges from being used (a failure, a conflicting architecture).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -274,12 +278,47 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[IsolatedRegis
         registry_module.reset_registry(previous)
 
 
+# -- loading next to every installed plugin ------------------------------------------------------
+PLUGIN_SELECTION_ENV = ("BRIDGE_PLUGINS", "BRIDGE_DISABLE_PLUGINS", "BRIDGE_STRICT_PLUGINS")
+
+
+def host_load_problems(plugin: str) -> list[str]:
+    """Why the host would not use entry point ``plugin``'s bridges, discovering as ``bridgectl`` does.
+
+    Every installed plugin is discovered (no selection, not strict) into a fresh registry: the plugin
+    failing to load, an architecture of it that another plugin also registers (an error where it is
+    used), or one another plugin's override takes, is a problem. An empty list: it loads as tested.
+    """
+    from bridge_core.discovery import discover
+    from bridge_core.registry import LOADED
+
+    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_SELECTION_ENV}
+    registry = discover(environ=env)
+    records = [r for r in registry.plugins if r.name == plugin]
+    if not records:
+        return [f"no installed distribution has the entry point {plugin!r}"]
+    problems = []
+    for record in records:
+        who = f"plugin {plugin!r} ({record.distribution} {record.version})"
+        if record.status != LOADED:
+            problems.append(f"{who} is {record.status} next to the installed plugins: {record.reason}")
+            continue
+        for arch in record.architectures:
+            if arch in registry.conflicts:
+                problems.append(registry.conflicts[arch])
+            elif registry.bridges[arch].plugin != plugin:
+                other = registry.bridges[arch]
+                problems.append(f"{arch} of {who} is taken by {other.distribution} {other.version} (override=True)")
+    return problems
+
+
 __all__ = [
     "CpuLauncher",
     "IsolatedRegistry",
     "ToyModelFactory",
     "as_toy",
     "cpu_launcher",
+    "host_load_problems",
     "isolated_registry",
     "toy_model_factory",
 ]
