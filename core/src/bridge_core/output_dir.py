@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from bridge_core.errors import CheckpointError
+from bridge_core.errors import BridgeError, CheckpointError
 
 # errno values that mean "this output cannot be written here" (reported by path, in one line)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EIO}
@@ -82,6 +82,26 @@ def write_error(exc: BaseException, path: str | os.PathLike) -> CheckpointError 
             if isinstance(inner, BaseException):
                 todo.append(inner)
         todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    code = filesystem_problem(path)  # e.g. torch's zip writer reports a short write as a RuntimeError
+    if code is not None:
+        return CheckpointError(f"{path}: cannot write it: {os.strerror(code)}; nothing was written")
+    return None
+
+
+def filesystem_problem(path: str | os.PathLike) -> int | None:
+    """``errno.EROFS`` or ``errno.ENOSPC`` when the file system that holds ``path`` is read-only or
+    (nearly: under 256 KiB) full, else None."""
+    folder = Path(os.path.abspath(path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if st.f_bavail * st.f_frsize < 256 * 1024:
+        return errno.ENOSPC
     return None
 
 
@@ -90,9 +110,9 @@ def writing_to(path: str | os.PathLike) -> Iterator[None]:
     """Turn an ``OSError`` that means "cannot write here" into a one-line error naming ``path``."""
     try:
         yield
-    except CheckpointError:
+    except (BridgeError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
         error = write_error(exc, path)
         if error is None:
             raise
