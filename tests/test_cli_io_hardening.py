@@ -86,6 +86,7 @@ def test_a_single_shard_export_writes_model_safetensors_and_reimports(checkpoint
 
 
 def test_a_export_into_its_own_input_is_refused_before_anything_is_deleted(checkpoint, tmp_path):
+    checkpoint = shutil.copytree(checkpoint, tmp_path / "megatron")  # the old code destroyed it
     before = sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*"))
     for out in (checkpoint, checkpoint / "hf"):
         one_line_error(
