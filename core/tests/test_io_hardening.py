@@ -428,6 +428,20 @@ def test_a_the_final_rename_never_replaces_a_folder_it_did_not_move_away(tmp_pat
     assert src.exists()
 
 
+def test_a_without_renameat2_the_rename_still_refuses_an_existing_target(tmp_path, monkeypatch):
+    import bridge_core.output_dir as output_dir
+
+    monkeypatch.setattr(output_dir, "_renameat2", lambda: None)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    with pytest.raises(CheckpointError, match="appeared while this run was writing it"):
+        output_dir.rename_noreplace(src, dst)
+    dst.rmdir()
+    output_dir.rename_noreplace(src, dst)
+    assert dst.is_dir() and not src.exists()
+
+
 def test_b_an_interrupt_while_finishing_leaves_nothing(tmp_path, monkeypatch):
     import bridge_core.output_dir as output_dir
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import glob
 import os
 import shutil
@@ -220,22 +220,21 @@ _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 
 
-def _libc_renameat2():
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2`` (glibc 2.28+), or None (looked up once, on first use)."""
     with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.renameat2
+        return ctypes.CDLL(None, use_errno=True).renameat2
     return None
 
 
-_renameat2 = _libc_renameat2()
-
-
 def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``, failing with ``CheckpointError`` if ``dst`` exists (atomically,
-    through ``renameat2(RENAME_NOREPLACE)``; where the system lacks it, a hard-link-free fallback:
-    ``os.rename`` onto a missing ``dst`` after checking, with the lock of ``output_lock`` held)."""
-    if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    """Rename ``src`` to ``dst``, failing with ``CheckpointError`` if ``dst`` exists: atomically through
+    ``renameat2(RENAME_NOREPLACE)``; where the system or file system lacks it, ``os.rename`` after
+    checking that ``dst`` does not exist (race-free among writers holding ``output_lock``)."""
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
         code = ctypes.get_errno()
         if code == errno.EEXIST:
