@@ -252,7 +252,7 @@ def test_unplanned_writer_without_copy_file_range(tmp_path, monkeypatch):
         for name, t in tensors.items():
             writer.add(name, t)
         writer.finish()
-    assert_same(load_file(tmp_path / "model-00001-of-00001.safetensors"), tensors)
+    assert_same(load_file(tmp_path / "model.safetensors"), tensors)
 
 
 def test_failed_unplanned_write_removes_its_data_file(tmp_path):

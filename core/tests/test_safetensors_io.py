@@ -478,10 +478,10 @@ def test_atomic_output_dir_flushes_everything_before_the_rename_and_the_parent_a
     import bridge_core.output_dir as output_dir
 
     events = []
-    real_rename = Path.rename
+    real_rename = output_dir.rename_noreplace
     monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))))
     monkeypatch.setattr(
-        Path, "rename", lambda self, target: events.append(("rename", str(target))) or real_rename(self, target)
+        output_dir, "rename_noreplace", lambda src, dst: events.append(("rename", str(dst))) or real_rename(src, dst)
     )
     out = tmp_path / "out"
     with output_dir.atomic_output_dir(out) as tmp:

@@ -37,6 +37,7 @@ from bridge_core.checkpoint_format import (
     unwrap_chunks,
 )
 from bridge_core.errors import CheckpointError
+from bridge_core.input_files import check_input_file
 from bridge_core.safe_pickle import load_weights_only, read_dcp_metadata
 
 try:  # megatron-core < 0.17: the common state is common.pt, read through a strategy
@@ -123,19 +124,32 @@ def read_common_state(weights: str | os.PathLike) -> dict:
     except (Exception, CheckpointException) as exc:
         raise CheckpointError(f"{weights}: cannot read the common state: {_one_line(exc)}") from exc
     common = state[COMMON_STATE_KEY]  # unpickled, weights only, by _SafeLoadPlanner.load_bytes
-    return common[0] if isinstance(common, list) else common
+    common = common[0] if isinstance(common, list) and len(common) == 1 else common
+    return _common_dict(common, f"{weights / '.metadata'} ({COMMON_STATE_KEY})")
+
+
+def _common_dict(common: Any, where: object) -> dict:
+    """The common state must be a dict (args, iteration, ...); anything else is refused by name."""
+    if not isinstance(common, dict):
+        raise CheckpointError(f"{where}: the common state is a {type(common).__name__}, not a dict; refused")
+    return common
 
 
 def _load_common(weights: Path) -> dict:
     file = weights / COMMON_STATE_FNAME
     try:
+        if file.exists():
+            check_input_file(file, weights, "common state file")
         with open(file, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
+            common = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         newer = " (a checkpoint written by megatron-core 0.17 or newer, which this megatron-core cannot read)"
         raise CheckpointError(f"{file}: missing{newer if _has_inner_common(weights) else ''}") from None
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"{file}: refused to load: {_one_line(exc)}") from exc
+    return _common_dict(common, file)
 
 
 def _has_inner_common(weights: Path) -> bool:

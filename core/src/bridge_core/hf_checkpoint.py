@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge_core.errors import CheckpointError, ConfigError
+from bridge_core.input_files import check_input_file, check_regular
 
 # Files copied verbatim next to exported weights (whichever exist).
 SIDE_FILES = (
@@ -28,13 +29,14 @@ SIDE_FILES = (
 def read_config_json(folder: Path) -> dict[str, Any]:
     """``config.json`` of ``folder`` as a dict, with one-line errors naming the file."""
     path = folder / "config.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path}: missing (an HF model folder needs config.json)")
-    return read_json_object(path)
+    return read_json_object(check_input_file(path, folder, "config file"))
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``, with one-line errors naming the file."""
+    """The JSON object in ``path`` (a regular file), with one-line errors naming the file."""
+    check_regular(path, "JSON file")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -99,7 +101,9 @@ class HFCheckpoint:
         return SafetensorsCheckpoint(self.path)
 
     def side_files(self) -> list[Path]:
-        """Tokenizer, chat-template and generation-config files present in the folder."""
+        """Tokenizer, chat-template and generation-config files present in the folder (each a regular
+        file inside it: ``input_files.check_input_file``)."""
         if self.path is None:
             return []
-        return [self.path / n for n in SIDE_FILES if (self.path / n).is_file()]
+        present = [self.path / n for n in SIDE_FILES if os.path.lexists(self.path / n)]
+        return [check_input_file(p, self.path, "tokenizer or generation file") for p in present]

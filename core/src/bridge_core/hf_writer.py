@@ -13,7 +13,8 @@ tensor's memory (views included, no clone). Two modes:
 
 Shards are written under hidden names and renamed to ``model-0000i-of-0000n.safetensors`` by
 ``finish``, which then writes ``model.safetensors.index.json`` and fsyncs the shards, the index and
-the folder. Files are valid safetensors: an 8-byte little-endian header length, the JSON header
+the folder; a single shard is ``model.safetensors``, without an index (as ``save_pretrained``).
+Files are valid safetensors: an 8-byte little-endian header length, the JSON header
 (``__metadata__ {"format": "pt"}``, padded with spaces to 8 bytes), then the tensors' contiguous
 little-endian bytes, ordered by element size so every tensor is aligned to its element size.
 """
@@ -33,7 +34,7 @@ import torch
 
 from bridge_core.errors import CheckpointError
 from bridge_core.output_dir import fsync_path
-from bridge_core.safetensors_io import INDEX_NAME
+from bridge_core.safetensors_io import INDEX_NAME, SINGLE_NAME
 from bridge_core.sizes import parse_size
 
 _ST_DTYPES: dict[torch.dtype, str] = {
@@ -287,7 +288,8 @@ class ShardedSafetensorsWriter:
 
     def finish(self) -> dict[str, str]:
         """Close the last shard, name every shard ``model-0000i-of-0000n.safetensors``, write the
-        index, and fsync the shards, the index and the folder. Returns ``{tensor name: shard file}``."""
+        index, and fsync the shards, the index and the folder (one shard: ``model.safetensors``, no
+        index). Returns ``{tensor name: shard file}``."""
         if self._planned:
             missing = [n for n, s in self._slots.items() if not s.written]
             if missing:
@@ -300,9 +302,13 @@ class ShardedSafetensorsWriter:
         n = len(self._shards)
         weight_map: dict[str, str] = {}
         for i, shard in enumerate(self._shards):
-            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            final = SINGLE_NAME if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
             self._path(i).rename(self.folder / final)
             weight_map.update({name: final for name in shard.names})
+        if n == 1:  # one shard: model.safetensors and no index, as transformers' save_pretrained writes it
+            fsync_path(self.folder)
+            self._finished = True
+            return weight_map
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         partial = self.folder / f".{INDEX_NAME}.partial"
         with open(partial, "w") as f:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from bridge_core.checkpoint_format import (
 )
 from bridge_core.checkpoint_load import load_weights_into
 from bridge_core.errors import CheckpointError
-from bridge_core.output_dir import atomic_output_dir
+from bridge_core.output_dir import atomic_output_dir, writing_to
 
 # -- ranks --------------------------------------------------------------------------------------
 
@@ -129,13 +130,37 @@ class _SyncSaveStrategy(TorchDistSaveShardedStrategy):
 
     def save(self, sharded_state_dict: Any, checkpoint_dir: str | Path) -> None:
         state, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, self.keep_only_main_replica)
-        torch.distributed.checkpoint.save(
-            mcore_to_pyt_state_dict(state, False),
-            storage_writer=FileSystemWriter(checkpoint_dir, thread_count=self.thread_count),
-            planner=MCoreSavePlanner(
-                dedup_replicated_tensors=not self.keep_only_main_replica, flatten_state_dict=False
-            ),
-        )
+        with _writer_thread_errors() as errors:
+            torch.distributed.checkpoint.save(
+                mcore_to_pyt_state_dict(state, False),
+                storage_writer=FileSystemWriter(checkpoint_dir, thread_count=self.thread_count),
+                planner=MCoreSavePlanner(
+                    dedup_replicated_tensors=not self.keep_only_main_replica, flatten_state_dict=False
+                ),
+            )
+        if errors:  # a writer thread failed (its file is incomplete) while this thread finished
+            raise errors[0]
+
+
+@contextlib.contextmanager
+def _writer_thread_errors() -> Iterator[list[BaseException]]:
+    """Collect the exceptions of threads that end while inside (torch's writer threads) instead of
+    printing their tracebacks; the caller raises the first one."""
+    errors: list[BaseException] = []
+    previous, before = threading.excepthook, set(threading.enumerate())
+
+    def keep(args: Any) -> None:
+        if args.exc_value is not None:
+            errors.append(args.exc_value)
+
+    threading.excepthook = keep
+    try:
+        yield errors
+    finally:
+        for thread in set(threading.enumerate()) - before:  # torch does not join them when it fails
+            if getattr(getattr(thread, "_target", None), "__name__", "") == "_write_files_from_queue":
+                thread.join()
+        threading.excepthook = previous
 
 
 def _json_text(document: Any, file: Path) -> str:
@@ -180,7 +205,7 @@ def save_megatron_checkpoint(
         documents[PROVENANCE] = _json_text(provenance, path / PROVENANCE)
         (tmp / ITER_DIR).mkdir()
 
-    with _shared_atomic_dir(path, overwrite, prepare) as tmp:
+    with _shared_atomic_dir(path, overwrite, prepare) as tmp, writing_to(path):
         state: dict[str, Any] = {
             key: chunk.sharded_state_dict(metadata=dict(CONTENT_METADATA))
             for key, chunk in zip(model_keys(len(chunks)), chunks)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bridge_core.errors import CheckpointError
+from bridge_core.input_files import check_input_file
 
 # Every global a torch_dist ``.metadata`` pickle may name, by module: plain data classes, enums and
 # torch's size/layout helpers. Building or calling any of these runs no code of the file's choosing.
@@ -51,9 +52,13 @@ def read_dcp_metadata(path: str | Path) -> Any:
     """Unpickle a torch_dist ``.metadata`` file with ``RestrictedUnpickler``.
 
     Raises ``CheckpointError`` naming the file when it is missing, corrupt, or names any global
-    outside ``ALLOWED_GLOBALS`` (such a file is refused before anything in it is called).
+    outside ``ALLOWED_GLOBALS`` (such a file is refused before anything in it is called), and when a
+    storage file it names is not a plain file name of its folder (``../x.distcp`` would read outside
+    the checkpoint) or not a regular file inside it.
     """
     path = Path(path)
+    if path.exists() or path.is_symlink():
+        check_input_file(path, path.parent, "checkpoint tensor index")
     try:
         with open(path, "rb") as f:
             metadata = RestrictedUnpickler(f).load()
@@ -66,7 +71,26 @@ def read_dcp_metadata(path: str | Path) -> Any:
 
     if not isinstance(metadata, Metadata):
         raise CheckpointError(f"{path}: holds a {type(metadata).__name__}, not torch checkpoint metadata")
+    _check_storage_files(path, metadata)
     return metadata
+
+
+def _check_storage_files(path: Path, metadata: Any) -> None:
+    """Every storage file ``.metadata`` names is a plain, regular file next to it."""
+    storage = getattr(metadata, "storage_data", None) or {}
+    if not isinstance(storage, dict):
+        raise CheckpointError(f"{path}: storage_data is a {type(storage).__name__}, not a mapping; refused")
+    names = set()
+    for info in storage.values():
+        name = getattr(info, "relative_path", None)
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise CheckpointError(
+                f"{path}: storage file {name!r} is not a plain file name inside {path.parent}; refused"
+            )
+        names.add(name)
+    for name in sorted(names):
+        if (path.parent / name).exists() or (path.parent / name).is_symlink():
+            check_input_file(path.parent / name, path.parent, "checkpoint storage file")
 
 
 def load_weights_only(data: bytes | io.BytesIO) -> Any:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bridge_core.errors import CheckpointError, MissingTensorError
+from bridge_core.input_files import check_input_file, check_regular
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -80,15 +81,30 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json.loads`` ``object_pairs_hook`` refusing a key given twice (instead of "last wins")."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
 def _read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, tuple[int, int]]]:
-    """``read_header``, plus each tensor's absolute byte range ``[start, stop)`` in the file."""
+    """``read_header``, plus each tensor's absolute byte range ``[start, stop)`` in the file.
+
+    As safetensors itself: no key twice, and the tensors' byte ranges tile the data section exactly
+    (no overlap, no gap, nothing after the last tensor).
+    """
+    check_regular(path, "safetensors file")
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n <= 0 or 8 + n > size:
                 raise ValueError(f"header length {n} does not fit a file of {size} bytes")
-            header = json.loads(f.read(n))
+            header = json.loads(f.read(n), object_pairs_hook=unique_keys)
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
     if not isinstance(header, dict):
@@ -117,13 +133,24 @@ def _read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, tuple[int
                     f"{path}: corrupt safetensors header entry for {name} (data_offsets [{begin}, {stop}] "
                     f"hold {stop - begin} bytes, a {dtype} tensor of shape {list(shape)} needs {need})"
                 )
-        end = max(end, stop)
         out[name] = TensorMeta(path.name, shape, DTYPES.get(dtype, dtype))
         ranges[name] = (8 + n + begin, 8 + n + stop)
+    for name, (begin, stop) in sorted(ranges.items(), key=lambda item: item[1]):
+        if begin - 8 - n != end:
+            problem = "overlaps the tensor before it" if begin - 8 - n < end else "leaves a gap before it"
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header entry for {name} (data_offsets "
+                f"[{begin - 8 - n}, {stop - 8 - n}] {problem})"
+            )
+        end = stop - 8 - n
     if 8 + n + end > size:
         raise CheckpointError(
             f"{path}: truncated safetensors file ({size} bytes, header promises {8 + n + end}); "
             "re-download or re-export it"
+        )
+    if 8 + n + end < size:
+        raise CheckpointError(
+            f"{path}: corrupt safetensors file ({size - 8 - n - end} bytes after the last tensor's data)"
         )
     return out, ranges
 
@@ -179,29 +206,43 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
                     raise CheckpointError(f"{self.index_path}: {key} is listed in {file_name}, which does not hold it")
                 self.meta[key] = header[key]
                 self._ranges[key] = ranges[key]
+            for file_name, (header, _) in headers.items():
+                unlisted = [key for key in header if self._weight_map.get(key) != file_name]
+                if unlisted:
+                    raise CheckpointError(
+                        f"{self.folder / file_name}: holds tensor {unlisted[0]}, which {self.index_path} does not "
+                        f"list for this shard ({len(unlisted)} such tensor(s)); it would be dropped"
+                    )
         self._handles: dict[str, io.FileIO] = {}
         self._lock = threading.Lock()  # reads may come from several threads (positional, no shared offset)
 
     def _shard_files(self) -> dict[str, Path]:
         self._weight_map: dict[str, str] | None = None
-        if self.index_path.is_file():
+        if os.path.lexists(self.index_path):
+            check_input_file(self.index_path, self.folder, "safetensors index")
             try:
-                index = json.loads(self.index_path.read_text())
+                index = json.loads(self.index_path.read_text(), object_pairs_hook=unique_keys)
                 weight_map = index["weight_map"]
                 assert isinstance(weight_map, dict)
-            except (ValueError, KeyError, AssertionError, TypeError):
+            except (ValueError, KeyError, AssertionError, TypeError) as exc:
+                why = f" ({exc})" if isinstance(exc, ValueError) else ""
                 raise CheckpointError(
-                    f"{self.index_path}: not a valid safetensors index (needs a 'weight_map' object)"
+                    f"{self.index_path}: not a valid safetensors index (needs a 'weight_map' object){why}"
                 ) from None
+            for key, name in weight_map.items():
+                if not isinstance(name, str):
+                    raise CheckpointError(
+                        f"{self.index_path}: weight_map entry {key!r} is {name!r}, not a shard file name"
+                    )
             files = {}
             for name in sorted(set(weight_map.values()), key=str):
                 path = _check_shard_name(self.folder, name, self.index_path)
-                if not path.is_file():
+                if not os.path.lexists(path):
                     raise CheckpointError(f"{self.index_path}: shard {name} is missing from {self.folder}")
-                files[name] = path
+                files[name] = check_input_file(path, self.folder, "shard")
             self._weight_map = weight_map
             return files
-        files = {p.name: p for p in sorted(self.folder.glob("*.safetensors"))}
+        files = {p.name: check_input_file(p, self.folder, "shard") for p in sorted(self.folder.glob("*.safetensors"))}
         if not files:
             pickles = sorted(p.name for p in self.folder.glob("*.bin")) + sorted(
                 p.name for p in self.folder.glob("*.pt")

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from bridge_core import CONTRACT_VERSION, __version__
 from bridge_core.auto_bridge import AutoBridge
 from bridge_core.errors import CheckpointError
+from bridge_core.input_files import folder_files
 from bridge_core.parallelism import Parallelism  # re-exported: it used to live here
 from bridge_core.progress import Progress
 
@@ -155,7 +156,7 @@ def load_checkpoint(
     load_weights_into(model, info)
     if dtype is not None:
         cast_model(model, provider, dtype)
-    side = sorted(info.tokenizer_dir.iterdir()) if info.tokenizer_dir else []
+    side = folder_files(info.tokenizer_dir, info.path, "tokenizer file") if info.tokenizer_dir else []
     return LoadedCheckpoint(bridge, provider, model, info, side if hf_model is None else bridge.hf.side_files())
 
 

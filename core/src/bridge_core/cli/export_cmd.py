@@ -18,12 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge_core.output_dir import check_output_dir
+    from bridge_core.output_dir import check_output_dir, check_outside_inputs
     from bridge_core.sizes import parse_size
 
     parallel = parallelism(args)
     parse_size(args.max_shard_size)
     precheck_checkpoint(args.megatron_path)
+    check_outside_inputs(args.hf_path, "--hf-path", args.megatron_path, args.hf_model)
     check_output_dir(args.hf_path, args.overwrite, "--hf-path")
     code = run_on_ranks(args, parallel.world_size)
     if code is not None:

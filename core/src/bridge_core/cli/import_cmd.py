@@ -17,9 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge_core.output_dir import check_output_dir
+    from bridge_core.output_dir import check_output_dir, check_outside_inputs
 
     parallel = parallelism(args)
+    check_outside_inputs(args.megatron_path, "--megatron-path", args.hf_model)
     check_output_dir(args.megatron_path, args.overwrite, "--megatron-path")
     with hf_source(args.hf_model) as folder:
         precheck_hf(folder, args.trust_remote_code)

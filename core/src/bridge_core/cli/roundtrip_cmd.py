@@ -17,6 +17,7 @@ from bridge_core.cli.common import (
     precheck_hf,
     run_on_ranks,
 )
+from bridge_core.output_dir import check_outside_inputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     with hf_source(args.hf_model) as folder:
         precheck_hf(folder, args.trust_remote_code)
         work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bridgectl-roundtrip-"))
+        check_outside_inputs(work / "megatron", "--work-dir", args.hf_model)
+        check_outside_inputs(work / "hf", "--work-dir", args.hf_model)
         if not args.work_dir:
             args.argv += ["--work-dir", str(work)]
         try:

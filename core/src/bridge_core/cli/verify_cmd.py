@@ -48,6 +48,7 @@ def verify(folder, megatron_path: str, parallel, atol: float) -> int:
     """Bit-equality of every exported tensor, then fp32 logits against transformers. 0: all good."""
     import torch
 
+    from bridge_core.conversion.finite import nonfinite_logits
     from bridge_core.inference import forward_logits
     from bridge_core.workflows import cast_model, load_checkpoint, rank, say
 
@@ -76,12 +77,16 @@ def verify(folder, megatron_path: str, parallel, atol: float) -> int:
 
     reference = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     with torch.no_grad():
-        diff = (logits - reference(ids).logits.float()).abs()
+        expected = reference(ids).logits.float()
+        diff = (logits - expected).abs()
     ok = diff.max().item() <= atol and not mismatched
+    why = nonfinite_logits(Megatron=logits, transformers=expected)
     say(
         f"verify: logits on a fixed {PROMPT_IDS}-token prompt (fp32): max |d| {diff.max().item():.3g}, "
         f"mean |d| {diff.mean().item():.3g} (atol {atol:g})"
     )
+    if why:
+        say(f"verify: {why}")
     say(f"verify: {'OK' if ok else 'MISMATCH'}")
     if not ok:
         print("bridgectl verify: error: the checkpoint does not match its source", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from bridge_core.conversion.finite import checked_cast, has_nonfinite, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout, SplitGroup
 from bridge_core.conversion.plan import Task, export_parts, natural_key
 from bridge_core.errors import CoverageError
@@ -127,7 +128,7 @@ def _produce(
     full = task.mapping.merge(shards)
     hf = task.mapping.megatron_to_hf(full, task.context(config, bridge.hf_config))
     hf = bridge.maybe_modify_converted_hf_weight(task, hf, None)
-    return {name: (t.to(dtype) if dtype is not None else t).contiguous() for name, t in hf.items()}
+    return {name: (checked_cast(t, dtype, name) if dtype is not None else t).contiguous() for name, t in hf.items()}
 
 
 def export_tasks(
@@ -164,11 +165,13 @@ def export_tasks(
     if progress is not None:
         nbytes = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for u in units for _, _, s, d in u.parts)
         progress.begin(sum(len(u.parts) for u in units), nbytes)
+    nonfinite: list[str] = []
     for unit in units:
         task = by_name.get(unit.global_name)
         produced = None
         if task is not None and layout.for_param(task.param).replica_zero:
             produced = _produce(task, bridge, config, layout, dtype, everywhere)
+            nonfinite += [n for n, t in (produced or {}).items() if has_nonfinite(t)]
         if produced is not None and [(n, tuple(t.shape)) for n, t in produced.items()] != [
             (n, s) for n, _, s, _ in unit.parts
         ]:
@@ -203,3 +206,4 @@ def export_tasks(
                 if sorted(parts) != list(range(len(parts))):
                     raise CoverageError(f"{name}: stacked slices {sorted(parts)} are not 0..{len(parts) - 1}")
                 yield name, torch.stack([parts[i] for i in range(len(parts))])
+    warn_nonfinite(nonfinite, "exported", layout.world)

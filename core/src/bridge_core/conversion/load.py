@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from bridge_core.conversion.direct import RowReader, plan_reads, read_threads
+from bridge_core.conversion.finite import checked_cast, has_nonfinite, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.plan import Task
 from bridge_core.errors import CoverageError
@@ -49,6 +50,7 @@ class LoadReport:
     bytes_read: int = 0
     seconds: float = 0.0
     downcast: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)  # HF tensors holding NaN/Inf (over all ranks)
 
 
 def read_full(task: Task, bridge: Any, source: Any, config: Any) -> torch.Tensor:
@@ -77,7 +79,7 @@ def load_general(
             and full.dtype != checkpoint_dtype
         ):
             report.downcast.append(task.param.global_name)
-        full = full.to(device=param.device, dtype=param.dtype)
+        full = checked_cast(full, param.dtype, " + ".join(task.hf_keys), device=param.device)
         shards = [s.contiguous() for s in task.mapping.split(full, split.size)]
     with torch.no_grad():
         if split.size == 1:
@@ -133,6 +135,11 @@ def load_tasks(
     finally:
         reader.close()
     report.seconds = time.perf_counter() - start
+    report.nonfinite = warn_nonfinite(
+        (key for t in tasks if not t.tied_copy and has_nonfinite(t.param.tensor) for key in t.hf_keys),
+        "HF",
+        layout.world,
+    )
     if report.downcast:
         log.warning(
             "%d tensor(s) stored in higher precision than the checkpoint were cast down to %s: %s; "

@@ -102,14 +102,28 @@ def _meta(shape: tuple[int, ...], dtype: Any) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32, device="meta")
 
 
+def expected_hf_shapes(task: Task, config: Any, hf_config: Any) -> dict[str, tuple[int, ...]]:
+    """The exact shape of each HF tensor (a slice of it for stacked tensors) that ``task`` reads: what
+    exporting the parameter writes (empty when the mapping cannot run on meta tensors)."""
+    try:
+        return {name: shape for name, _, shape, _ in export_parts(task, config, hf_config, None)}
+    except Exception:  # a mapping without a meta-friendly export; the import dry run still checks it
+        return {}
+
+
 def check_import_shapes(tasks: list[Task], meta: Mapping[str, Any], config: Any, hf_config: Any) -> None:
-    """Dry-run every format transform on meta tensors; mismatched shapes are one error listing them."""
+    """Dry-run every format transform on meta tensors; mismatched shapes are one error listing them.
+
+    Each HF tensor must have exactly the shape the export writes (same element count is not enough:
+    a transposed tensor would be reshaped into scrambled rows).
+    """
     problems = []
     for task in tasks:
         m = task.mapping
         inputs = {}
         if any(name not in meta for name in m.hf_names):
             continue  # check_import_coverage names what is missing
+        expected = {} if task.tied_copy else expected_hf_shapes(task, config, hf_config)
         for name in m.hf_names:
             info = meta[name]
             shape = tuple(info.shape)
@@ -132,6 +146,16 @@ def check_import_shapes(tasks: list[Task], meta: Mapping[str, Any], config: Any,
                     f"{task.param.global_name} expects {task.param.full_shape}, "
                     f"HF gives {tuple(full.shape)} from {shapes}"
                 )
+                continue
+            for name, tensor in inputs.items():
+                want = expected.get(name)
+                if want is not None and tuple(want) != tuple(tensor.shape):
+                    file = getattr(meta[name], "file", None)
+                    where = f"{name} ({file}{f', slice {m.index}' if m.index is not None else ''})" if file else name
+                    problems.append(
+                        f"{task.param.global_name} expects {tuple(want)} from {where}, HF gives {tuple(tensor.shape)} "
+                        "(same element count is not enough: the rows would be scrambled)"
+                    )
     if problems:
         raise CoverageError(
             f"shape mismatch between checkpoint and model: {'; '.join(problems[:SHOWN])}"
