@@ -12,6 +12,7 @@ its package's ``__version__`` (hatch's dynamic version; see the pyproject files)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip twine check")
     args = parser.parse_args(argv)
     projects = [p.resolve() for p in args.projects] or default_projects()
+    needed = ["build", *([] if args.no_check else ["twine"])]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        names = " ".join(missing)
+        raise SystemExit(f"build_dists: needs {names.replace(' ', ' and ')}: pip install {names} (or run tox -e build)")
     args.outdir.mkdir(parents=True, exist_ok=True)
     files = []
     for project in projects:
