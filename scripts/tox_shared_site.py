@@ -32,13 +32,19 @@ def constraint_files() -> list[Path]:
     return [Path(p) for p in os.environ.get("PIP_CONSTRAINT", "").split() if p]
 
 
+def pins(file: Path) -> str:
+    """A constraint file's requirement lines, without comments and blank lines (a comment changes nothing)."""
+    lines = (line.split("#", 1)[0].strip() for line in file.read_text().splitlines())
+    return "\n".join(line for line in lines if line)
+
+
 def shared_key(requirements: list[str]) -> str:
     """A short hash of what the shared folder's content depends on."""
     h = hashlib.sha256()
     for part in (sys.version, platform.platform(), *sorted(requirements)):
         h.update(part.encode() + b"\0")
     for file in constraint_files():
-        h.update(file.read_bytes() if file.is_file() else str(file).encode())
+        h.update(pins(file).encode() if file.is_file() else str(file).encode())
     for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
         h.update(os.environ.get(name, "").encode() + b"\0")
     return h.hexdigest()[:12]

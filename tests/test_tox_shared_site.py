@@ -79,6 +79,7 @@ def test_env_sees_the_shared_install_and_it_is_built_once(tmp_path, env):
     assert not list(site.glob("tinydep*")), "the package must live in the shared folder, not in the env"
     (shared,) = (tmp_path / "shared").glob("py*")
 
+    constraints.write_text("# a comment changes no pin\ntinydep==1.0  # pinned\n\n")
     again = run_helper(tmp_path, site, constraints)
     assert again.returncode == 0 and "installing" not in again.stdout
     assert list((tmp_path / "shared").glob("py*")) == [shared]
