@@ -4,7 +4,7 @@
 
 Installs REQUIREMENTs once (``pip install --target``, honouring PIP_CONSTRAINT and the other PIP_*
 settings) into ``SHARED_DIR/py<X.Y>-<key>``, where the key hashes the Python version, the platform,
-the requirements and the constraint files' contents: a change to any of them builds a new folder
+the requirements and the constraint files' pins (comments aside): a change to any of them builds a new folder
 (and removes the older ones of that Python). Then writes ``_bridge_shared.pth`` into
 ENV_SITE_PACKAGES, so that the environment's Python appends the folder to ``sys.path``. The
 environment's own site-packages stays first: what it installs itself wins over the shared copy.
