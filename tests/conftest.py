@@ -7,10 +7,36 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, distribution
 
 import pytest
 
 PLUGIN_ENV = ("BRIDGE_PLUGINS", "BRIDGE_DISABLE_PLUGINS", "BRIDGE_STRICT_PLUGINS")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "needs_dists(*names): skip unless these distributions are installed (e.g. the real plugins)"
+    )
+
+
+def missing_distributions(names) -> list[str]:
+    """The distributions of ``names`` that are not installed here."""
+    missing = []
+    for name in names:
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``needs_dists`` skip, naming what is missing, when run without those packages."""
+    for marker in item.iter_markers("needs_dists"):
+        missing = missing_distributions(marker.args)
+        if missing:
+            pytest.skip(f"needs {', '.join(missing)} installed (tox -e ecosystem installs them)")
 
 
 def run_bridgectl(*args: str, **env: str) -> subprocess.CompletedProcess:

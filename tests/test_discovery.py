@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import plugins_json, run_bridgectl
 
+REAL_PLUGINS = pytest.mark.needs_dists("bridge-llama", "bridge-qwen")
 
+
+@REAL_PLUGINS
 def test_every_plugin_is_listed_with_its_status():
     plugins = plugins_json()
     assert plugins["fixture-good"]["status"] == "loaded" or plugins["fixture-duplicate"]["status"] == "loaded"
@@ -16,6 +20,7 @@ def test_every_plugin_is_listed_with_its_status():
     assert plugins["qwen"]["status"] == "loaded"
 
 
+@REAL_PLUGINS
 def test_real_plugins_register_their_architectures():
     plugins = plugins_json(BRIDGE_PLUGINS="bridge-llama,bridge-qwen")
     assert set(plugins["llama"]["architectures"]) >= {"LlamaForCausalLM", "MistralForCausalLM"}
@@ -76,18 +81,21 @@ def test_override_wins_without_error():
     assert proc.returncode == 0
 
 
+@REAL_PLUGINS
 def test_empty_selection_blocks_everything():
     plugins = plugins_json(BRIDGE_PLUGINS="")
     assert plugins and all(p["status"] == "blocked" for p in plugins.values())
     assert "not selected by BRIDGE_PLUGINS=''" in plugins["llama"]["reason"]
 
 
+@REAL_PLUGINS
 def test_selection_accepts_normalised_distribution_names():
     plugins = plugins_json(BRIDGE_PLUGINS=" Bridge_Fixture.Good ")
     assert plugins["fixture-good"]["status"] == "loaded"
     assert plugins["llama"]["status"] == "blocked"
 
 
+@REAL_PLUGINS
 def test_disable_blocks_named_plugins():
     plugins = plugins_json(BRIDGE_DISABLE_PLUGINS="fixture-broken,bridge-qwen")
     assert plugins["fixture-broken"]["status"] == "blocked"
@@ -111,6 +119,7 @@ def test_strict_mode_refuses_incompatible_plugin():
     assert "upgrade bridge-core" in proc.stderr
 
 
+@REAL_PLUGINS
 def test_strict_mode_passes_when_every_selected_plugin_is_good():
     proc = run_bridgectl("plugins", BRIDGE_PLUGINS="fixture-good,llama,qwen", BRIDGE_STRICT_PLUGINS="1")
     assert proc.returncode == 0, proc.stderr

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "megatron", "transformers", "safetensors")
+REAL_PLUGINS = pytest.mark.needs_dists("bridge-llama", "bridge-qwen")
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -42,6 +43,7 @@ def test_importtime_shows_no_heavy_module():
     assert not imported & set(HEAVY)
 
 
+@REAL_PLUGINS
 def test_bridgectl_plugins_imports_nothing_heavy_even_with_real_plugins_loaded():
     out = _assert_no_heavy(
         "from bridge_core.cli.main import main\nassert main(['plugins', '--json']) == 0\n"
@@ -86,6 +88,7 @@ def test_unknown_architecture_names_the_package_to_install(clean_plugin_env, mon
     assert msg.endswith("Gemma2ForCausalLM: pip install bridge-gemma")
 
 
+@REAL_PLUGINS
 def test_unknown_architecture_of_a_failed_plugin_says_why(clean_plugin_env, monkeypatch):
     from bridge_core.errors import UnsupportedArchitectureError
     from bridge_core.registry import get_registry
@@ -105,6 +108,7 @@ def test_architecture_nobody_knows_points_to_new_plugin(clean_plugin_env, monkey
         get_registry().bridge_for("MadeUpForCausalLM")
 
 
+@REAL_PLUGINS
 def test_launcher_starts_ranks_without_importing_anything_heavy(tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()

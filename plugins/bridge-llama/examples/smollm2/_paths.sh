@@ -1,4 +1,4 @@
-# Shared by the SmolLM2 examples: where the GGUF file is and where outputs go.
+# Shared by the SmolLM2 examples: where the GGUF file is, where outputs go, and stage headers.
 set -euo pipefail
 GGUF="${GGUF:-$(python - <<'PY'
 import glob, importlib.util, os, sys
@@ -9,5 +9,19 @@ print(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))[0])
 PY
 )}"
 WORK="${WORK:-${1:-smollm2-demo}}"
-export TQDM_DISABLE=1 TRANSFORMERS_VERBOSITY=error
+# The GGUF dequantized once into an HF folder (conversion.sh writes it); every later step reads it.
+ORIGINAL="$WORK/hf-original"
+export TRANSFORMERS_VERBOSITY=error
+# Seconds since the first script of this run started (demo.sh exports it to the scripts it runs).
+export DEMO_START="${DEMO_START:-$(date +%s)}"
 mkdir -p "$WORK"
+
+elapsed() {
+    local s=$(($(date +%s) - DEMO_START))
+    printf '%dm%02ds' $((s / 60)) $((s % 60))
+}
+
+# stage "what": a header line with the time elapsed so far
+stage() {
+    echo "== [$(elapsed)] $* =="
+}

@@ -1,15 +1,22 @@
-"""transformers loads the exported folder, and its greedy output equals the original GGUF model's.
+"""transformers loads the exported folder, and its greedy output equals the original model's.
 
-Usage: python compare_with_transformers.py GGUF_FILE EXPORTED_HF_FOLDER [FILE_WITH_MEGATRON_OUTPUT]
+Usage: python compare_with_transformers.py ORIGINAL EXPORTED_HF_FOLDER [FILE_WITH_MEGATRON_OUTPUT]
+ORIGINAL is the HF folder dequantized from the GGUF file (conversion.sh writes it), or the GGUF
+file itself (then transformers dequantizes it again, which takes minutes on a CPU).
 """
 
 import sys
+import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPT = "The capital of France is"
+
+
+def say(message: str) -> None:
+    print(f"compare: {message}", flush=True)
 
 
 def greedy(model, tokenizer) -> str:
@@ -20,12 +27,23 @@ def greedy(model, tokenizer) -> str:
 
 
 def main() -> int:
-    gguf, exported = Path(sys.argv[1]), Path(sys.argv[2])
+    source, exported = Path(sys.argv[1]), Path(sys.argv[2])
+    start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(exported)
-    original = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    if source.suffix == ".gguf":
+        say(f"loading the original from {source} (transformers dequantizes it: minutes on a CPU)")
+        original = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    else:
+        say(f"loading the original (dequantized GGUF) from {source}")
+        original = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    say("greedy generation with the original, 12 tokens")
+    want = greedy(original.eval(), tokenizer)
+    say(f"loading the exported folder {exported}")
     reloaded = AutoModelForCausalLM.from_pretrained(exported).eval()
-    want, got = greedy(original, tokenizer), greedy(reloaded, tokenizer)
-    print(f"transformers, original GGUF model: {PROMPT}{want}")
+    say("greedy generation with the exported folder, 12 tokens")
+    got = greedy(reloaded, tokenizer)
+    say(f"done in {time.perf_counter() - start:.0f} s")
+    print(f"transformers, original model:      {PROMPT}{want}")
     print(f"transformers, exported HF folder:  {PROMPT}{got}")
     if want != got:
         print("error: the exported model's greedy output differs from the original's", file=sys.stderr)

@@ -4,7 +4,10 @@
 source "$(dirname "$0")/_paths.sh"
 PROMPT="${PROMPT:-The capital of France is}"
 
+stage "generate with Megatron TP=1"
 bridgectl generate --megatron-path "$WORK/megatron-tp1" --prompt "$PROMPT" --max-new-tokens 12 | tee "$WORK/generate-tp1.txt"
+stage "generate with Megatron TP=3"
 bridgectl generate --megatron-path "$WORK/megatron-tp3" --tp 3 --prompt "$PROMPT" --max-new-tokens 12 | tee "$WORK/generate-tp3.txt"
+stage "generate with Megatron TP=1, chat template"
 bridgectl generate --megatron-path "$WORK/megatron-tp1" --chat --prompt "What is the capital of France?" \
     --max-new-tokens 12 | tee "$WORK/generate-chat.txt"
