@@ -159,10 +159,10 @@ def test_config_without_architectures(toy, tmp_path):
 
 
 def test_unknown_architecture_names_the_plugin(toy, tmp_path):
-    folder = with_config(toy, tmp_path / "hf", architectures=["Gemma2ForCausalLM"])
+    folder = with_config(toy, tmp_path / "hf", architectures=["DeepseekV3ForCausalLM"])
     assert_one_line_error(
         bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "o")),
-        "Gemma2ForCausalLM: pip install bridge-gemma",
+        "DeepseekV3ForCausalLM: bridge-deepseek is not published yet (write it with 'bridgectl new-plugin')",
     )
 
 

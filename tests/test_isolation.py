@@ -82,10 +82,13 @@ def test_unknown_architecture_names_the_package_to_install(clean_plugin_env, mon
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "fixture-good")
     with pytest.raises(UnsupportedArchitectureError) as err:
-        get_registry().bridge_for("Gemma2ForCausalLM")
+        get_registry().bridge_for("DeepseekV3ForCausalLM")
     msg = str(err.value)
     assert "loaded: bridge-fixture-good 0.3.1" in msg
-    assert msg.endswith("Gemma2ForCausalLM: pip install bridge-gemma")
+    # a family this project does not ship yet gets no pip line (anyone could register the name)
+    assert msg.endswith(
+        "DeepseekV3ForCausalLM: bridge-deepseek is not published yet (write it with 'bridgectl new-plugin')"
+    )
 
 
 @REAL_PLUGINS

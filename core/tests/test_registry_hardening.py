@@ -139,3 +139,13 @@ def test_strict_plugins_refuses_values_it_does_not_understand(value):
 @pytest.mark.parametrize(("value", "strict"), [("1", True), (" On ", True), ("", False), ("off", False), ("0", False)])
 def test_strict_plugins_values_it_understands(value, strict):
     assert is_strict({"BRIDGE_STRICT_PLUGINS": value}) is strict
+
+
+def test_a_shipped_family_not_installed_is_installed_from_the_wheelhouse():
+    reg = Registry()  # no plugin at all: bridge-mixtral is shipped in this repository but not installed
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        reg.bridge_for("MixtralForCausalLM")
+    assert str(err.value).endswith(
+        "MixtralForCausalLM: pip install --find-links dist bridge-mixtral (not on PyPI yet: build dist/ "
+        "in a bridge checkout with python scripts/build_dists.py)"
+    )

@@ -20,6 +20,20 @@ KNOWN_ARCHITECTURES: dict[str, str] = {
     "DeepseekV3ForCausalLM": "bridge-deepseek",
     "MixtralForCausalLM": "bridge-mixtral",
     "Phi3ForCausalLM": "bridge-phi",
-    "GPTOssForCausalLM": "bridge-gpt-oss",
+    "GptOssForCausalLM": "bridge-gpt-oss",
     "NemotronHForCausalLM": "bridge-nemotron",
 }
+
+# Distributions whose source is in the bridge repository (plugins/bridge-<family>/). None is on PyPI
+# yet: they install from a wheelhouse built in a checkout. The other names above are not published.
+SHIPPED: frozenset[str] = frozenset({"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral"})
+
+
+def install_hint(distribution: str) -> str:
+    """How to get ``distribution``, without sending anyone to a PyPI name nobody has published."""
+    if distribution in SHIPPED:
+        return (
+            f"pip install --find-links dist {distribution} (not on PyPI yet: build dist/ in a bridge "
+            "checkout with python scripts/build_dists.py)"
+        )
+    return f"{distribution} is not published yet (write it with 'bridgectl new-plugin')"

@@ -22,7 +22,7 @@ from bridge_core.contract import (
     parse_contract_range,
 )
 from bridge_core.errors import BridgeError, PluginError, UnsupportedArchitectureError
-from bridge_core.known_plugins import KNOWN_ARCHITECTURES
+from bridge_core.known_plugins import KNOWN_ARCHITECTURES, install_hint
 
 LOADED, FAILED, INCOMPATIBLE, BLOCKED = "loaded", "failed", "incompatible", "blocked"
 RECIPE_KINDS = ("pretrain", "sft", "peft")
@@ -334,7 +334,7 @@ class Registry:
         if mine:  # installing it again would not help; the version is the installed distribution's
             p = mine[0]
             return msg + f"; {architecture} is not supported by the installed {p.distribution} {p.version}"
-        return msg + f"; {architecture}: pip install {dist}"
+        return msg + f"; {architecture}: {install_hint(dist)}"
 
     def supported_architectures(self) -> list[str]:
         return sorted(self.bridges)
