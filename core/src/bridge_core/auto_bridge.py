@@ -62,12 +62,18 @@ def _all_gather(obj: Any) -> list[Any]:
 class AutoBridge:
     """Picks the installed plugin's bridge for an HF model and runs conversions through it."""
 
-    def __init__(self, hf: HFCheckpoint, torch_dtype: str | torch.dtype | None = None):
+    def __init__(
+        self,
+        hf: HFCheckpoint,
+        torch_dtype: str | torch.dtype | None = None,
+        accept_config: Iterable[str] = (),
+    ):
         registry = get_registry()
         self.hf = hf
         self.registration = registry.bridge_for(hf.architecture)
         bridge_cls = registry.load_bridge_class(hf.architecture)
         self.bridge = bridge_cls(hf.config)
+        self.bridge.accepted_hf_config = frozenset(accept_config)
         self.torch_dtype = parse_dtype(torch_dtype) if torch_dtype is not None else None
 
     # -- construction ---------------------------------------------------------------------------
@@ -78,14 +84,22 @@ class AutoBridge:
         *,
         trust_remote_code: bool = False,
         torch_dtype: str | torch.dtype | None = None,
+        accept_config: Iterable[str] = (),
     ) -> AutoBridge:
-        """A bridge for a local HF model folder (config.json + safetensors)."""
-        return cls(HFCheckpoint(path, trust_remote_code=trust_remote_code), torch_dtype=torch_dtype)
+        """A bridge for a local HF model folder (config.json + safetensors).
+
+        ``accept_config``: config keys the bridge would refuse that you know do not change this
+        model's outputs (the error names them; see docs/conversion.md#config-translation).
+        """
+        hf = HFCheckpoint(path, trust_remote_code=trust_remote_code)
+        return cls(hf, torch_dtype=torch_dtype, accept_config=accept_config)
 
     @classmethod
-    def from_hf_config(cls, config: Any, *, torch_dtype: str | torch.dtype | None = None) -> AutoBridge:
+    def from_hf_config(
+        cls, config: Any, *, torch_dtype: str | torch.dtype | None = None, accept_config: Iterable[str] = ()
+    ) -> AutoBridge:
         """A bridge for an HF config alone (build models; no weights to load)."""
-        return cls(HFCheckpoint.from_config(config), torch_dtype=torch_dtype)
+        return cls(HFCheckpoint.from_config(config), torch_dtype=torch_dtype, accept_config=accept_config)
 
     @classmethod
     def list_supported_models(cls) -> list[str]:

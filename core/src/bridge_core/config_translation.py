@@ -7,7 +7,7 @@ helpers here also understand transformers 5's ``rope_parameters`` and transforme
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -138,24 +138,60 @@ def provider_to_hf(provider: Any, mapping: list[tuple[str, str]]) -> dict[str, A
 Check = Any  # a required value, or a predicate (value, hf_config) -> bool
 
 
+def is_neutral_key(key: str) -> bool:
+    """Keys that name, tokenise or run the model without changing its math.
+
+    The listed ``NEUTRAL_HF_KEYS``, bookkeeping keys of the tools that wrote the file (a leading
+    ``_``: ``_name_or_path``, ``_model_name_or_path``, ``_commit_hash``) and tokenizer ids
+    (``*_token_id``/``*_token_ids``: ``unk_token_id``...; the weights do not depend on them).
+    """
+    return key in NEUTRAL_HF_KEYS or key.startswith("_") or key.endswith(("_token_id", "_token_ids"))
+
+
+def is_off_value(value: Any) -> bool:
+    """A value that switches a feature off: ``None``, ``False``, zero, or empty."""
+    return value is None or value is False or (type(value) in (int, float) and value == 0) or value in ("", [], {})
+
+
+def _class_defaults(hf_config: Any) -> dict[str, Any]:
+    try:
+        return type(hf_config)().to_dict()
+    except Exception:
+        return {}
+
+
 def check_hf_config(
     hf_config: Any,
     *,
     handled: set[str],
     supported: Mapping[str, Check],
     where: str,
+    accepted: Iterable[str] = (),
 ) -> None:
     """Refuse config keys that would change the math but that the bridge does not translate.
 
-    A key is fine when it is neutral (names, token ids, runtime switches), ``handled`` by the bridge,
-    holds a value ``supported`` declares, or equals the config class's default. Anything else is an
-    error naming the key and value: converting anyway would silently produce a different model.
+    In order, a key passes when it is:
+    1. ``accepted`` by the user (``--accept-config KEY`` / ``accept_config=[...]``);
+    2. neutral (``is_neutral_key``: names, token ids, runtime switches);
+    3. ``handled`` by the bridge, or holds a value ``supported`` declares (a ``supported`` key that
+       fails its check is refused here, whatever transformers' default: Mistral's
+       ``sliding_window=4096`` is MistralConfig's default and still refused);
+    4. equal to the config class's default *and* that default switches a feature off
+       (``is_off_value``): the architecture's plain computation, which its bridge implements. A
+       default that switches something on (a window size) is trusted only when the bridge declares it;
+    5. unknown to the config class and never named by transformers' implementation of the
+       architecture (``hf_reference.read_by_reference``): transformers' model ignores it, so it
+       cannot change the computation the bridge reproduces (``is_llama_config``, ``use_mrope``).
+    Anything else is one error naming every such key, its value and the override.
     """
+    from bridge_core.hf_reference import read_by_reference
+
+    accepted = set(accepted)
     values = hf_config.to_dict()
     defaults: dict[str, Any] | None = None
-    problems = []
+    problems, refused = [], []
     for key, value in sorted(values.items()):
-        if key in NEUTRAL_HF_KEYS or key in handled:
+        if key in accepted or is_neutral_key(key) or key in handled:
             continue
         if key in supported:
             check = supported[key]
@@ -163,16 +199,21 @@ def check_hf_config(
             if not ok:
                 shown = " ".join((check.__doc__ or repr(check)).split()) if callable(check) else repr(check)
                 problems.append(f"{key}={value!r} (supported: {shown})")
+                refused.append(key)
             continue
         if defaults is None:
-            try:
-                defaults = type(hf_config)().to_dict()
-            except Exception:
-                defaults = {}
-        if key in defaults and defaults[key] == value:
+            defaults = _class_defaults(hf_config)
+        if key in defaults:
+            if defaults[key] == value and is_off_value(value):
+                continue
+        elif not read_by_reference(hf_config, key):
             continue
         problems.append(f"{key}={value!r} (not understood)")
+        refused.append(key)
     if problems:
+        flags = " ".join(f"--accept-config {k}" for k in refused)
         raise ConfigError(
-            f"{where}: config.json has settings this bridge cannot convert faithfully: {'; '.join(problems)}"
+            f"{where}: config.json has settings this bridge cannot convert faithfully: {'; '.join(problems)}; "
+            f"if you know they do not change this model's outputs, pass {flags} "
+            f"(Python: accept_config={refused!r})"
         )
