@@ -21,7 +21,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.config_translation import dtype_name, hf_dtype, parse_dtype
+from bridge_core.config_translation import (
+    dtype_name,
+    dtype_settings,
+    hf_dtype,
+    parse_dtype,
+    write_both_rope_spellings,
+)
 from bridge_core.conversion import plan
 from bridge_core.conversion.export import export_tasks
 from bridge_core.conversion.groups import ParallelLayout
@@ -130,7 +136,8 @@ class AutoBridge:
         built (random initialisation is then skipped: every parameter is coverage-checked instead)."""
         provider = self.bridge.provider_bridge(self.hf)
         if self.torch_dtype is not None:
-            provider.params_dtype = self.torch_dtype
+            for name, value in dtype_settings(self.torch_dtype).items():
+                setattr(provider, name, value)
         if load_weights:
             provider.perform_initialization = False
             original = provider.provide_distributed_model
@@ -267,6 +274,7 @@ class AutoBridge:
                 writer.add(name, tensor)
             writer.finish()
             self.hf_config_for_export(provider, want or provider.params_dtype).save_pretrained(tmp)
+            write_both_rope_spellings(tmp / "config.json")  # transformers 4.5x reads only the old one
             for side in self.hf.side_files() if side_files is None else side_files:
                 shutil.copy2(side, tmp / side.name)
         return path  # atomic_output_dir fsynced every file before the rename

@@ -15,6 +15,7 @@ import torch
 from bridge_core.config_translation import (
     Check,
     check_hf_config,
+    check_model_settings,
     dtype_name,
     hf_dtype,
     hf_to_provider,
@@ -58,7 +59,9 @@ class MegatronModelBridge:
         """Translate ``hf_pretrained.config`` into a provider (after refusing what cannot be translated)."""
         self.hf_config = hf_pretrained.config
         self.check_hf_config(self.hf_config)
-        return self.PROVIDER_CLASS(**self.hf_config_to_provider_kwargs(self.hf_config))
+        kwargs = self.hf_config_to_provider_kwargs(self.hf_config)
+        check_model_settings(kwargs, "config.json", names={attr: key for key, attr in self.CONFIG_MAPPING})
+        return self.PROVIDER_CLASS(**kwargs)
 
     def check_hf_config(self, hf_config: Any) -> None:
         """Raise ``ConfigError`` for config keys that would change the math but are not translated."""

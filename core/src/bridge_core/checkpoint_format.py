@@ -238,6 +238,12 @@ class CheckpointInfo:
     provenance: dict
     tokenizer_dir: Path | None
 
+    def accepted_config(self) -> list[str]:
+        """The HF config keys the user accepted at import (``--accept-config``)."""
+        run = self.run_config.get("run")
+        keys = run.get("accept_config", []) if isinstance(run, dict) else []
+        return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+
     def provider_kwargs(self) -> dict[str, Any]:
         """``provider_kwargs_from_run_config(self.run_config)``."""
         return provider_kwargs_from_run_config(self.run_config)

@@ -7,7 +7,9 @@ helpers here also understand transformers 5's ``rope_parameters`` and transforme
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,13 +72,53 @@ DTYPE_NAMES = {
 
 
 def parse_dtype(value: Any, where: str = "torch_dtype") -> torch.dtype:
-    """``"bfloat16"``/``torch.bfloat16``/``"torch.bfloat16"`` -> ``torch.bfloat16``."""
-    if isinstance(value, torch.dtype):
-        return value
+    """``"bfloat16"``/``torch.bfloat16``/``"torch.bfloat16"`` -> ``torch.bfloat16``; other dtypes
+    (``int8``, ``float8_e4m3fn``, ``float64``...) are a ``ConfigError`` naming ``where``."""
     name = str(value).removeprefix("torch.")
     if name not in DTYPE_NAMES:
         raise ConfigError(f"{where}: unsupported dtype {value!r}; use float32, bfloat16 or float16")
     return DTYPE_NAMES[name]
+
+
+# Provider settings that are sizes or counts: a positive integer, or unset (None).
+POSITIVE_INT_SETTINGS = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "kv_channels",
+    "vocab_size",
+    "padded_vocab_size",
+    "seq_length",
+    "num_moe_experts",
+    "moe_router_topk",
+    "moe_ffn_hidden_size",
+)
+
+
+def check_model_settings(kwargs: Mapping[str, Any], where: str, names: Mapping[str, str] | None = None) -> None:
+    """Refuse provider settings no model can have (``num_hidden_layers: 0``, a negative size, a
+    non-positive norm epsilon) with one ``ConfigError`` naming the setting as ``where`` spells it
+    (``names``: provider attribute -> the input's key, e.g. ``num_layers`` -> ``num_hidden_layers``)."""
+    names = names or {}
+    for attr in POSITIVE_INT_SETTINGS:
+        value = kwargs.get(attr)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ConfigError(f"{where}: {names.get(attr, attr)}={value!r} must be a positive integer")
+    eps = kwargs.get("layernorm_epsilon")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
+        raise ConfigError(f"{where}: {names.get('layernorm_epsilon', 'layernorm_epsilon')}={eps!r} must be in (0, 1)")
+
+
+def dtype_settings(dtype: str | torch.dtype) -> dict[str, Any]:
+    """Provider settings that build a model computing in ``dtype`` (parameters, softmax, pipeline).
+
+    megatron-core fixes some of its dtypes when a module is built (the attention softmax follows
+    ``bf16``/``fp16``), so a model for another dtype is built in it, never cast after the fact.
+    """
+    want = parse_dtype(dtype)
+    return {"params_dtype": want, "bf16": want == torch.bfloat16, "fp16": want == torch.float16, "pipeline_dtype": None}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -118,6 +160,28 @@ def rope_to_hf(theta: float, scaling: dict[str, Any] | None) -> dict[str, Any]:
     if scaling.get("rope_type", "default") != "default":
         out["rope_scaling"] = scaling
     return out
+
+
+def legacy_rope_entries(rope_parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """transformers 4's ``rope_theta``/``rope_scaling`` for transformers 5's ``rope_parameters``.
+
+    Written next to ``rope_parameters`` in an exported config.json, so that transformers 4.5x
+    (which ignores ``rope_parameters``) builds the same RoPE; transformers 5 reads
+    ``rope_parameters`` and gets the same values either way.
+    """
+    scaling = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+    default = scaling.get("rope_type", "default") == "default" and set(scaling) <= {"rope_type"}
+    return {"rope_theta": rope_parameters["rope_theta"], "rope_scaling": None if default else scaling}
+
+
+def write_both_rope_spellings(config_file: Path) -> None:
+    """Add ``legacy_rope_entries`` to a saved config.json that has ``rope_parameters`` only."""
+    values = json.loads(config_file.read_text())
+    params = values.get("rope_parameters")
+    if not isinstance(params, Mapping) or "rope_theta" not in params:
+        return
+    values.update(legacy_rope_entries(params))
+    config_file.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def hf_to_provider(hf_config: Any, mapping: list[tuple[str, str]]) -> dict[str, Any]:

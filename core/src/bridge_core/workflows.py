@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,15 @@ def build_from_hf(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     progress: Progress | None = None,
+    accept_config: Iterable[str] = (),
 ) -> tuple[AutoBridge, Any, list]:
-    """Bridge, provider and this rank's model chunks loaded from an HF folder (no random init)."""
-    bridge = AutoBridge.from_hf_pretrained(hf_model, trust_remote_code=trust_remote_code, torch_dtype=dtype)
+    """Bridge, provider and this rank's model chunks loaded from an HF folder (no random init).
+
+    The model is built in ``dtype`` (default: the checkpoint's) and the HF weights loaded into it.
+    """
+    bridge = AutoBridge.from_hf_pretrained(
+        hf_model, trust_remote_code=trust_remote_code, torch_dtype=dtype, accept_config=accept_config
+    )
     provider = parallel.apply(bridge.to_megatron_provider())
     provider.perform_initialization = False  # every parameter is filled and coverage-checked
     provider.finalize()
@@ -83,6 +90,7 @@ def import_checkpoint(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     source: str | None = None,
+    accept_config: Iterable[str] = (),
 ) -> Path:
     """HF folder -> Megatron-LM ``torch_dist`` checkpoint (run config, provenance, tokenizer)."""
     from bridge_core.megatron_checkpoint import save_megatron_checkpoint
@@ -91,7 +99,8 @@ def import_checkpoint(
     check_output_dir(megatron_path, overwrite, "--megatron-path")
     started = time.perf_counter()
     progress = Progress("import", enabled=rank() == 0)
-    bridge, provider, model = build_from_hf(hf_model, parallel, dtype, trust_remote_code, progress)
+    accepted = sorted(set(accept_config))
+    bridge, provider, model = build_from_hf(hf_model, parallel, dtype, trust_remote_code, progress, accepted)
     say(progress.summary("loaded "))
     saving = time.perf_counter()
     path = save_megatron_checkpoint(
@@ -101,6 +110,7 @@ def import_checkpoint(
         run_config={
             "command": "import",
             "parallelism": provenance(bridge, source or hf_model, parallel)["parallelism"],
+            **({"accept_config": accepted} if accepted else {}),
         },
         provenance=provenance(bridge, source or hf_model, parallel),
         tokenizer_files=bridge.hf.side_files(),
@@ -121,6 +131,11 @@ class LoadedCheckpoint:
     info: Any
     side_files: list[Path]
 
+    @property
+    def saved_dtype(self) -> torch.dtype:
+        """The dtype the checkpoint's weights were saved in (the model may be built in another)."""
+        return self.info.provider_kwargs().get("params_dtype") or self.provider.params_dtype
+
 
 def _hf_config_folder(info: Any, workdir: Path) -> Path:
     config = info.provenance.get("hf_config")
@@ -137,38 +152,36 @@ def load_checkpoint(
     megatron_path: str | Path,
     parallel: Parallelism,
     hf_model: str | Path | None = None,
-    dtype: str | None = None,
+    dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
+    accept_config: Iterable[str] = (),
 ) -> LoadedCheckpoint:
-    """Build the model at ``parallel`` from a checkpoint's run config and load its weights (any TP/PP)."""
+    """Build the model at ``parallel`` from a checkpoint's run config and load its weights (any TP/PP).
+
+    ``dtype``: build the model in this dtype (e.g. fp32 for logit checks of a bf16 checkpoint) and
+    load the stored weights into it; default: the dtype the checkpoint was saved in.
+    """
+    from bridge_core.config_translation import dtype_settings
     from bridge_core.megatron_checkpoint import load_megatron_checkpoint, load_weights_into
 
     info = load_megatron_checkpoint(megatron_path)
+    kwargs = info.provider_kwargs()
+    accept_config = {*accept_config, *info.accepted_config()}  # what the user accepted at import
     with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
         reference = hf_model if hf_model is not None else _hf_config_folder(info, Path(tmp))
-        bridge = AutoBridge.from_hf_pretrained(reference, trust_remote_code=trust_remote_code)
+        bridge = AutoBridge.from_hf_pretrained(
+            reference, trust_remote_code=trust_remote_code, accept_config=accept_config
+        )
         _ = bridge.hf.config  # read while the folder exists
-    provider = parallel.apply(bridge.bridge.PROVIDER_CLASS(**info.provider_kwargs()))
+    if dtype is not None:
+        kwargs.update(dtype_settings(dtype))
+    provider = parallel.apply(bridge.bridge.PROVIDER_CLASS(**kwargs))
     provider.perform_initialization = False
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False)
     load_weights_into(model, info)
-    if dtype is not None:
-        cast_model(model, provider, dtype)
     side = sorted(info.tokenizer_dir.iterdir()) if info.tokenizer_dir else []
     return LoadedCheckpoint(bridge, provider, model, info, side if hf_model is None else bridge.hf.side_files())
-
-
-def cast_model(model: list, provider: Any, dtype: str | torch.dtype) -> None:
-    """Cast loaded chunks to ``dtype`` for computation (e.g. fp32 logit checks of a bf16 model)."""
-    from bridge_core.config_translation import parse_dtype
-
-    want = parse_dtype(dtype)
-    for chunk in model:
-        chunk.to(want)
-    provider.params_dtype = want
-    provider.pipeline_dtype = want
-    provider.bf16, provider.fp16 = want == torch.bfloat16, want == torch.float16
 
 
 def export_checkpoint(
@@ -179,12 +192,13 @@ def export_checkpoint(
     dtype: str | None = None,
     max_shard_size: str = "5GB",
     overwrite: bool = False,
+    accept_config: Iterable[str] = (),
 ) -> Path | None:
     """Megatron checkpoint -> complete HF folder (weights, regenerated config, tokenizer, generation config)."""
     from bridge_core.output_dir import check_output_dir
 
     check_output_dir(hf_path, overwrite, "--hf-path")
-    loaded = load_checkpoint(megatron_path, parallel, hf_model)
+    loaded = load_checkpoint(megatron_path, parallel, hf_model, accept_config=accept_config)
     progress = Progress("export", enabled=rank() == 0)
     out = loaded.bridge.save_hf_pretrained(
         loaded.model,

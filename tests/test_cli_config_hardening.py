@@ -1,0 +1,74 @@
+"""``bridgectl`` on what users really have: published configs (extra keys) and bf16 checkpoints (issue 12)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _published_configs import MISTRAL_7B_V0_1
+from test_cli import LLAMA, assert_one_line_error, bridgectl
+
+from bridge_core.testing.toy import ToyModel, build_toy
+
+
+@pytest.fixture(scope="module")
+def bf16_toy(tmp_path_factory) -> Path:
+    folder = build_toy(ToyModel("LlamaForCausalLM", LLAMA, dtype="bfloat16"), tmp_path_factory.mktemp("bf16"))
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(bf16_toy, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bf16-ckpt") / "megatron"
+    proc = bridgectl("import", "--hf-model", str(bf16_toy), "--megatron-path", str(path))
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_verify_checks_a_bf16_checkpoint_in_fp32(bf16_toy, bf16_checkpoint):
+    proc = bridgectl("verify", "--hf-model", str(bf16_toy), "--megatron-path", str(bf16_checkpoint))
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: tensors: 21/21 bit-identical" in proc.stdout
+    assert "(fp32)" in proc.stdout and "verify: OK" in proc.stdout
+
+
+def test_roundtrip_of_a_bf16_model(bf16_toy):
+    proc = bridgectl("roundtrip", "--hf-model", str(bf16_toy))
+    assert proc.returncode == 0, proc.stderr
+    assert "roundtrip: HF -> Megatron -> HF: bit-identical" in proc.stdout and "verify: OK" in proc.stdout
+
+
+def test_a_bf16_checkpoint_loads_into_an_fp32_model(bf16_toy, bf16_checkpoint, monkeypatch):
+    # what `generate --megatron-path ... --torch-dtype float32` does: built in fp32, not cast afterwards
+    import torch
+
+    from bridge_core.inference import forward_logits
+    from bridge_core.parallel import destroy_model_parallel
+    from bridge_core.parallelism import Parallelism
+    from bridge_core.registry import reset_registry
+    from bridge_core.testing.toy import hf_logits, sample_ids
+    from bridge_core.workflows import load_checkpoint
+
+    monkeypatch.setenv("BRIDGE_PLUGINS", "llama")
+    reset_registry()
+    try:
+        loaded = load_checkpoint(bf16_checkpoint, Parallelism(), dtype="float32")
+        assert loaded.saved_dtype == torch.bfloat16 and loaded.provider.params_dtype == torch.float32
+        assert not loaded.provider.bf16
+        ids = sample_ids(LLAMA["vocab_size"], batch=1, seq=16)
+        logits = forward_logits(loaded.model, ids, vocab_size=LLAMA["vocab_size"])
+        assert (logits - hf_logits(bf16_toy, ids, dtype=torch.float32)).abs().max().item() <= 1e-4
+    finally:
+        destroy_model_parallel()
+        reset_registry()
+
+
+def test_mistral_v0_1_is_refused_naming_the_override(tmp_path):
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(MISTRAL_7B_V0_1))
+    proc = bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "out"))
+    assert_one_line_error(proc, "bridgectl import: error:", "sliding_window=4096", "--accept-config sliding_window")
+    assert not (tmp_path / "out").exists()
