@@ -130,11 +130,7 @@ class LoadedCheckpoint:
     model: list
     info: Any
     side_files: list[Path]
-
-    @property
-    def saved_dtype(self) -> torch.dtype:
-        """The dtype the checkpoint's weights were saved in (the model may be built in another)."""
-        return self.info.provider_kwargs().get("params_dtype") or self.provider.params_dtype
+    saved_dtype: torch.dtype | None = None  # the weights' dtype in the checkpoint (the model may differ)
 
 
 def _hf_config_folder(info: Any, workdir: Path) -> Path:
@@ -146,6 +142,40 @@ def _hf_config_folder(info: Any, workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config, indent=2))
     return workdir
+
+
+# Provider settings a reference may differ in without describing another model.
+_NOT_MODEL_SETTINGS = frozenset({"params_dtype", "bf16", "fp16", "pipeline_dtype", "init_method_std"})
+
+
+def check_reference(bridge: AutoBridge, saved: dict[str, Any], info: Any, hf_model: str | Path) -> None:
+    """Refuse an ``--hf-model`` reference that does not describe the checkpoint.
+
+    Its architecture must be the one the checkpoint was imported from (``provenance.json``), and its
+    config must translate to the settings the checkpoint was built with: otherwise an export would
+    be written under another architecture or with another model's config.
+    """
+    from bridge_core.errors import ConfigError
+
+    where = f"--hf-model {hf_model}"
+    stored = info.provenance.get("architecture")
+    if isinstance(stored, str) and stored and stored != bridge.hf.architecture:
+        raise ConfigError(
+            f"{where}: is a {bridge.hf.architecture} but the checkpoint {info.path} holds a {stored}; "
+            "pass the model it was imported from, or no --hf-model (the stored config is used)"
+        )
+    reference = bridge.bridge.hf_config_to_provider_kwargs(bridge.hf.config)
+    bridge.bridge.check_hf_config(bridge.hf.config)
+    differing = [
+        f"{name} {reference[name]!r} (checkpoint: {saved[name]!r})"
+        for name in sorted(set(reference) & set(saved) - _NOT_MODEL_SETTINGS)
+        if reference[name] != saved[name]
+    ]
+    if differing:
+        raise ConfigError(
+            f"{where}: does not describe the checkpoint {info.path}: {'; '.join(differing[:6])}; "
+            "pass the model it was imported from, or no --hf-model (the stored config is used)"
+        )
 
 
 def load_checkpoint(
@@ -165,7 +195,6 @@ def load_checkpoint(
     from bridge_core.megatron_checkpoint import load_megatron_checkpoint, load_weights_into
 
     info = load_megatron_checkpoint(megatron_path)
-    kwargs = info.provider_kwargs()
     accept_config = {*accept_config, *info.accepted_config()}  # what the user accepted at import
     with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
         reference = hf_model if hf_model is not None else _hf_config_folder(info, Path(tmp))
@@ -173,6 +202,10 @@ def load_checkpoint(
             reference, trust_remote_code=trust_remote_code, accept_config=accept_config
         )
         _ = bridge.hf.config  # read while the folder exists
+    kwargs = info.provider_kwargs(bridge.bridge.PROVIDER_CLASS)
+    if hf_model is not None:
+        check_reference(bridge, kwargs, info, hf_model)
+    saved_dtype = kwargs.get("params_dtype", torch.float32)
     if dtype is not None:
         kwargs.update(dtype_settings(dtype))
     provider = parallel.apply(bridge.bridge.PROVIDER_CLASS(**kwargs))
@@ -181,7 +214,8 @@ def load_checkpoint(
     model = provider.provide_distributed_model(wrap_with_ddp=False)
     load_weights_into(model, info)
     side = sorted(info.tokenizer_dir.iterdir()) if info.tokenizer_dir else []
-    return LoadedCheckpoint(bridge, provider, model, info, side if hf_model is None else bridge.hf.side_files())
+    side = side if hf_model is None else bridge.hf.side_files()
+    return LoadedCheckpoint(bridge, provider, model, info, side, saved_dtype)
 
 
 def export_checkpoint(
