@@ -72,3 +72,43 @@ def test_mistral_v0_1_is_refused_naming_the_override(tmp_path):
     proc = bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "out"))
     assert_one_line_error(proc, "bridgectl import: error:", "sliding_window=4096", "--accept-config sliding_window")
     assert not (tmp_path / "out").exists()
+
+
+# -- export --hf-model must describe the checkpoint -------------------------------------------------
+def config_folder(path: Path, config: dict) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_export_refuses_a_reference_of_another_family(bf16_checkpoint, tmp_path):
+    qwen3 = {**LLAMA, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "head_dim": 16}
+    reference = config_folder(tmp_path / "qwen3", qwen3)
+    out = tmp_path / "out"
+    proc = bridgectl(
+        "export", "--megatron-path", str(bf16_checkpoint), "--hf-path", str(out), "--hf-model", str(reference)
+    )
+    assert_one_line_error(proc, "bridgectl export: error:", "Qwen3ForCausalLM", "LlamaForCausalLM", str(reference))
+    assert not out.exists()
+
+
+def test_a_reference_with_other_config_values_is_refused(bf16_toy, bf16_checkpoint, tmp_path, monkeypatch):
+    from bridge_core.errors import ConfigError
+    from bridge_core.parallel import destroy_model_parallel
+    from bridge_core.parallelism import Parallelism
+    from bridge_core.registry import reset_registry
+    from bridge_core.workflows import export_checkpoint
+
+    config = json.loads((bf16_toy / "config.json").read_text())
+    reference = config_folder(tmp_path / "deeper", {**config, "num_hidden_layers": 4, "rms_norm_eps": 1e-5})
+    monkeypatch.setenv("BRIDGE_PLUGINS", "llama")
+    reset_registry()
+    try:
+        with pytest.raises(ConfigError) as err:
+            export_checkpoint(bf16_checkpoint, tmp_path / "out", Parallelism(), hf_model=reference)
+    finally:
+        destroy_model_parallel()
+        reset_registry()
+    message = str(err.value)
+    assert "num_layers 4 (checkpoint: 2)" in message and "layernorm_epsilon 1e-05 (checkpoint: 1e-06)" in message
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,6 @@ from megatron.core import package_info
 
 from bridge_core import AutoBridge
 from bridge_core.checkpoint_format import load_megatron_checkpoint, provider_kwargs_from_run_config
-from bridge_core.config_translation import legacy_rope_entries
 from bridge_core.errors import CheckpointError, ConfigError
 from bridge_core.parallel import destroy_model_parallel
 from bridge_core.provider import GPTModelProvider
@@ -195,6 +194,8 @@ def test_exported_config_has_both_rope_spellings(tmp_path, rope):
 
 
 def test_legacy_rope_entries():
+    from bridge_core.config_translation import legacy_rope_entries
+
     assert legacy_rope_entries({"rope_type": "default", "rope_theta": 1e4}) == {"rope_theta": 1e4, "rope_scaling": None}
     linear = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
     assert legacy_rope_entries(linear) == {"rope_theta": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
