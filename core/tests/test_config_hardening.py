@@ -117,7 +117,7 @@ def test_run_config_written_under_either_megatron_core_rebuilds_the_model(writte
     saved = fixture_provider(written_by)
     run_config = {"provider": saved, "versions": {"megatron_core": written_by}}
     kwargs = provider_kwargs_from_run_config(run_config)
-    provider = GPTModelProvider(**kwargs)  # installed megatron-core: a TypeError before the fix
+    provider = GPTModelProvider(**kwargs).finalize()  # a TypeError or a conflict before the fix
     for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups"):
         assert getattr(provider, name) == saved[name]
     assert provider.params_dtype == torch.bfloat16 and provider.activation_func is torch.nn.functional.silu

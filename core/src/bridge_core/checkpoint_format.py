@@ -134,7 +134,7 @@ def provider_kwargs_from_run_config(run_config: dict, provider_class: Any = None
     model is a ``CheckpointError`` naming it. Missing settings take the installed default.
     Machine-local settings (CPU initialisation, CUDA fusions) are left out and derived again.
     """
-    from bridge_core.mcore_versions import FOREIGN_DEFAULTS, HARMLESS_FOREIGN
+    from bridge_core.mcore_versions import CHANGED_DEFAULTS, FOREIGN_DEFAULTS, HARMLESS_FOREIGN
 
     if provider_class is None:
         from bridge_core.provider import GPTModelProvider as provider_class
@@ -147,10 +147,10 @@ def provider_kwargs_from_run_config(run_config: dict, provider_class: Any = None
     written = (run_config.get("versions") or {}).get("megatron_core", "another version")
     kwargs = {}
     for name, value in settings.items():
-        if name in MACHINE_SETTINGS:
-            continue
+        if name in MACHINE_SETTINGS or name in at_default or CHANGED_DEFAULTS.get(name, {}).get(written) == value:
+            continue  # at its default where it was written: the installed default (which may differ) applies
         if name not in fields:
-            if name in HARMLESS_FOREIGN or name in at_default or FOREIGN_DEFAULTS.get(name, _NO_DEFAULT) == value:
+            if name in HARMLESS_FOREIGN or FOREIGN_DEFAULTS.get(name, _NO_DEFAULT) == value:
                 continue
             raise CheckpointError(
                 f"{RUN_CONFIG}: provider setting {name}={value!r} (written by megatron-core {written}) is not "

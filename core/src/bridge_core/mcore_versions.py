@@ -108,3 +108,12 @@ HARMLESS_FOREIGN = frozenset(
         "nccl_all_reduce_for_prefill",
     }
 )
+
+# Fields both versions have, with another default: {name: {version: default}}. A checkpoint holding
+# its writer's default takes the installed one (0.19.2 refuses 0.16.1's SM-count defaults together).
+CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cuda_graph_scope": {"0.16.1": "full", "0.19.2": None},
+    "cuda_graph_use_single_mempool": {"0.16.1": False, "0.19.2": True},
+    "moe_deepep_num_sms": {"0.16.1": 20, "0.19.2": None},
+    "moe_hybridep_num_sms": {"0.16.1": 16, "0.19.2": None},
+}
