@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,32 @@ def test_a_reference_with_other_config_values_is_refused(bf16_toy, bf16_checkpoi
     message = str(err.value)
     assert "num_layers 4 (checkpoint: 2)" in message and "layernorm_epsilon 1e-05 (checkpoint: 1e-06)" in message
     assert not (tmp_path / "out").exists()
+
+
+# -- a checkpoint crosses megatron-core versions ----------------------------------------------------
+OTHER_MCORE = os.environ.get("BRIDGE_OTHER_MCORE_SITE")  # a --target folder with another megatron-core
+
+
+@pytest.mark.skipif(not OTHER_MCORE, reason="set BRIDGE_OTHER_MCORE_SITE to a folder holding another megatron-core")
+def test_checkpoints_cross_megatron_core_versions(bf16_toy, bf16_checkpoint, tmp_path):
+    from bridge_core.testing.compare import compare_hf_weights
+
+    other = {"PYTHONPATH": OTHER_MCORE}
+    written = tmp_path / "other-version"
+    proc = bridgectl_with(other, "import", "--hf-model", str(bf16_toy), "--megatron-path", str(written))
+    assert proc.returncode == 0, proc.stderr
+    versions = {
+        json.loads((p / "run_config.json").read_text())["versions"]["megatron_core"] for p in (written, bf16_checkpoint)
+    }
+    assert len(versions) == 2, versions
+    for checkpoint, env, out in ((written, {}, tmp_path / "a"), (bf16_checkpoint, other, tmp_path / "b")):
+        proc = bridgectl_with(env, "export", "--megatron-path", str(checkpoint), "--hf-path", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert compare_hf_weights(bf16_toy, out) == []
+
+
+def bridgectl_with(env: dict, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "bridgectl"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    environ.update({"BRIDGE_PLUGINS": "llama,qwen", "OMP_NUM_THREADS": "1", **env})
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=environ)
