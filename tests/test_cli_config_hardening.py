@@ -75,6 +75,11 @@ def test_mistral_v0_1_is_refused_naming_the_override(tmp_path):
     proc = bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "out"))
     assert_one_line_error(proc, "bridgectl import: error:", "sliding_window=4096", "--accept-config sliding_window")
     assert not (tmp_path / "out").exists()
+    # accepted, the config passes: the import goes on to the weights (this folder has none)
+    out = str(tmp_path / "out")
+    proc = bridgectl("import", "--hf-model", str(folder), "--megatron-path", out, "--accept-config", "sliding_window")
+    line = assert_one_line_error(proc, "bridgectl import: error:", "safetensors")
+    assert "sliding_window" not in line
 
 
 # -- export --hf-model must describe the checkpoint -------------------------------------------------
