@@ -164,12 +164,12 @@ def check_reference(bridge: AutoBridge, saved: dict[str, Any], info: Any, hf_mod
             f"{where}: is a {bridge.hf.architecture} but the checkpoint {info.path} holds a {stored}; "
             "pass the model it was imported from, or no --hf-model (the stored config is used)"
         )
-    reference = bridge.bridge.hf_config_to_provider_kwargs(bridge.hf.config)
-    bridge.bridge.check_hf_config(bridge.hf.config)
+    provider = bridge.bridge.provider_bridge(bridge.hf)  # the bridge's own translation (and key checks)
+    translated = set(bridge.bridge.hf_config_to_provider_kwargs(bridge.hf.config))
     differing = [
-        f"{name} {reference[name]!r} (checkpoint: {saved[name]!r})"
-        for name in sorted(set(reference) & set(saved) - _NOT_MODEL_SETTINGS)
-        if reference[name] != saved[name]
+        f"{name} {getattr(provider, name)!r} (checkpoint: {saved[name]!r})"
+        for name in sorted(translated & set(saved) - _NOT_MODEL_SETTINGS)
+        if getattr(provider, name) != saved[name]
     ]
     if differing:
         raise ConfigError(
