@@ -17,7 +17,7 @@ from bridge_core.config_translation import (
     read_rope,
     rope_to_hf,
 )
-from bridge_core.decoder import LLAMA3_FIXED, rope_hf_entries, rope_kwargs
+from bridge_core.decoder import LLAMA3_FIXED, DecoderBridge, rope_hf_entries, rope_kwargs
 from bridge_core.errors import ConfigError
 
 MAPPING = [("num_hidden_layers", "num_layers"), ("hidden_size", "hidden_size"), ("head_dim", "kv_channels")]
@@ -182,8 +182,14 @@ def test_key_tables_roundtrip_a_real_config():
 
 
 # -- check_hf_config ------------------------------------------------------------------------------
-def check(cfg, handled=(), supported=None):
-    check_hf_config(cfg, handled=set(handled), supported=supported or {}, where="ToyBridge")
+# The keys the stock decoder translates (sizes, RoPE); the tests below vary the rest.
+STOCK_HANDLED = {k for k, _ in DecoderBridge.CONFIG_MAPPING} | set(DecoderBridge.HANDLED_HF_CONFIG) | {"pretraining_tp"}
+
+
+def check(cfg, handled=None, supported=None):
+    handled = STOCK_HANDLED if handled is None else set(handled)
+    supported = {"hidden_act": "silu", **(supported or {})}
+    check_hf_config(cfg, handled=handled, supported=supported, where="ToyBridge")
 
 
 def no_mlp_bias(value, hf_config):
@@ -192,18 +198,21 @@ def no_mlp_bias(value, hf_config):
 
 
 def test_default_config_passes():
-    check(transformers.LlamaConfig())
+    check(transformers.LlamaConfig(), supported=DecoderBridge.SUPPORTED_HF_CONFIG)
 
 
 def test_neutral_keys_are_ignored():
-    check(transformers.LlamaConfig(bos_token_id=7, eos_token_id=9, architectures=["X"], max_position_embeddings=99))
+    cfg = transformers.LlamaConfig(bos_token_id=7, eos_token_id=9, architectures=["X"], max_position_embeddings=99)
+    cfg.unk_token_id, cfg._model_name_or_path = 3, "a GGUF's name"
+    check(cfg, supported=DecoderBridge.SUPPORTED_HF_CONFIG)
 
 
 def test_handled_keys_are_ignored_and_unhandled_ones_named():
     cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=4)
-    check(cfg, handled={"hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim"})
+    others = {"hidden_act", "pretraining_tp"}
+    check(cfg, handled=STOCK_HANDLED | others)
     with pytest.raises(ConfigError, match=r"^ToyBridge: .*hidden_size=64 \(not understood\)"):
-        check(cfg, handled={"num_attention_heads", "num_key_value_heads", "head_dim"})
+        check(cfg, handled=(STOCK_HANDLED | others) - {"hidden_size"})
 
 
 def test_supported_constant_value_passes():
@@ -232,27 +241,41 @@ def test_predicate_receives_the_config():
         """head_dim = hidden_size / num_attention_heads"""
         return value == hf_config.hidden_size // hf_config.num_attention_heads
 
-    check(transformers.LlamaConfig(), supported={"head_dim": heads_divide_hidden})
+    handled = STOCK_HANDLED - {"head_dim"}
+    check(transformers.LlamaConfig(), handled=handled, supported={"head_dim": heads_divide_hidden})
     with pytest.raises(ConfigError, match=r"head_dim=64 \(supported: head_dim = hidden_size"):
-        check(transformers.LlamaConfig(head_dim=64), supported={"head_dim": heads_divide_hidden})
+        check(transformers.LlamaConfig(head_dim=64), handled=handled, supported={"head_dim": heads_divide_hidden})
 
 
-def test_unknown_key_holding_the_class_default_passes():
-    check(transformers.LlamaConfig(pretraining_tp=1))
+def test_unknown_key_holding_an_off_default_passes():
+    check(transformers.LlamaConfig(mlp_bias=False), handled=STOCK_HANDLED | {"hidden_act", "pretraining_tp"})
+
+
+def test_unknown_key_holding_a_default_that_switches_something_on_is_refused():
+    # MistralConfig() defaults sliding_window to 4096: "equals the default" must not let a window through.
+    cfg = transformers.MistralConfig(sliding_window=4096)
+    with pytest.raises(ConfigError, match=r"sliding_window=4096 \(not understood\)"):
+        check(cfg, handled=STOCK_HANDLED | {"hidden_act"})
 
 
 def test_unknown_key_with_another_value_is_an_error():
     with pytest.raises(ConfigError, match=r"pretraining_tp=2 \(not understood\)"):
-        check(transformers.LlamaConfig(pretraining_tp=2))
+        check(transformers.LlamaConfig(pretraining_tp=2), handled=STOCK_HANDLED - {"pretraining_tp"})
 
 
-def test_key_unknown_to_the_config_class_is_an_error():
-    with pytest.raises(ConfigError, match=r"sliding_window_size=128 \(not understood\)"):
-        check(transformers.LlamaConfig(sliding_window_size=128))
+def test_key_transformers_may_read_but_the_class_does_not_define_is_an_error():
+    # transformers' mask code reads attention_chunk_size (Llama 4's chunked attention) from any config.
+    with pytest.raises(ConfigError, match=r"attention_chunk_size=128 \(not understood\)"):
+        check(transformers.LlamaConfig(attention_chunk_size=128), supported=DecoderBridge.SUPPORTED_HF_CONFIG)
+
+
+def test_key_transformers_never_reads_passes():
+    cfg = transformers.LlamaConfig(sliding_window_size=128, is_llama_config=True, rope_interleaved=False)
+    check(cfg, supported=DecoderBridge.SUPPORTED_HF_CONFIG)
 
 
 def test_every_problem_is_listed_in_one_error():
     cfg = transformers.LlamaConfig(pretraining_tp=2, mlp_bias=True)
     with pytest.raises(ConfigError) as err:
-        check(cfg, supported={"mlp_bias": no_mlp_bias})
+        check(cfg, handled=STOCK_HANDLED - {"pretraining_tp"}, supported={"mlp_bias": no_mlp_bias})
     assert "mlp_bias=True" in str(err.value) and "pretraining_tp=2" in str(err.value)

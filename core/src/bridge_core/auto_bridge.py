@@ -21,7 +21,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.config_translation import dtype_name, hf_dtype, parse_dtype
+from bridge_core.config_translation import (
+    dtype_name,
+    dtype_settings,
+    hf_dtype,
+    parse_dtype,
+    write_both_rope_spellings,
+)
 from bridge_core.conversion import plan
 from bridge_core.conversion.export import export_tasks
 from bridge_core.conversion.groups import ParallelLayout
@@ -62,11 +68,17 @@ def _all_gather(obj: Any) -> list[Any]:
 class AutoBridge:
     """Picks the installed plugin's bridge for an HF model and runs conversions through it."""
 
-    def __init__(self, hf: HFCheckpoint, torch_dtype: str | torch.dtype | None = None):
+    def __init__(
+        self,
+        hf: HFCheckpoint,
+        torch_dtype: str | torch.dtype | None = None,
+        accept_config: Iterable[str] = (),
+    ):
         registry = get_registry()
         self.hf = hf
         self.registration = registry.bridge_for(hf.architecture)
         self.bridge = registry.create_bridge(hf.architecture, hf.config)
+        self.bridge.accepted_hf_config = frozenset(accept_config)
         self.torch_dtype = parse_dtype(torch_dtype) if torch_dtype is not None else None
 
     # -- construction ---------------------------------------------------------------------------
@@ -77,14 +89,22 @@ class AutoBridge:
         *,
         trust_remote_code: bool = False,
         torch_dtype: str | torch.dtype | None = None,
+        accept_config: Iterable[str] = (),
     ) -> AutoBridge:
-        """A bridge for a local HF model folder (config.json + safetensors)."""
-        return cls(HFCheckpoint(path, trust_remote_code=trust_remote_code), torch_dtype=torch_dtype)
+        """A bridge for a local HF model folder (config.json + safetensors).
+
+        ``accept_config``: config keys the bridge would refuse that you know do not change this
+        model's outputs (the error names them; see docs/conversion.md#config-translation).
+        """
+        hf = HFCheckpoint(path, trust_remote_code=trust_remote_code)
+        return cls(hf, torch_dtype=torch_dtype, accept_config=accept_config)
 
     @classmethod
-    def from_hf_config(cls, config: Any, *, torch_dtype: str | torch.dtype | None = None) -> AutoBridge:
+    def from_hf_config(
+        cls, config: Any, *, torch_dtype: str | torch.dtype | None = None, accept_config: Iterable[str] = ()
+    ) -> AutoBridge:
         """A bridge for an HF config alone (build models; no weights to load)."""
-        return cls(HFCheckpoint.from_config(config), torch_dtype=torch_dtype)
+        return cls(HFCheckpoint.from_config(config), torch_dtype=torch_dtype, accept_config=accept_config)
 
     @classmethod
     def list_supported_models(cls) -> list[str]:
@@ -115,7 +135,8 @@ class AutoBridge:
         built (random initialisation is then skipped: every parameter is coverage-checked instead)."""
         provider = self.bridge.provider_bridge(self.hf)
         if self.torch_dtype is not None:
-            provider.params_dtype = self.torch_dtype
+            for name, value in dtype_settings(self.torch_dtype).items():
+                setattr(provider, name, value)
         if load_weights:
             provider.perform_initialization = False
             original = provider.provide_distributed_model
@@ -254,6 +275,7 @@ class AutoBridge:
                 writer.add(name, tensor)
             writer.finish()
             self.hf_config_for_export(provider, want or provider.params_dtype).save_pretrained(tmp)
+            write_both_rope_spellings(tmp / "config.json")  # transformers 4.5x reads only the old one
             for side in self.hf.side_files() if side_files is None else side_files:
                 shutil.copy2(side, tmp / side.name)
         return path  # atomic_output_dir fsynced every file before the rename

@@ -15,6 +15,7 @@ import torch
 from bridge_core.config_translation import (
     Check,
     check_hf_config,
+    check_model_settings,
     dtype_name,
     hf_dtype,
     hf_to_provider,
@@ -47,6 +48,8 @@ class MegatronModelBridge:
     HANDLED_HF_CONFIG: ClassVar[frozenset[str]] = frozenset()
     PROVIDER_CLASS: ClassVar[type[GPTModelProvider]] = GPTModelProvider
     dequantizes_hf_weights: ClassVar[bool] = False
+    # HF keys the user vouches for (``--accept-config`` / ``accept_config=``); set by ``AutoBridge``.
+    accepted_hf_config: frozenset[str] = frozenset()
 
     def __init__(self, hf_config: Any = None):
         self.hf_config = hf_config
@@ -56,12 +59,20 @@ class MegatronModelBridge:
         """Translate ``hf_pretrained.config`` into a provider (after refusing what cannot be translated)."""
         self.hf_config = hf_pretrained.config
         self.check_hf_config(self.hf_config)
-        return self.PROVIDER_CLASS(**self.hf_config_to_provider_kwargs(self.hf_config))
+        kwargs = self.hf_config_to_provider_kwargs(self.hf_config)
+        check_model_settings(kwargs, "config.json", names={attr: key for key, attr in self.CONFIG_MAPPING})
+        return self.PROVIDER_CLASS(**kwargs)
 
     def check_hf_config(self, hf_config: Any) -> None:
         """Raise ``ConfigError`` for config keys that would change the math but are not translated."""
         handled = {k for k, _ in self.CONFIG_MAPPING} | set(self.HANDLED_HF_CONFIG)
-        check_hf_config(hf_config, handled=handled, supported=self.SUPPORTED_HF_CONFIG, where=type(self).__name__)
+        check_hf_config(
+            hf_config,
+            handled=handled,
+            supported=self.SUPPORTED_HF_CONFIG,
+            where=type(self).__name__,
+            accepted=self.accepted_hf_config,
+        )
 
     def hf_config_to_provider_kwargs(self, hf_config: Any) -> dict[str, Any]:
         """Provider keyword arguments: ``PROVIDER_DEFAULTS``, then ``CONFIG_MAPPING``, then the dtype."""

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,20 +108,54 @@ MACHINE_SETTINGS = frozenset(
 )
 
 
-def provider_kwargs_from_run_config(run_config: dict) -> dict[str, Any]:
+def _init_fields(provider_class: Any) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(provider_class) if f.init}
+
+
+def _field_default(field: Any) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
+def provider_kwargs_from_run_config(run_config: dict, provider_class: Any = None) -> dict[str, Any]:
     """Keyword arguments that rebuild the saved provider from ``run_config.json`` alone.
 
-    ``GPTModelProvider(**kwargs)`` (or the class named in ``run_config["provider_class"]``) gives the
-    saved model; set the parallel sizes for the new run on it before ``finalize()``. Machine-local
-    settings (CPU initialisation, CUDA fusions) are left out and derived again by ``finalize()``.
+    ``provider_class(**kwargs)`` (default ``GPTModelProvider``) gives the saved model; set the parallel
+    sizes for the new run on it before ``finalize()``. Settings are read by name, so a checkpoint
+    survives a megatron-core upgrade or downgrade: a setting the installed megatron-core lacks is
+    dropped when it held its default where it was written (``provider_at_default``, or the tables of
+    ``mcore_versions``) or only describes how a run was parallelised; one that would change the
+    model is a ``CheckpointError`` naming it. Missing settings take the installed default.
+    Machine-local settings (CPU initialisation, CUDA fusions) are left out and derived again.
     """
+    from bridge_core.mcore_versions import CHANGED_DEFAULTS, FOREIGN_DEFAULTS, HARMLESS_FOREIGN
+
+    if provider_class is None:
+        from bridge_core.provider import GPTModelProvider as provider_class
     settings = run_config.get("provider") if isinstance(run_config, dict) else None
     if not isinstance(settings, dict):
         raise CheckpointError(f"{RUN_CONFIG}: has no 'provider' section with the model settings")
+    fields = _init_fields(provider_class)
+    at_default = run_config.get("provider_at_default")
+    at_default = set(at_default) if isinstance(at_default, list) else set()
+    written = (run_config.get("versions") or {}).get("megatron_core", "another version")
     kwargs = {}
     for name, value in settings.items():
-        if name in MACHINE_SETTINGS:
-            continue
+        if name in MACHINE_SETTINGS or name in at_default or CHANGED_DEFAULTS.get(name, {}).get(written) == value:
+            continue  # at its default where it was written: the installed default (which may differ) applies
+        if name not in fields:
+            if name in HARMLESS_FOREIGN or FOREIGN_DEFAULTS.get(name, _NO_DEFAULT) == value:
+                continue
+            raise CheckpointError(
+                f"{RUN_CONFIG}: provider setting {name}={value!r} (written by megatron-core {written}) is not "
+                f"known to the installed megatron-core {_mcore_version()} and would change the model"
+            )
         if isinstance(value, str) and value.startswith("torch."):
             dtype = getattr(torch, value.removeprefix("torch."), None)
             value = dtype if isinstance(dtype, torch.dtype) else value
@@ -132,7 +167,27 @@ def provider_kwargs_from_run_config(run_config: dict) -> dict[str, Any]:
                 f"{RUN_CONFIG}: activation_func {name!r} cannot be restored; known: {', '.join(sorted(known))}"
             )
         kwargs["activation_func"] = known[name]
+    _check_saved_settings(kwargs)
     return kwargs
+
+
+def _check_saved_settings(kwargs: dict[str, Any]) -> None:
+    from bridge_core.config_translation import check_model_settings
+    from bridge_core.errors import ConfigError
+
+    try:
+        check_model_settings(kwargs, f"{RUN_CONFIG} provider")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    dtype = kwargs.get("params_dtype")
+    if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise CheckpointError(f"{RUN_CONFIG} provider: params_dtype={dtype!r} is not float32, bfloat16 or float16")
+
+
+def _mcore_version() -> str:
+    from megatron.core import package_info
+
+    return package_info.__version__
 
 
 def run_config_document(provider: Any, run_config: dict, world_size: int) -> dict[str, Any]:
@@ -147,9 +202,22 @@ def run_config_document(provider: Any, run_config: dict, world_size: int) -> dic
         "versions": _versions(),
         "provider_class": f"{cls.__module__}.{cls.__qualname__}",
         "provider": settings,
+        "provider_at_default": _at_default(provider, settings),
         "omitted_provider_fields": omitted,
         "run": run_config,
     }
+
+
+def _at_default(provider: Any, settings: dict[str, Any]) -> list[str]:
+    """The settings holding their field's default: a megatron-core without the field may drop them."""
+    fields = _init_fields(type(provider))
+    names = []
+    for name, value in settings.items():
+        if name in fields:
+            ok, default = _json_value(_field_default(fields[name]))
+            if ok and default == value:
+                names.append(name)
+    return sorted(names)
 
 
 def _versions() -> dict[str, str]:
@@ -238,9 +306,18 @@ class CheckpointInfo:
     provenance: dict
     tokenizer_dir: Path | None
 
-    def provider_kwargs(self) -> dict[str, Any]:
-        """``provider_kwargs_from_run_config(self.run_config)``."""
-        return provider_kwargs_from_run_config(self.run_config)
+    def accepted_config(self) -> list[str]:
+        """The HF config keys the user accepted at import (``--accept-config``)."""
+        run = self.run_config.get("run")
+        keys = run.get("accept_config", []) if isinstance(run, dict) else []
+        return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+
+    def provider_kwargs(self, provider_class: Any = None) -> dict[str, Any]:
+        """``provider_kwargs_from_run_config(self.run_config, provider_class)``."""
+        try:
+            return provider_kwargs_from_run_config(self.run_config, provider_class)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self.path}/{exc}") from None
 
 
 def _read_json(file: Path, required: bool) -> dict:
@@ -262,11 +339,12 @@ def load_megatron_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     tracker = path / TRACKER
     if not tracker.is_file():
         raise CheckpointError(f"{tracker}: missing; {path} is not a Megatron-LM checkpoint folder")
-    text = tracker.read_text().strip()
-    if text == "release":
+    raw = tracker.read_bytes()[:4096].strip()
+    text = raw.decode("ascii", errors="replace")
+    if raw == b"release":
         iteration, weights = None, path / "release"
-    elif text.isdigit():
-        iteration, weights = int(text), path / f"iter_{int(text):07d}"
+    elif re.fullmatch(rb"[0-9]{1,12}", raw):  # ASCII digits only ("²".isdigit() is True, int("²") fails)
+        iteration, weights = int(raw), path / f"iter_{int(raw):07d}"
     else:
         raise CheckpointError(f"{tracker}: expected an iteration number or 'release', found {text[:40]!r}")
     if not weights.is_dir():

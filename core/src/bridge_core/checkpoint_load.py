@@ -109,8 +109,8 @@ def read_common_state(weights: str | os.PathLike) -> dict:
     """
     weights = Path(weights)
     file = weights / COMMON_STATE_FNAME
-    if file.exists() or TorchCommonLoadStrategy is not None:
-        return _load_common(weights)
+    if file.exists() or (TorchCommonLoadStrategy is not None and not _has_inner_common(weights)):
+        return _load_common(weights)  # also read by megatron-core < 0.17 from the 0.17+ layout (below)
     metadata = read_dcp_metadata(weights / ".metadata")
     if COMMON_STATE_KEY not in metadata.state_dict_metadata:
         raise CheckpointError(f"{file}: missing, and {weights / '.metadata'} holds no {COMMON_STATE_KEY}")
@@ -163,7 +163,7 @@ if TorchCommonLoadStrategy is not None:
 
     class _SafeCommonLoadStrategy(TorchCommonLoadStrategy):
         def load_common(self, checkpoint_dir: str | Path) -> Any:
-            return _load_common(Path(checkpoint_dir))
+            return read_common_state(Path(checkpoint_dir))
 
     _COMMON_KWARGS: dict[str, Any] = {"common_strategy": _SafeCommonLoadStrategy()}
 else:

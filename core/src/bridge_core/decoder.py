@@ -29,11 +29,21 @@ from bridge_core.mappings import (
 LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
+# The RoPE parameters each supported type reads; any other one would be silently ignored.
+_ROPE_KEYS = {"default": (), "linear": ("factor",), "llama3": ("factor", *LLAMA3_FIXED)}
+
+
 def rope_kwargs(hf_config: Any) -> dict[str, Any]:
     """Provider RoPE settings for the HF rope types megatron-core reproduces exactly; else an error."""
     theta, scaling = read_rope(hf_config)
     kwargs: dict[str, Any] = {"rotary_base": theta, "position_embedding_type": "rope"}
     rope_type = scaling.get("rope_type", "default")
+    if rope_type not in _ROPE_KEYS:
+        raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (supported: default, linear, llama3)")
+    extra = sorted(set(scaling) - {"rope_type", *_ROPE_KEYS[rope_type]})
+    if extra:
+        shown = ", ".join(f"{k}={scaling[k]!r}" for k in extra)
+        raise ConfigError(f"config.json: rope {rope_type!r} with {shown} is not supported (megatron-core ignores it)")
     if rope_type == "default":
         return kwargs
     if rope_type == "llama3":
@@ -43,9 +53,7 @@ def rope_kwargs(hf_config: Any) -> dict[str, Any]:
                 f"config.json: llama3 rope scaling with {wrong} is not supported (megatron-core fixes {LLAMA3_FIXED})"
             )
         return {**kwargs, "rope_scaling": True, "rope_scaling_factor": float(scaling["factor"])}
-    if rope_type == "linear":
-        return {**kwargs, "seq_len_interpolation_factor": float(scaling["factor"])}
-    raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (supported: default, linear, llama3)")
+    return {**kwargs, "seq_len_interpolation_factor": float(scaling["factor"])}
 
 
 def rope_hf_entries(provider: Any) -> dict[str, Any]:

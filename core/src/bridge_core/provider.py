@@ -64,10 +64,8 @@ class GPTModelProvider(TransformerConfig):
     def finalize(self) -> GPTModelProvider:
         """Validate the settings (clear errors naming the setting) and complete derived fields."""
         self._check_parallel_sizes()
-        if self.params_dtype == torch.bfloat16:
-            self.bf16 = True
-        elif self.params_dtype == torch.float16:
-            self.fp16 = True
+        # The parameter dtype decides (megatron-core's softmax follows bf16/fp16 at build time).
+        self.bf16, self.fp16 = self.params_dtype == torch.bfloat16, self.params_dtype == torch.float16
         if self.pipeline_model_parallel_size > 1 and self.pipeline_dtype is None:
             self.pipeline_dtype = self.params_dtype
         if not cuda_available():

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,15 @@ def build_from_hf(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     progress: Progress | None = None,
+    accept_config: Iterable[str] = (),
 ) -> tuple[AutoBridge, Any, list]:
-    """Bridge, provider and this rank's model chunks loaded from an HF folder (no random init)."""
-    bridge = AutoBridge.from_hf_pretrained(hf_model, trust_remote_code=trust_remote_code, torch_dtype=dtype)
+    """Bridge, provider and this rank's model chunks loaded from an HF folder (no random init).
+
+    The model is built in ``dtype`` (default: the checkpoint's) and the HF weights loaded into it.
+    """
+    bridge = AutoBridge.from_hf_pretrained(
+        hf_model, trust_remote_code=trust_remote_code, torch_dtype=dtype, accept_config=accept_config
+    )
     provider = parallel.apply(bridge.to_megatron_provider())
     provider.perform_initialization = False  # every parameter is filled and coverage-checked
     provider.finalize()
@@ -84,6 +91,7 @@ def import_checkpoint(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     source: str | None = None,
+    accept_config: Iterable[str] = (),
 ) -> Path:
     """HF folder -> Megatron-LM ``torch_dist`` checkpoint (run config, provenance, tokenizer)."""
     from bridge_core.megatron_checkpoint import save_megatron_checkpoint
@@ -92,7 +100,8 @@ def import_checkpoint(
     check_output_dir(megatron_path, overwrite, "--megatron-path")
     started = time.perf_counter()
     progress = Progress("import", enabled=rank() == 0)
-    bridge, provider, model = build_from_hf(hf_model, parallel, dtype, trust_remote_code, progress)
+    accepted = sorted(set(accept_config))
+    bridge, provider, model = build_from_hf(hf_model, parallel, dtype, trust_remote_code, progress, accepted)
     say(progress.summary("loaded "))
     saving = time.perf_counter()
     path = save_megatron_checkpoint(
@@ -102,6 +111,7 @@ def import_checkpoint(
         run_config={
             "command": "import",
             "parallelism": provenance(bridge, source or hf_model, parallel)["parallelism"],
+            **({"accept_config": accepted} if accepted else {}),
         },
         provenance=provenance(bridge, source or hf_model, parallel),
         tokenizer_files=bridge.hf.side_files(),
@@ -121,6 +131,7 @@ class LoadedCheckpoint:
     model: list
     info: Any
     side_files: list[Path]
+    saved_dtype: torch.dtype | None = None  # the weights' dtype in the checkpoint (the model may differ)
 
 
 def _hf_config_folder(info: Any, workdir: Path) -> Path:
@@ -134,42 +145,78 @@ def _hf_config_folder(info: Any, workdir: Path) -> Path:
     return workdir
 
 
+# Provider settings a reference may differ in without describing another model.
+_NOT_MODEL_SETTINGS = frozenset({"params_dtype", "bf16", "fp16", "pipeline_dtype", "init_method_std"})
+
+
+def check_reference(bridge: AutoBridge, saved: dict[str, Any], info: Any, hf_model: str | Path) -> None:
+    """Refuse an ``--hf-model`` reference that does not describe the checkpoint.
+
+    Its architecture must be the one the checkpoint was imported from (``provenance.json``), and its
+    config must translate to the settings the checkpoint was built with: otherwise an export would
+    be written under another architecture or with another model's config.
+    """
+    from bridge_core.errors import ConfigError
+
+    where = f"--hf-model {hf_model}"
+    stored = info.provenance.get("architecture")
+    if isinstance(stored, str) and stored and stored != bridge.hf.architecture:
+        raise ConfigError(
+            f"{where}: is a {bridge.hf.architecture} but the checkpoint {info.path} holds a {stored}; "
+            "pass the model it was imported from, or no --hf-model (the stored config is used)"
+        )
+    provider = bridge.bridge.provider_bridge(bridge.hf)  # the bridge's own translation (and key checks)
+    translated = set(bridge.bridge.hf_config_to_provider_kwargs(bridge.hf.config))
+    differing = [
+        f"{name} {getattr(provider, name)!r} (checkpoint: {saved[name]!r})"
+        for name in sorted(translated & set(saved) - _NOT_MODEL_SETTINGS)
+        if getattr(provider, name) != saved[name]
+    ]
+    if differing:
+        raise ConfigError(
+            f"{where}: does not describe the checkpoint {info.path}: {'; '.join(differing[:6])}; "
+            "pass the model it was imported from, or no --hf-model (the stored config is used)"
+        )
+
+
 def load_checkpoint(
     megatron_path: str | Path,
     parallel: Parallelism,
     hf_model: str | Path | None = None,
-    dtype: str | None = None,
+    dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
+    accept_config: Iterable[str] = (),
 ) -> LoadedCheckpoint:
-    """Build the model at ``parallel`` from a checkpoint's run config and load its weights (any TP/PP)."""
+    """Build the model at ``parallel`` from a checkpoint's run config and load its weights (any TP/PP).
+
+    ``dtype``: build the model in this dtype (e.g. fp32 for logit checks of a bf16 checkpoint) and
+    load the stored weights into it; default: the dtype the checkpoint was saved in.
+    """
+    from bridge_core.config_translation import dtype_settings
     from bridge_core.megatron_checkpoint import load_megatron_checkpoint, load_weights_into
 
     info = load_megatron_checkpoint(megatron_path)
+    accept_config = {*accept_config, *info.accepted_config()}  # what the user accepted at import
     with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
         reference = hf_model if hf_model is not None else _hf_config_folder(info, Path(tmp))
-        bridge = AutoBridge.from_hf_pretrained(reference, trust_remote_code=trust_remote_code)
+        bridge = AutoBridge.from_hf_pretrained(
+            reference, trust_remote_code=trust_remote_code, accept_config=accept_config
+        )
         _ = bridge.hf.config  # read while the folder exists
-    provider = parallel.apply(bridge.bridge.PROVIDER_CLASS(**info.provider_kwargs()))
+    kwargs = info.provider_kwargs(bridge.bridge.PROVIDER_CLASS)
+    if hf_model is not None:
+        check_reference(bridge, kwargs, info, hf_model)
+    saved_dtype = kwargs.get("params_dtype", torch.float32)
+    if dtype is not None:
+        kwargs.update(dtype_settings(dtype))
+    provider = parallel.apply(bridge.bridge.PROVIDER_CLASS(**kwargs))
     provider.perform_initialization = False
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False)
     load_weights_into(model, info)
-    if dtype is not None:
-        cast_model(model, provider, dtype)
     side = folder_files(info.tokenizer_dir, info.path, "tokenizer file") if info.tokenizer_dir else []
-    return LoadedCheckpoint(bridge, provider, model, info, side if hf_model is None else bridge.hf.side_files())
-
-
-def cast_model(model: list, provider: Any, dtype: str | torch.dtype) -> None:
-    """Cast loaded chunks to ``dtype`` for computation (e.g. fp32 logit checks of a bf16 model)."""
-    from bridge_core.config_translation import parse_dtype
-
-    want = parse_dtype(dtype)
-    for chunk in model:
-        chunk.to(want)
-    provider.params_dtype = want
-    provider.pipeline_dtype = want
-    provider.bf16, provider.fp16 = want == torch.bfloat16, want == torch.float16
+    side = side if hf_model is None else bridge.hf.side_files()
+    return LoadedCheckpoint(bridge, provider, model, info, side, saved_dtype)
 
 
 def export_checkpoint(
@@ -180,12 +227,13 @@ def export_checkpoint(
     dtype: str | None = None,
     max_shard_size: str = "5GB",
     overwrite: bool = False,
+    accept_config: Iterable[str] = (),
 ) -> Path | None:
     """Megatron checkpoint -> complete HF folder (weights, regenerated config, tokenizer, generation config)."""
     from bridge_core.output_dir import check_output_dir
 
     check_output_dir(hf_path, overwrite, "--hf-path")
-    loaded = load_checkpoint(megatron_path, parallel, hf_model)
+    loaded = load_checkpoint(megatron_path, parallel, hf_model, accept_config=accept_config)
     progress = Progress("export", enabled=rank() == 0)
     out = loaded.bridge.save_hf_pretrained(
         loaded.model,

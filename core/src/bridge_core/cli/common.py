@@ -29,6 +29,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--torch-dtype", choices=DTYPES, default=None, help="parameter dtype (default: the checkpoint's)"
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow models that need remote code")
+    add_accept_config_arg(parser)
+
+
+def add_accept_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--accept-config",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="convert although config.json's KEY is refused (you know it does not change the outputs); repeatable",
+    )
 
 
 def parallelism(args: argparse.Namespace) -> Parallelism:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from bridge_core.cli.common import DTYPES, add_parallel_args, parallelism, precheck_checkpoint, run_on_ranks
+from bridge_core.cli.common import (
+    DTYPES,
+    add_accept_config_arg,
+    add_parallel_args,
+    parallelism,
+    precheck_checkpoint,
+    run_on_ranks,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     parser.add_argument("--torch-dtype", choices=DTYPES, default=None, help="dtype of the written tensors")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --hf-path")
+    add_accept_config_arg(parser)
     add_parallel_args(parser)
 
 
@@ -32,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from bridge_core.workflows import export_checkpoint
 
     export_checkpoint(
-        args.megatron_path, args.hf_path, parallel, args.hf_model, args.torch_dtype, args.max_shard_size, args.overwrite
+        args.megatron_path,
+        args.hf_path,
+        parallel,
+        args.hf_model,
+        args.torch_dtype,
+        args.max_shard_size,
+        args.overwrite,
+        accept_config=args.accept_config,
     )
     return 0

@@ -51,11 +51,15 @@ def generate(args: argparse.Namespace, parallel, folder) -> int:
     from bridge_core.workflows import build_from_hf, load_checkpoint, rank
 
     if args.megatron_path is not None:
-        loaded = load_checkpoint(args.megatron_path, parallel, folder, args.torch_dtype, args.trust_remote_code)
+        loaded = load_checkpoint(
+            args.megatron_path, parallel, folder, args.torch_dtype, args.trust_remote_code, args.accept_config
+        )
         bridge, model = loaded.bridge, loaded.model
         tokenizer_dir = folder or loaded.info.tokenizer_dir
     else:
-        bridge, _, model = build_from_hf(folder, parallel, args.torch_dtype, args.trust_remote_code)
+        bridge, _, model = build_from_hf(
+            folder, parallel, args.torch_dtype, args.trust_remote_code, accept_config=args.accept_config
+        )
         tokenizer_dir = folder
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     ids = encode(tokenizer, args.prompt, args.chat)

@@ -32,6 +32,13 @@ def run(args: argparse.Namespace) -> int:
         from bridge_core.workflows import import_checkpoint
 
         import_checkpoint(
-            folder, args.megatron_path, parallel, args.torch_dtype, args.overwrite, args.trust_remote_code, source=label
+            folder,
+            args.megatron_path,
+            parallel,
+            args.torch_dtype,
+            args.overwrite,
+            args.trust_remote_code,
+            source=label,
+            accept_config=args.accept_config,
         )
     return 0

@@ -53,14 +53,24 @@ def roundtrip(args: argparse.Namespace, parallel, folder: Path, work: Path) -> i
     from bridge_core.workflows import export_checkpoint, import_checkpoint, rank, say
 
     ckpt, out = work / "megatron", work / "hf"
-    import_checkpoint(folder, ckpt, parallel, args.torch_dtype, True, args.trust_remote_code, source=args.hf_model)
-    export_checkpoint(ckpt, out, parallel, overwrite=True)
+    accepted = args.accept_config
+    import_checkpoint(
+        folder,
+        ckpt,
+        parallel,
+        args.torch_dtype,
+        True,
+        args.trust_remote_code,
+        source=args.hf_model,
+        accept_config=accepted,
+    )
+    export_checkpoint(ckpt, out, parallel, overwrite=True, accept_config=accepted)
     dist.barrier()
     problems = compare_hf_weights(folder, out) if rank() == 0 else []
     say(f"roundtrip: HF -> Megatron -> HF: {'bit-identical' if not problems else f'{len(problems)} differences'}")
     for line in problems[:10]:
         say(f"  {line}")
-    code = verify(folder, str(ckpt), parallel, args.atol)
+    code = verify(folder, str(ckpt), parallel, args.atol, accepted)
     if problems and rank() == 0:
         print("bridgectl roundtrip: error: the exported weights differ from the source", file=sys.stderr)
     return 1 if problems or code else 0

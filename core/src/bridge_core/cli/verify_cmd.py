@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from bridge_core.cli.common import (
+    add_accept_config_arg,
     add_parallel_args,
     hf_source,
     parallelism,
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--megatron-path", required=True, help="checkpoint to verify")
     parser.add_argument("--atol", type=positive_float, default=1e-4, help="largest |logit difference| accepted (fp32)")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_accept_config_arg(parser)
     add_parallel_args(parser)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
             return code
-        return verify(folder, args.megatron_path, parallel, args.atol)
+        return verify(folder, args.megatron_path, parallel, args.atol, args.accept_config)
 
 
 def fixed_prompt(vocab_size: int):
@@ -44,18 +46,20 @@ def fixed_prompt(vocab_size: int):
     return torch.arange(PROMPT_IDS).mul(7919).remainder(vocab_size).unsqueeze(0)
 
 
-def verify(folder, megatron_path: str, parallel, atol: float) -> int:
+def verify(folder, megatron_path: str, parallel, atol: float, accept_config=()) -> int:
     """Bit-equality of every exported tensor, then fp32 logits against transformers. 0: all good."""
     import torch
 
     from bridge_core.conversion.finite import nonfinite_logits
     from bridge_core.inference import forward_logits
-    from bridge_core.workflows import cast_model, load_checkpoint, rank, say
+    from bridge_core.workflows import load_checkpoint, rank, say
 
-    loaded = load_checkpoint(megatron_path, parallel, folder)
+    # Built in fp32 for the logits (a bf16 checkpoint loads exactly into fp32 parameters); the
+    # tensors are exported in the dtype they were saved in, so the comparison stays bit-exact.
+    loaded = load_checkpoint(megatron_path, parallel, folder, dtype=torch.float32, accept_config=accept_config)
     source = loaded.bridge.hf.weights
     mismatched, seen = [], set()
-    for name, tensor in loaded.bridge.export_hf_weights(loaded.model, to_rank=0):
+    for name, tensor in loaded.bridge.export_hf_weights(loaded.model, to_rank=0, dtype=loaded.saved_dtype):
         seen.add(name)
         if name not in source or source.meta[name].dtype != tensor.dtype or not torch.equal(source[name], tensor):
             mismatched.append(name)
@@ -67,7 +71,6 @@ def verify(folder, megatron_path: str, parallel, atol: float) -> int:
             + (f"; missing from checkpoint: {', '.join(missing[:5])}" if missing else "")
         )
         mismatched += missing
-    cast_model(loaded.model, loaded.provider, torch.float32)
     vocab = loaded.bridge.hf_config.vocab_size
     ids = fixed_prompt(vocab)
     logits = forward_logits(loaded.model, ids, vocab_size=vocab).cpu()  # the reference runs on the CPU

@@ -7,7 +7,8 @@
         toys = {"qwen2": ToyModel("Qwen2ForCausalLM", {"model_type": "qwen2", ...})}
 
 For every toy: config translation both ways, coverage, a bit-exact HF -> Megatron -> HF roundtrip,
-fp32 logit parity with transformers (<= 1e-4), and the ``parallel`` layouts (TP=2, PP=2, EP=2 for
+fp32 logit parity with transformers (<= 1e-4; a bf16 toy is checked on a model built in fp32 from its
+bf16 weights, against transformers in fp32), and the ``parallel`` layouts (TP=2, PP=2, EP=2 for
 toys tagged ``moe``) on CPU under gloo in one torchrun launch. The same layouts run again on GPUs
 with NCCL in tests marked ``gpu`` (``gpu_parallel``; skipped with fewer than ``nproc`` CUDA devices).
 Registration checks run once: the entry point resolves under strict discovery, ``BRIDGE_CONTRACT``
@@ -16,11 +17,15 @@ one major, the ``"module:Class"`` strings import, the entry-point module imports
 megatron, transformers or safetensors, and the plugin loads as the host loads it, next to every
 installed plugin, with no architecture another plugin also registers.
 
+Published checkpoints are bf16: unless a toy already is, a bf16 copy of the first toy joins the
+per-toy checks (``bf16_variant``; not the parallel launch, whose runtime stays flat).
+
 Expensive results (toy folders, the parallel launch) are computed once per class and session.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -76,10 +81,20 @@ class BridgeConformance:
     gpu_parallel: ClassVar[dict[str, dict[str, Any]] | None] = None
     seq_len: ClassVar[int] = 64
     nproc: ClassVar[int] = 2
+    bf16_variant: ClassVar[bool] = True
+
+    @classmethod
+    def checked_toys(cls) -> dict[str, ToyModel]:
+        """``toys``, plus a bf16 copy of the first one when none is bf16 (``bf16_variant``)."""
+        toys = dict(cls.toys)
+        if cls.bf16_variant and toys and not any(t.dtype == "bfloat16" for t in toys.values()):
+            first = sorted(toys)[0]
+            toys[f"{first}-bf16"] = dataclasses.replace(toys[first], dtype="bfloat16")
+        return toys
 
     def pytest_generate_tests(self, metafunc: Any) -> None:
         if "toy_name" in metafunc.fixturenames:
-            metafunc.parametrize("toy_name", sorted(self.toys))
+            metafunc.parametrize("toy_name", sorted(self.checked_toys()))
         if "parallel_case" in metafunc.fixturenames:
             metafunc.parametrize("parallel_case", self._cases(self.parallel))
         if "gpu_case" in metafunc.fixturenames:
@@ -118,7 +133,7 @@ class BridgeConformance:
         from bridge_core.testing.pytest_plugin import session_toy_factory
 
         factory = session_toy_factory(request.config, tmp_path_factory)
-        return {name: factory(toy) for name, toy in self.toys.items()}
+        return {name: factory(toy) for name, toy in self.checked_toys().items()}
 
     @pytest.fixture
     def parallel_results(self, request: Any, toy_folders: dict[str, Path], tmp_path_factory: Any) -> dict[str, dict]:
@@ -159,6 +174,8 @@ class BridgeConformance:
     def _launch_cases(self, layouts: dict[str, dict[str, Any]], folders: dict[str, Path], work: Path) -> list[dict]:
         cases = []
         for toy_name, folder in folders.items():
+            if toy_name not in self.toys:
+                continue  # the bf16 variant runs in-process only
             ids = work / f"{toy_name}-ids.pt"
             _save_ids(self.toys[toy_name], ids, self.seq_len)
             for name, layout in layouts.items():
@@ -256,7 +273,7 @@ class BridgeConformance:
         from bridge_core.inference import forward_logits
         from bridge_core.testing.compare import compare_hf_weights
 
-        toy, folder = self.toys[toy_name], toy_folders[toy_name]
+        toy, folder = self.checked_toys()[toy_name], toy_folders[toy_name]
         bridge = AutoBridge.from_hf_pretrained(folder)
         provider = bridge.to_megatron_provider()
         provider.finalize()
@@ -265,12 +282,15 @@ class BridgeConformance:
         bridge.save_hf_pretrained(model, tmp_path / "out")
         problems = compare_hf_weights(folder, tmp_path / "out")
         assert problems == [], f"roundtrip differs: {problems[:5]}"
-        if toy.dtype == "float32":
-            ids = sample_ids(toy.config["vocab_size"], seq=self.seq_len)
-            logits = forward_logits(model, ids, vocab_size=toy.config["vocab_size"])
-            diff = (logits - hf_logits(folder, ids)).abs().max().item()
-            assert diff <= FP32_TOLERANCE, f"max |logits diff| {diff:.3g} > {FP32_TOLERANCE}"
-            assert torch.isfinite(logits).all()
+        if toy.dtype != "float32":
+            # Checked in fp32: a model built in fp32 from the checkpoint's weights (never cast afterwards).
+            bridge = AutoBridge.from_hf_pretrained(folder, torch_dtype=torch.float32)
+            model = bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)
+        ids = sample_ids(toy.config["vocab_size"], seq=self.seq_len)
+        logits = forward_logits(model, ids, vocab_size=toy.config["vocab_size"])
+        diff = (logits - hf_logits(folder, ids, dtype=torch.float32)).abs().max().item()
+        assert diff <= FP32_TOLERANCE, f"max |logits diff| {diff:.3g} > {FP32_TOLERANCE}"
+        assert torch.isfinite(logits).all()
 
     def test_parallel_layout(self, toy_folders, parallel_results, parallel_case):
         import torch

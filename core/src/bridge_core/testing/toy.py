@@ -53,12 +53,16 @@ def build_toy(toy: ToyModel, folder: str | Path) -> Path:
     return folder
 
 
-def hf_logits(folder: str | Path, input_ids: Any) -> Any:
-    """transformers' own fp32-accumulated logits of the saved model (the independent reference)."""
+def hf_logits(folder: str | Path, input_ids: Any, dtype: Any = "auto") -> Any:
+    """transformers' own logits of the saved model (the independent reference), as fp32.
+
+    ``dtype``: the dtype transformers computes in (default: the checkpoint's; ``torch.float32`` for
+    the fp32 check of a bf16 checkpoint).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     with torch.no_grad():
         return model(input_ids).logits.float()
 
