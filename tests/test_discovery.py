@@ -119,7 +119,7 @@ def test_strict_mode_passes_when_every_selected_plugin_is_good():
 def test_human_listing_shows_rows_and_reasons():
     proc = run_bridgectl("plugins", BRIDGE_PLUGINS="fixture-good,fixture-incompatible")
     assert proc.returncode == 0
-    assert proc.stdout.splitlines()[0] == "bridge-core 1.0.0 (contract 1.0)"
+    assert proc.stdout.splitlines()[0] == "bridge-core 1.0.0 (contract 1.1)"
     assert "PLUGIN" in proc.stdout and "STATUS" in proc.stdout
     assert "architectures: GoodForCausalLM" in proc.stdout
     assert "reason: bridge-fixture-incompatible 0.4.0 needs contract >=2.0" in proc.stdout
@@ -128,4 +128,4 @@ def test_human_listing_shows_rows_and_reasons():
 def test_version_flag_prints_core_and_contract():
     proc = run_bridgectl("--version")
     assert proc.returncode == 0
-    assert proc.stdout.strip() == "bridge-core 1.0.0 (contract 1.0)"
+    assert proc.stdout.strip() == "bridge-core 1.0.0 (contract 1.1)"
