@@ -32,9 +32,9 @@ def interrupt(source: Path, target: Path, at: int) -> None:
 
 
 def main(work: Path) -> int:
+    import _training_plugin
     import torch.distributed as dist
 
-    import _training_plugin
     from bridge_core.parallel import destroy_model_parallel, ensure_process_group
     from bridge_core.training.recipe import load_recipe
     from bridge_core.training.trainer import train

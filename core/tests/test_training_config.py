@@ -72,8 +72,15 @@ def test_a_bad_override_is_a_one_line_error_naming_the_key_and_the_choices(overr
 def test_checks_reject_inconsistent_settings(overrides, world, message):
     config = apply_overrides(TrainingConfig(), overrides)
     with pytest.raises(ConfigError, match=None) as info:
-        config.check(world)
+        config.check(world, run=True)
     assert message in str(info.value)
+
+
+def test_data_files_are_required_only_to_run():
+    config = apply_overrides(TrainingConfig(), ["data.kind=sft"])
+    config.check(8)  # a recipe may leave the file to the user (dry-run, recipe show)
+    with pytest.raises(ConfigError, match="data.kind=sft needs data.sft_file"):
+        config.check(8, run=True)
 
 
 def test_recipe_round_trips_through_its_json_document():

@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, help="ranks to start on this machine (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.iters=20")
+    parser.parse_args = parser.parse_intermixed_args  # key=value may come before and after the options
 
 
 def _world(args: argparse.Namespace) -> int:
@@ -31,18 +32,27 @@ def _world(args: argparse.Namespace) -> int:
 def _precheck(recipe, args: argparse.Namespace, world: int) -> None:
     """Checks that need no torch, before any rank starts: sizes, data, the model's architecture and length."""
     from bridge_core.errors import ConfigError
-    from bridge_core.hf_checkpoint import architecture_of, read_config_json
 
     config = recipe.config
     config.check(world)
-    if config.data.kind == "sft":
-        raise ConfigError(
-            "data.kind=sft: SFT data loading is not implemented yet; use data.kind=mock or data.kind=pretrain"
-        )
     if config.checkpoint.save is None:
         raise ConfigError(
             "checkpoint.save is not set: pass checkpoint.save=DIR (checkpoints and metrics.jsonl go there)"
         )
+    _check_model(recipe, args)
+    config.check(world, run=True)  # the data it names
+    if config.data.kind == "sft":
+        raise ConfigError(
+            "data.kind=sft: SFT data loading is not implemented yet; use data.kind=mock or data.kind=pretrain"
+        )
+
+
+def _check_model(recipe, args: argparse.Namespace) -> None:
+    """The recipe's architecture and sequence length against the model's config.json."""
+    from bridge_core.errors import ConfigError
+    from bridge_core.hf_checkpoint import architecture_of, read_config_json
+
+    config = recipe.config
     hf_config = recipe.model.hf_config
     where = "the recipe's model"
     if args.hf_model is not None:

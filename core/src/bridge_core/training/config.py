@@ -155,9 +155,12 @@ class TrainingConfig:
             set_value(config, key, value)
         return config
 
-    def check(self, world: int | None = None) -> None:
-        """Static checks of values and their combinations (one-line ``ConfigError``), before any rank starts."""
-        _check(self, world)
+    def check(self, world: int | None = None, run: bool = False) -> None:
+        """Static checks of values and their combinations (one-line ``ConfigError``), before any rank starts.
+
+        ``run``: also require what only a run needs (data paths), which a recipe may leave to the user.
+        """
+        _check(self, world, run)
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -306,7 +309,7 @@ def _positive(key: str, value: int | None, allow_none: bool = False) -> None:
         raise ConfigError(f"{key} must be at least 1, got {value}")
 
 
-def _check(c: TrainingConfig, world: int | None) -> None:
+def _check(c: TrainingConfig, world: int | None, run: bool) -> None:
     p, t, o, s = c.parallel, c.train, c.optimizer, c.scheduler
     for name in ("tp", "pp", "ep", "cp"):
         _positive(f"parallel.{name}", getattr(p, name))
@@ -344,9 +347,9 @@ def _check(c: TrainingConfig, world: int | None) -> None:
         )
     if s.style == "wsd" and not s.lr_wsd_decay_iters:
         raise ConfigError("scheduler.style=wsd needs scheduler.lr_wsd_decay_iters (the final decay's length)")
-    if c.data.kind == "pretrain" and not c.data.paths:
+    if run and c.data.kind == "pretrain" and not c.data.paths:
         raise ConfigError("data.kind=pretrain needs data.paths (indexed dataset prefixes, comma-separated)")
-    if c.data.kind == "sft" and not c.data.sft_file:
+    if run and c.data.kind == "sft" and not c.data.sft_file:
         raise ConfigError("data.kind=sft needs data.sft_file (a JSONL file)")
     if c.recompute.granularity == "full" and c.recompute.method is None:
         raise ConfigError("recompute.granularity=full needs recompute.method (uniform | block)")

@@ -204,7 +204,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
 
     config, t = recipe.config, recipe.config.train
     world = dist.get_world_size()
-    config.check(world)
+    config.check(world, run=True)
     source = model_source(recipe, hf_model, megatron_path)
     provider = configure_provider(source, config)
     dtype = provider.params_dtype
