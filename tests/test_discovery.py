@@ -21,7 +21,7 @@ def test_real_plugins_register_their_architectures():
     assert set(plugins["llama"]["architectures"]) >= {"LlamaForCausalLM", "MistralForCausalLM"}
     assert set(plugins["qwen"]["architectures"]) >= {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM"}
     assert plugins["llama"]["distribution"] == "bridge-llama"
-    assert plugins["qwen"]["contract"] == ">=1.0,<2"
+    assert plugins["qwen"]["contract"] == ">=1.1,<2"  # its recipes need the 1.1 recipe contract
 
 
 def test_good_plugin_listing_has_registrations_and_identity():
@@ -47,7 +47,7 @@ def test_incompatible_plugin_message_names_the_fix():
     rec = plugins_json(BRIDGE_PLUGINS="fixture-incompatible")["fixture-incompatible"]
     assert rec["status"] == "incompatible"
     assert rec["reason"] == (
-        "bridge-fixture-incompatible 0.4.0 needs contract >=2.0; bridge-core 1.0.0 provides 1.0: "
+        "bridge-fixture-incompatible 0.4.0 needs contract >=2.0; bridge-core 1.0.0 provides 1.1: "
         "upgrade bridge-core, or pip install 'bridge-fixture-incompatible<0.4'"
     )
     assert rec["architectures"] == []
