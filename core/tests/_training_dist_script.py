@@ -1,7 +1,9 @@
 """Training cases on 2 CPU ranks (gloo) in one torchrun launch; rank 0 writes ``WORKDIR/results.json``.
 
-``python -m torch.distributed.run --nproc_per_node 2 _training_dist_script.py WORKDIR``:
-``{case: {"losses": {step: loss}, "error": str | None}}``.
+``python -m torch.distributed.run --nproc_per_node 2 _training_dist_script.py WORKDIR HF_TOY``:
+``{case: {"losses": {step: loss}, "error": str | None}}``. The ``dp2``/``tp2`` cases start from the
+recipe's random initialisation; the pipeline cases from the 4-layer HF toy's weights (the
+initialisation of a pipeline stage draws another random stream than world size 1 does).
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from pathlib import Path
 COMMON = ["train.iters=8", "checkpoint.save_interval=4"]
 
 
-def cases(work: Path) -> list[tuple[str, list[str]]]:
+PIPELINE = [*COMMON, "data.kind=mock", "parallel.pp=2"]
+
+
+def cases(work: Path) -> list[tuple[str, str, list[str]]]:
+    """(case, recipe, overrides); ``*_resumed`` continues a copy of its case cut at iteration 4."""
     return [
-        ("dp2", [*COMMON, f"checkpoint.save={work / 'dp2'}"]),
-        ("tp2", [*COMMON, "parallel.tp=2", f"checkpoint.save={work / 'tp2'}"]),
-        ("dp2_resumed", [*COMMON, f"checkpoint.save={work / 'dp2_resumed'}"]),
+        ("dp2", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'dp2'}"]),
+        ("tp2", "toy_pretrain", [*COMMON, "parallel.tp=2", f"checkpoint.save={work / 'tp2'}"]),
+        ("dp2_resumed", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'dp2_resumed'}"]),
+        ("pp2", "toy_sft", [*PIPELINE, f"checkpoint.save={work / 'pp2'}"]),
+        ("pp2_resumed", "toy_sft", [*PIPELINE, f"checkpoint.save={work / 'pp2_resumed'}"]),
+        ("vpp2", "toy_sft", [*PIPELINE, "parallel.vpp=2", f"checkpoint.save={work / 'vpp2'}"]),
     ]
 
 
@@ -31,7 +40,7 @@ def interrupt(source: Path, target: Path, at: int) -> None:
     (target / "latest_checkpointed_iteration.txt").write_text(str(at))
 
 
-def main(work: Path) -> int:
+def main(work: Path, hf: Path) -> int:
     import _training_plugin
     import torch.distributed as dist
 
@@ -42,12 +51,13 @@ def main(work: Path) -> int:
     ensure_process_group()
     _training_plugin.use()
     results = {}
-    for name, overrides in cases(work):
+    for name, recipe, overrides in cases(work):
         try:
-            if name == "dp2_resumed" and dist.get_rank() == 0:
-                interrupt(work / "dp2", work / "dp2_resumed", at=4)
+            if name.endswith("_resumed") and dist.get_rank() == 0:
+                interrupt(work / name.removesuffix("_resumed"), work / name, at=4)
             dist.barrier()
-            result = train(load_recipe("toy_pretrain").with_overrides(overrides))
+            weights = {"hf_model": hf} if recipe == "toy_sft" else {}
+            result = train(load_recipe(recipe).with_overrides(overrides), **weights)
             results[name] = {"losses": result.losses, "error": None}
         except Exception:
             results[name] = {"losses": {}, "error": traceback.format_exc()}
@@ -62,4 +72,4 @@ def main(work: Path) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))

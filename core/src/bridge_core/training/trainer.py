@@ -93,6 +93,10 @@ def configure_provider(source: ModelSource, config: TrainingConfig) -> Any:
     provider.recompute_method = r.method
     provider.recompute_num_layers = r.num_layers
     provider.calculate_per_token_loss = True  # the loss is a mean over all tokens of the global batch
+    if not cuda_available():
+        # gloo's batched isend/irecv pairs the interleaved schedule's messages wrongly (microbatches
+        # after the first group get another one's activations: measured); separate sends are exact.
+        provider.batch_p2p_comm = False
     positions = _max_positions(source)
     if positions is not None and config.train.seq_length > positions:
         raise ConfigError(
