@@ -1,9 +1,10 @@
 """Training cases on 2 CPU ranks (gloo) in one torchrun launch; rank 0 writes ``WORKDIR/results.json``.
 
 ``python -m torch.distributed.run --nproc_per_node 2 _training_dist_script.py WORKDIR HF_TOY``:
-``{case: {"losses": {step: loss}, "error": str | None}}``. The ``dp2``/``tp2`` cases start from the
-recipe's random initialisation; the pipeline cases from the 4-layer HF toy's weights (the
-initialisation of a pipeline stage draws another random stream than world size 1 does).
+``{case: {"losses": {step: loss}, "error": str | None}}``; ``<case>_resumed[...]`` continues a copy
+of ``<case>`` cut at iteration 4 (``dp2_full_resumed`` and ``dp2_resumed_at_tp2`` at TP=2). The
+``dp2``/``tp2`` cases start from the recipe's random initialisation; the pipeline cases from the
+4-layer HF toy's weights (a pipeline stage's initialisation draws another random stream).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMON = ["train.iters=8", "checkpoint.save_interval=4"]
 
 
 PIPELINE = [*COMMON, "data.kind=mock", "parallel.pp=2"]
+FULL = [*COMMON, "optimizer.dist_ckpt_sharding=fully_reshardable"]
 
 
 def cases(work: Path) -> list[tuple[str, str, list[str]]]:
@@ -26,9 +28,16 @@ def cases(work: Path) -> list[tuple[str, str, list[str]]]:
         ("dp2", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'dp2'}"]),
         ("tp2", "toy_pretrain", [*COMMON, "parallel.tp=2", f"checkpoint.save={work / 'tp2'}"]),
         ("dp2_resumed", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'dp2_resumed'}"]),
+        ("dp2_full", "toy_pretrain", [*FULL, f"checkpoint.save={work / 'dp2_full'}"]),
+        ("dp2_full_resumed", "toy_pretrain", [*FULL, "parallel.tp=2", f"checkpoint.save={work / 'dp2_full_resumed'}"]),
         ("pp2", "toy_sft", [*PIPELINE, f"checkpoint.save={work / 'pp2'}"]),
         ("pp2_resumed", "toy_sft", [*PIPELINE, f"checkpoint.save={work / 'pp2_resumed'}"]),
         ("vpp2", "toy_sft", [*PIPELINE, "parallel.vpp=2", f"checkpoint.save={work / 'vpp2'}"]),
+        (
+            "dp2_resumed_at_tp2",
+            "toy_pretrain",
+            [*COMMON, "parallel.tp=2", f"checkpoint.save={work / 'dp2_resumed_at_tp2'}"],
+        ),
     ]
 
 
@@ -53,8 +62,9 @@ def main(work: Path, hf: Path) -> int:
     results = {}
     for name, recipe, overrides in cases(work):
         try:
-            if name.endswith("_resumed") and dist.get_rank() == 0:
-                interrupt(work / name.removesuffix("_resumed"), work / name, at=4)
+            source = name.split("_resumed")[0]
+            if "_resumed" in name and dist.get_rank() == 0:
+                interrupt(work / source, work / name, at=4)
             dist.barrier()
             weights = {"hf_model": hf} if recipe == "toy_sft" else {}
             result = train(load_recipe(recipe).with_overrides(overrides), **weights)

@@ -1,5 +1,6 @@
 """On 2 CPU ranks (fp32): DP=2, TP=2, PP=2 and interleaved PP=2 follow the world-1 loss curve within 1e-5;
-DP=2 (distributed optimizer) and PP=2 resume bit-exactly."""
+DP=2 (distributed optimizer) and PP=2 resume bit-exactly; a fully_reshardable DP=2 checkpoint resumes at
+TP=2 within 1e-5, a dp_reshardable one is refused at TP=2 in one line."""
 
 from __future__ import annotations
 
@@ -78,3 +79,17 @@ def test_resume_on_two_ranks_is_bit_exact(results, case):
     full, resumed = results[case], results[f"{case}_resumed"]
     assert resumed["error"] is None, resumed["error"]
     assert resumed["losses"] == {i: full["losses"][i] for i in range(5, 9)}
+
+
+def test_fully_reshardable_checkpoint_resumes_at_another_tensor_parallel_size(results):
+    full, resumed = results["dp2_full"], results["dp2_full_resumed"]
+    assert full["error"] is None and resumed["error"] is None, (full["error"], resumed["error"])
+    assert sorted(resumed["losses"]) == [5, 6, 7, 8]
+    worst = max(abs(resumed["losses"][i] - full["losses"][i]) for i in resumed["losses"])
+    print(f"DP=2 -> TP=2 resume: max |loss difference| = {worst:.2e}")
+    assert worst < 1e-5
+
+
+def test_dp_reshardable_checkpoint_at_another_tensor_parallel_size_is_refused(results):
+    error = results["dp2_resumed_at_tp2"]["error"]
+    assert error is not None and "saved with dp_reshardable at TP=1 PP=1; resume at those sizes" in error

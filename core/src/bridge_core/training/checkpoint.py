@@ -135,7 +135,7 @@ def save_training_checkpoint(
     args = megatron_args(provider, world, tokenizer=bool(tokenizer_files))
     args.iteration, args.consumed_train_samples = iteration, consumed_samples
     args.no_save_optim, args.no_save_rng = False, False
-    args.use_distributed_optimizer = bool(getattr(optimizer, "is_distributed", False))
+    args.use_distributed_optimizer = _is_distributed(optimizer)
     state.update(
         checkpoint_version=3.0,
         iteration=iteration,
@@ -162,6 +162,12 @@ def save_training_checkpoint(
             _prune(save, keep_last_n)
     dist.barrier()
     return target
+
+
+def _is_distributed(optimizer: Any) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return any(isinstance(o, DistributedOptimizer) for o in getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
 def _prune(save: Path, keep: int) -> None:
@@ -294,12 +300,19 @@ def load_training_checkpoint(
     saved_args = common.get("args")
     metadata = common.get("content_metadata") or _metadata(sharding)
     saved_sharding = metadata.get("distrib_optim_sharding_type", sharding)
-    dist_opts = _prepare_distributed_optimizer(optimizer)
-    state = _state(model, optimizer, {**metadata, "distrib_optim_sharding_type": saved_sharding}, loading=True)
     same_layout = saved_args is not None and (
         getattr(saved_args, "tensor_model_parallel_size", None) == ps.get_tensor_model_parallel_world_size()
         and getattr(saved_args, "pipeline_model_parallel_size", None) == ps.get_pipeline_model_parallel_world_size()
     )
+    distributed = bool(getattr(saved_args, "use_distributed_optimizer", False))
+    if not same_layout and distributed and saved_sharding == "dp_reshardable":
+        tp, pp = saved_args.tensor_model_parallel_size, saved_args.pipeline_model_parallel_size
+        raise CheckpointError(
+            f"{weights}: its distributed-optimizer state was saved with dp_reshardable at TP={tp} PP={pp}; "
+            "resume at those sizes, or save with optimizer.dist_ckpt_sharding=fully_reshardable to change them"
+        )
+    dist_opts = _prepare_distributed_optimizer(optimizer)
+    state = _state(model, optimizer, {**metadata, "distrib_optim_sharding_type": saved_sharding}, loading=True)
     if not same_layout:
         state.pop("rng_state")  # stored per (pipeline, tensor) rank: not restorable at another layout
     try:
