@@ -137,3 +137,29 @@ def test_import_train_export_logits_equal_the_trained_megatron_model(tmp_path):
     exported, original = hf_logits(tmp_path / "exported", ids), hf_logits(hf, ids)
     assert (megatron - exported).abs().max().item() < 1e-4
     assert (exported - original).abs().max().item() > 1e-2  # the training changed the model
+
+
+def test_a_model_trained_from_scratch_exports_to_hf_with_the_same_logits(reference, tmp_path):
+    from bridge_core.inference import forward_logits
+    from bridge_core.parallelism import Parallelism
+    from bridge_core.testing.toy import hf_logits, sample_ids
+    from bridge_core.workflows import export_checkpoint, load_checkpoint
+
+    save, _ = reference
+    try:
+        export_checkpoint(save, tmp_path / "hf", Parallelism())
+        destroy_model_parallel()
+        ids = sample_ids(256, batch=2, seq=32)
+        megatron = forward_logits(load_checkpoint(save, Parallelism()).model, ids, vocab_size=256)
+    finally:
+        destroy_model_parallel()
+    assert (megatron - hf_logits(tmp_path / "hf", ids)).abs().max().item() < 1e-4
+
+
+def test_a_save_folder_that_holds_something_else_is_refused_before_building(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="the folder is not empty and holds no training run"):
+        run([f"checkpoint.save={folder}"])
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]

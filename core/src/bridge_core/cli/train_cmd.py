@@ -39,6 +39,9 @@ def _precheck(recipe, args: argparse.Namespace, world: int) -> None:
         raise ConfigError(
             "checkpoint.save is not set: pass checkpoint.save=DIR (checkpoints and metrics.jsonl go there)"
         )
+    from bridge_core.training.checkpoint import check_save_folder
+
+    check_save_folder(config.checkpoint.save)
     _check_model(recipe, args)
     config.check(world, run=True)  # the data it names
     if config.data.kind == "sft":

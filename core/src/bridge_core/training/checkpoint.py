@@ -184,6 +184,23 @@ def saved_iteration(save: str | os.PathLike | None) -> int | None:
     return info.iteration if (info.weights_dir / TRAINING_CONFIG).is_file() else None
 
 
+def check_save_folder(save: str | os.PathLike) -> None:
+    """Refuse a ``checkpoint.save`` folder that holds something other than a training run (e.g. an import)."""
+    from bridge_core.training.metrics import METRICS
+
+    folder = Path(save)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"checkpoint.save={folder}: exists and is not a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if (folder / TRACKER).is_file() and saved_iteration(folder) is not None or (folder / METRICS).is_file():
+        return
+    raise CheckpointError(
+        f"checkpoint.save={folder}: the folder is not empty and holds no training run; pass an empty or new "
+        "folder (to start from a checkpoint's weights, use --megatron-path)"
+    )
+
+
 def _adam_steps(optimizer: Any) -> set[float]:
     steps = set()
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):

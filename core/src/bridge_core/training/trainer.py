@@ -209,6 +209,8 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     config, t = recipe.config, recipe.config.train
     world = dist.get_world_size()
     config.check(world, run=True)
+    if config.checkpoint.save:
+        ckpt.check_save_folder(config.checkpoint.save)
     source = model_source(recipe, hf_model, megatron_path)
     provider = configure_provider(source, config)
     dtype = provider.params_dtype
