@@ -31,6 +31,22 @@ def _blend(paths: list[str]) -> tuple[list[str], list[float] | None]:
     return list(paths[1::2]), weights
 
 
+def check_dataset_helpers() -> None:
+    """megatron-core's GPT datasets need its compiled ``helpers_cpp``; say so in one line when it does not load."""
+    try:
+        from megatron.core.datasets import helpers_cpp  # noqa: F401
+    except ImportError as exc:
+        import sys
+
+        from megatron.core import package_info
+
+        raise ConfigError(
+            f"megatron-core {package_info.__version__}'s compiled dataset helpers (helpers_cpp) do not load in "
+            f"Python {sys.version_info.major}.{sys.version_info.minor} ({exc}); install the megatron-core wheel "
+            "built for this Python"
+        ) from None
+
+
 def build_datasets(config: TrainingConfig, vocab_size: int) -> tuple[Any, Any]:
     """The train and validation datasets (validation may be None) for ``config.data``."""
     from pathlib import Path
@@ -40,6 +56,7 @@ def build_datasets(config: TrainingConfig, vocab_size: int) -> tuple[Any, Any]:
     from megatron.core.tokenizers.text.libraries.null_tokenizer import NullTokenizer
 
     data, train = config.data, config.train
+    check_dataset_helpers()
     if data.kind == "sft":
         raise ConfigError(
             "data.kind=sft: SFT data is not implemented yet (next release); use data.kind=mock or pretrain"

@@ -22,7 +22,7 @@ from bridge_core.cpu_support import cuda_available, cuda_on_cpu
 from bridge_core.errors import ConfigError
 from bridge_core.parallel import ensure_process_group
 from bridge_core.training.config import TrainingConfig
-from bridge_core.training.data import batches, build_datasets
+from bridge_core.training.data import batches, build_datasets, check_dataset_helpers
 from bridge_core.training.metrics import MetricsLog, ProgressPrinter, peak_memory_gib, progress_line
 from bridge_core.training.model_source import ModelSource, model_source
 from bridge_core.training.recipe import Recipe
@@ -209,6 +209,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     config, t = recipe.config, recipe.config.train
     world = dist.get_world_size()
     config.check(world, run=True)
+    check_dataset_helpers()
     if config.checkpoint.save:
         ckpt.check_save_folder(config.checkpoint.save)
     source = model_source(recipe, hf_model, megatron_path)
