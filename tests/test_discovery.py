@@ -26,7 +26,7 @@ def test_real_plugins_register_their_architectures():
     assert set(plugins["llama"]["architectures"]) >= {"LlamaForCausalLM", "MistralForCausalLM"}
     assert set(plugins["qwen"]["architectures"]) >= {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM"}
     assert plugins["llama"]["distribution"] == "bridge-llama"
-    assert plugins["qwen"]["contract"] == ">=1.0,<2"
+    assert plugins["qwen"]["contract"] == ">=1.1,<2"  # its recipes need the 1.1 recipe contract
 
 
 def test_good_plugin_listing_has_registrations_and_identity():
@@ -52,7 +52,7 @@ def test_incompatible_plugin_message_names_the_fix():
     rec = plugins_json(BRIDGE_PLUGINS="fixture-incompatible")["fixture-incompatible"]
     assert rec["status"] == "incompatible"
     assert rec["reason"] == (
-        "bridge-fixture-incompatible 0.4.0 needs contract >=2.0; bridge-core 1.0.0 provides 1.0: "
+        "bridge-fixture-incompatible 0.4.0 needs contract >=2.0; bridge-core 1.0.0 provides 1.1: "
         "upgrade bridge-core, or pip install 'bridge-fixture-incompatible<0.4'"
     )
     assert rec["architectures"] == []
@@ -128,7 +128,7 @@ def test_strict_mode_passes_when_every_selected_plugin_is_good():
 def test_human_listing_shows_rows_and_reasons():
     proc = run_bridgectl("plugins", BRIDGE_PLUGINS="fixture-good,fixture-incompatible")
     assert proc.returncode == 0
-    assert proc.stdout.splitlines()[0] == "bridge-core 1.0.0 (contract 1.0)"
+    assert proc.stdout.splitlines()[0] == "bridge-core 1.0.0 (contract 1.1)"
     assert "PLUGIN" in proc.stdout and "STATUS" in proc.stdout
     assert "architectures: GoodForCausalLM" in proc.stdout
     assert "reason: bridge-fixture-incompatible 0.4.0 needs contract >=2.0" in proc.stdout
@@ -137,4 +137,4 @@ def test_human_listing_shows_rows_and_reasons():
 def test_version_flag_prints_core_and_contract():
     proc = run_bridgectl("--version")
     assert proc.returncode == 0
-    assert proc.stdout.strip() == "bridge-core 1.0.0 (contract 1.0)"
+    assert proc.stdout.strip() == "bridge-core 1.0.0 (contract 1.1)"

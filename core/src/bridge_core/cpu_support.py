@@ -61,3 +61,44 @@ def tensor_cuda_is_identity():
 def causal_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The explicit causal mask megatron-core's local attention expects: bool [1, 1, s, s], True = masked."""
     return torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)[None, None]
+
+
+def _is_cuda(value: object) -> bool:
+    if isinstance(value, torch.device):
+        return value.type == "cuda"
+    return isinstance(value, str) and (value == "cuda" or value.startswith("cuda:"))
+
+
+class _CudaOnCpu(torch.overrides.TorchFunctionMode):
+    """Tensors megatron-core's optimizer, grad clipping and schedules create with ``device='cuda'`` go
+    to the CPU, ``Tensor.cuda()`` is the tensor itself, and ``Tensor.type()`` names the CUDA type that
+    ``clip_grads`` asserts and the mixed-precision/distributed optimizers branch on."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.to and any(_is_cuda(a) for a in args[1:]):
+            args = (args[0], *("cpu" if _is_cuda(a) else a for a in args[1:]))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cuda_on_cpu():
+    """While training on a CPU-only machine, megatron-core's hard-coded CUDA tensors live on the CPU.
+
+    megatron-core 0.16-0.19 create some tensors with ``device='cuda'`` (optimizer found-inf and
+    scale buffers, grad-norm and zero counts in ``clip_grads``, token counts of the pipeline
+    schedules, attention masks) and assert CUDA tensor types. No-op with CUDA.
+    """
+    if cuda_available():
+        yield
+        return
+    apply_cpu_patches()
+    with _CudaOnCpu():
+        yield

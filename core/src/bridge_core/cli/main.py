@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("bridge_core.cli.generate_cmd", "greedy generation with the Megatron model"),
     "verify": ("bridge_core.cli.verify_cmd", "compare a Megatron checkpoint with its HF source (logits, tensors)"),
     "roundtrip": ("bridge_core.cli.roundtrip_cmd", "import, export and compare in one command"),
+    "recipes": ("bridge_core.cli.recipes_cmd", "list installed training recipes (name, family, kind, distribution)"),
+    "recipe": ("bridge_core.cli.recipe_cmd", "show a recipe's resolved config: recipe show NAME [key=value ...]"),
+    "train": ("bridge_core.cli.train_cmd", "train a recipe on megatron-core (pretrain or fine-tune; resumable)"),
     "new-plugin": ("bridge_core.cli.new_plugin_cmd", "bake a new bridge-<family> plugin from the template"),
 }
 

@@ -2,10 +2,32 @@
 
 from bridge_core import hookimpl
 
-BRIDGE_CONTRACT = ">=1.0,<2"
+BRIDGE_CONTRACT = ">=1.1,<2"
 
 
 @hookimpl
 def register_bridges(register):
     register(architecture="LlamaForCausalLM", bridge="bridge_llama.bridge:LlamaBridge", model_type="llama")
     register(architecture="MistralForCausalLM", bridge="bridge_llama.bridge:MistralBridge", model_type="mistral")
+
+
+# Recipes in bridge_llama.recipes (imported only when one is used); the kind is the name's suffix.
+RECIPES = (
+    "llama32_1b_pretrain",
+    "llama32_3b_pretrain",
+    "llama31_8b_pretrain",
+    "llama31_70b_pretrain",
+    "smollm2_135m_pretrain",
+    "smollm2_360m_pretrain",
+    "smollm2_1p7b_pretrain",
+    "llama32_1b_sft",
+    "llama32_3b_sft",
+    "llama31_8b_sft",
+    "smollm2_135m_sft",
+)
+
+
+@hookimpl
+def register_recipes(register):
+    for name in RECIPES:
+        register(name=name, recipe=f"bridge_llama.recipes:{name}", family="llama", kind=name.rsplit("_", 1)[1])

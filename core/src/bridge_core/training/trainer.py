@@ -1,0 +1,362 @@
+"""The training loop: megatron-core composed, nothing of it re-implemented.
+
+Model chunks from the bridge's provider wrapped in megatron-core's ``DistributedDataParallel``;
+``get_megatron_optimizer`` (Adam/AdamW, optionally distributed) with its gradient clipping;
+``OptimizerParamScheduler``; the microbatch calculator; ``get_forward_backward_func`` (no
+pipelining, 1F1B, interleaved 1F1B); ``MockGPTDataset``/``GPTDataset`` through
+``BlendedMegatronDatasetBuilder``. Every rank calls ``train``; rank 0 prints and writes metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bridge_core.cpu_support import cuda_available, cuda_on_cpu
+from bridge_core.errors import ConfigError
+from bridge_core.parallel import ensure_process_group
+from bridge_core.training.config import TrainingConfig
+from bridge_core.training.data import batches, build_datasets, check_dataset_helpers
+from bridge_core.training.metrics import MetricsLog, ProgressPrinter, peak_memory_gib, progress_line
+from bridge_core.training.model_source import ModelSource, model_source
+from bridge_core.training.recipe import Recipe
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did: the logged losses by step (rank 0), the last iteration, the checkpoint folder."""
+
+    losses: dict[int, float]
+    iteration: int
+    save: Path | None
+
+
+def _rank() -> int:
+    return dist.get_rank()
+
+
+def say(text: str) -> None:
+    if _rank() == 0:
+        print(text, flush=True)
+
+
+# -- provider -----------------------------------------------------------------------------------
+
+
+def _dtype(config: TrainingConfig) -> torch.dtype:
+    want = config.precision.dtype
+    if want == "auto":
+        return torch.bfloat16 if cuda_available() else torch.float32
+    return torch.bfloat16 if want == "bf16" else torch.float32
+
+
+def _max_positions(source: ModelSource) -> int | None:
+    value = getattr(source.bridge.hf_config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def configure_provider(source: ModelSource, config: TrainingConfig) -> Any:
+    """Apply the recipe's model overrides, parallel sizes, precision and recompute; check before any step."""
+    provider = source.provider
+    fields = {f.name for f in dataclasses.fields(provider)}
+    for name, value in config.model.items():
+        if name not in fields:
+            close = (
+                ", ".join(sorted(f for f in fields if name.split("_")[0] in f)[:8]) or "num_layers, hidden_size, ..."
+            )
+            raise ConfigError(f"model.{name}: not a setting of the model provider (e.g. {close})")
+        setattr(provider, name, value)
+    p = config.parallel
+    if p.cp > 1:
+        raise ConfigError(
+            f"parallel.cp={p.cp}: context parallelism needs Transformer Engine's attention, which is not installed"
+        )
+    provider.tensor_model_parallel_size = p.tp
+    provider.pipeline_model_parallel_size = p.pp
+    provider.virtual_pipeline_model_parallel_size = p.vpp
+    provider.expert_model_parallel_size = p.ep
+    provider.expert_tensor_parallel_size = p.etp
+    provider.context_parallel_size = p.cp
+    provider.sequence_parallel = p.sequence_parallel
+    dtype = _dtype(config)
+    provider.params_dtype = dtype
+    provider.pipeline_dtype = dtype if p.pp > 1 else None
+    provider.bf16, provider.fp16 = dtype == torch.bfloat16, False
+    r = config.recompute
+    provider.recompute_granularity = r.granularity
+    provider.recompute_method = r.method
+    provider.recompute_num_layers = r.num_layers
+    provider.calculate_per_token_loss = True  # the loss is a mean over all tokens of the global batch
+    if not cuda_available():
+        # gloo's batched isend/irecv pairs the interleaved schedule's messages wrongly (microbatches
+        # after the first group get another one's activations: measured); separate sends are exact.
+        provider.batch_p2p_comm = False
+    positions = _max_positions(source)
+    if positions is not None and config.train.seq_length > positions:
+        raise ConfigError(
+            f"train.seq_length={config.train.seq_length} is longer than the model's {positions} positions "
+            f"(max_position_embeddings of {source.label})"
+        )
+    provider.finalize()
+    return provider
+
+
+# -- optimizer and schedule ---------------------------------------------------------------------
+
+
+def build_optimizer(model: list, config: TrainingConfig, dtype: torch.dtype) -> tuple[Any, Any]:
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o, s, t = config.optimizer, config.scheduler, config.train
+    opt_config = OptimizerConfig(
+        optimizer="adam",
+        decoupled_weight_decay=o.name == "adamw",
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.beta1,
+        adam_beta2=o.beta2,
+        adam_eps=o.eps,
+        clip_grad=o.clip_grad,
+        use_distributed_optimizer=o.use_distributed_optimizer,
+        bf16=dtype == torch.bfloat16,
+        params_dtype=dtype,
+    )
+    optimizer = get_megatron_optimizer(opt_config, model)
+    gbs = t.global_batch_size
+    decay = s.lr_decay_iters if s.lr_decay_iters is not None else t.iters
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=s.lr_warmup_iters * gbs,
+        lr_decay_steps=decay * gbs,
+        lr_decay_style=s.style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=t.iters * gbs,
+        wd_incr_style=s.weight_decay_incr_style,
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+        wsd_decay_steps=s.lr_wsd_decay_iters * gbs if s.lr_wsd_decay_iters else None,
+        lr_wsd_decay_style=s.lr_wsd_decay_style,
+    )
+    return optimizer, scheduler
+
+
+def _loss(loss_mask: torch.Tensor, output: torch.Tensor):
+    """Per-token loss: (sum over unmasked tokens, their count, the pair for logging)."""
+    mask = loss_mask.reshape(-1).float()
+    total = torch.sum(output.float().reshape(-1) * mask)
+    tokens = mask.sum().to(torch.int)
+    return total, tokens, {"lm loss": torch.stack([total.detach(), mask.sum().detach()])}
+
+
+def _forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+    return output, partial(_loss, batch["loss_mask"])
+
+
+def _reduce_loss(records: list[dict]) -> float:
+    """The global batch's mean token loss, from the last pipeline stage's records, on every rank."""
+    from megatron.core import parallel_state as ps
+
+    pair = torch.zeros(2, dtype=torch.float64)
+    for record in records:
+        pair += record["lm loss"].detach().to("cpu", torch.float64)
+    if cuda_available():
+        pair = pair.cuda()
+    dist.all_reduce(pair, group=ps.get_data_parallel_group(with_context_parallel=True))
+    if ps.get_pipeline_model_parallel_world_size() > 1:  # only the last stage has losses
+        dist.all_reduce(pair, group=ps.get_pipeline_model_parallel_group())
+    return float(pair[0] / pair[1].clamp(min=1))
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def train(recipe: Recipe, hf_model: str | Path | None = None, megatron_path: str | Path | None = None) -> TrainResult:
+    """Run ``recipe`` on this process's rank (every rank calls it)."""
+    ensure_process_group()
+    with cuda_on_cpu():
+        return _train(recipe, hf_model, megatron_path)
+
+
+def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.num_microbatches_calculator import (
+        destroy_num_microbatches_calculator,
+        get_num_microbatches,
+        init_num_microbatches_calculator,
+    )
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.utils import get_model_config
+
+    from bridge_core.training import checkpoint as ckpt
+
+    config, t = recipe.config, recipe.config.train
+    world = dist.get_world_size()
+    config.check(world, run=True)
+    check_dataset_helpers()
+    if config.checkpoint.save:
+        ckpt.check_save_folder(config.checkpoint.save)
+    source = model_source(recipe, hf_model, megatron_path)
+    provider = configure_provider(source, config)
+    dtype = provider.params_dtype
+    o = config.optimizer
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=config.precision.grad_reduce_in_fp32,
+        use_distributed_optimizer=o.use_distributed_optimizer,
+        overlap_grad_reduce=False,
+        overlap_param_gather=False,
+        check_for_nan_in_grad=True,
+    )
+    load_weights = source.load_weights
+    hook = (lambda chunks: (load_weights(chunks), chunks)[1]) if load_weights is not None else None
+    model = provider.provide_distributed_model(
+        ddp_config=ddp_config, wrap_with_ddp=True, pre_wrap_hook=hook, seed=t.seed
+    )
+    optimizer, scheduler = build_optimizer(model, config, dtype)
+    dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    destroy_num_microbatches_calculator()
+    init_num_microbatches_calculator(_rank(), None, t.global_batch_size, t.micro_batch_size, dp_size)
+
+    save = Path(config.checkpoint.save) if config.checkpoint.save else None
+    load = config.checkpoint.load or (str(save) if ckpt.saved_iteration(save) is not None else None)
+    iteration, consumed = 0, 0
+    if load is not None:
+        saved = ckpt.load_training_checkpoint(
+            load, model=model, optimizer=optimizer, scheduler=scheduler, sharding=o.dist_ckpt_sharding
+        )
+        iteration, consumed = int(saved["iteration"]), int(saved["consumed_train_samples"])
+        say(f"train: resumed from {load} at iteration {iteration} ({consumed} samples consumed)")
+
+    model_config = get_model_config(model[0])
+    model_config.finalize_model_grads_func = finalize_model_grads
+    model_config.grad_scale_func = optimizer.scale_loss
+    model_config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+
+    train_ds, valid_ds = build_datasets(config, provider.vocab_size)
+    n_micro = get_num_microbatches()
+    data = [batches(train_ds, consumed, t.micro_batch_size, dp_rank, dp_size, n_micro) for _ in model]
+    forward_backward = get_forward_backward_func()
+    run = partial(
+        forward_backward,
+        forward_step_func=_forward_step,
+        model=model,
+        num_microbatches=n_micro,
+        seq_length=t.seq_length,
+        micro_batch_size=t.micro_batch_size,
+        decoder_seq_length=t.seq_length,
+    )
+    recipe_doc = recipe.to_dict()
+    metrics = MetricsLog(save, resume_step=iteration, enabled=_rank() == 0)
+    printer = ProgressPrinter(_rank() == 0)
+    losses: dict[int, float] = {}
+    started, first = time.perf_counter(), iteration
+    tokens_per_step = t.global_batch_size * t.seq_length
+
+    def save_now() -> None:
+        path = ckpt.save_training_checkpoint(
+            save,
+            iteration,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            provider=provider,
+            consumed_samples=consumed,
+            recipe=recipe_doc,
+            provenance=source.provenance,
+            tokenizer_files=source.tokenizer_files,
+            sharding=o.dist_ckpt_sharding,
+            keep_last_n=config.checkpoint.keep_last_n,
+        )
+        printer.show(f"train: saved {path}")
+        if printer.tty:
+            printer.close()
+
+    if iteration >= t.iters:
+        say(f"train: {load} is already at iteration {iteration} of {t.iters}; nothing to do")
+    while iteration < t.iters:
+        step_start = time.perf_counter()
+        for m in model:
+            m.train()
+            m.zero_grad_buffer()
+        optimizer.zero_grad()
+        records = run(data_iterator=data if len(data) > 1 else data[0], forward_only=False)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+        ok, grad_norm, _ = optimizer.step()
+        if ok:
+            scheduler.step(increment=t.global_batch_size)
+        iteration += 1
+        consumed += t.global_batch_size
+        loss = _reduce_loss(records if ps.is_pipeline_last_stage(ignore_virtual=True) else [])
+        seconds = time.perf_counter() - step_start
+        losses[iteration] = loss
+        record = {
+            "step": iteration,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "skipped": not ok,
+            "step_time_s": seconds,
+            "tokens_per_s": tokens_per_step / seconds,
+            "tokens_per_s_per_gpu": tokens_per_step / seconds / world,
+            "tflops_per_gpu": None,  # the FLOPs calculator is not written yet
+            "peak_memory_gib": peak_memory_gib(),
+            "consumed_samples": consumed,
+        }
+        if t.eval_interval and valid_ds is not None and iteration % t.eval_interval == 0:
+            record["val_loss"] = _evaluate(forward_backward, model, valid_ds, config, dp_rank, dp_size, n_micro)
+        metrics.write(record)
+        if iteration % config.logging.log_interval == 0 or iteration == t.iters:
+            printer.show(progress_line(record, t.iters, time.perf_counter() - started, iteration - first))
+        if save is not None and (
+            iteration == t.iters
+            or (config.checkpoint.save_interval and iteration % config.checkpoint.save_interval == 0)
+        ):
+            save_now()
+    printer.close()
+    destroy_num_microbatches_calculator()
+    return TrainResult(losses, iteration, save)
+
+
+def _evaluate(
+    forward_backward, model, dataset, config: TrainingConfig, dp_rank: int, dp_size: int, n_micro: int
+) -> float:
+    """Validation loss over ``eval_iters`` global batches, always from the split's first sample."""
+    t = config.train
+    for m in model:
+        m.eval()
+    data = [batches(dataset, 0, t.micro_batch_size, dp_rank, dp_size, n_micro) for _ in model]
+    records: list[dict] = []
+    from megatron.core import parallel_state as ps
+
+    with torch.no_grad():
+        for _ in range(t.eval_iters):
+            out = forward_backward(
+                forward_step_func=_forward_step,
+                data_iterator=data if len(data) > 1 else data[0],
+                model=model,
+                num_microbatches=n_micro,
+                seq_length=t.seq_length,
+                micro_batch_size=t.micro_batch_size,
+                decoder_seq_length=t.seq_length,
+                forward_only=True,
+            )
+            records += out if ps.is_pipeline_last_stage(ignore_virtual=True) else []
+    for m in model:
+        m.train()
+    return _reduce_loss(records)

@@ -1,0 +1,64 @@
+"""An in-process test plugin for the trainer's tests: the core test bridges plus two toy recipes."""
+
+from __future__ import annotations
+
+from _test_bridges import register_bridges  # noqa: F401  (the Llama-shaped test bridge)
+
+from bridge_core import hookimpl
+from bridge_core.training.config import (
+    CheckpointConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainingConfig,
+    TrainLoopConfig,
+)
+from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
+
+BRIDGE_CONTRACT = ">=1.1,<2"
+
+TOY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+
+def _config() -> TrainingConfig:
+    return TrainingConfig(
+        optimizer=OptimizerConfig(lr=3e-3, min_lr=3e-4, weight_decay=0.01),
+        scheduler=SchedulerConfig(style="cosine", lr_warmup_iters=2),
+        train=TrainLoopConfig(iters=20, global_batch_size=8, micro_batch_size=2, seq_length=64, eval_interval=None),
+        checkpoint=CheckpointConfig(save_interval=5),
+    )
+
+
+def toy_pretrain() -> Recipe:
+    return Recipe("toy_pretrain", "toy", "pretrain", ModelSpec("LlamaForCausalLM", TOY), _config(), SizedFor(gpus=1))
+
+
+def toy_sft() -> Recipe:
+    return Recipe("toy_sft", "toy", "sft", ModelSpec("LlamaForCausalLM"), _config(), SizedFor(gpus=1))
+
+
+@hookimpl
+def register_recipes(register):
+    register(name="toy_pretrain", recipe="_training_plugin:toy_pretrain", family="toy", kind="pretrain")
+    register(name="toy_sft", recipe="_training_plugin:toy_sft", family="toy", kind="sft")
+
+
+def use() -> None:
+    """Make this module the only plugin of this process."""
+    import _training_plugin
+
+    from bridge_core.registry import Registry, reset_registry
+
+    registry = Registry()
+    registry.add_plugin(_training_plugin, name="training-test", strict=True)
+    reset_registry(registry)
