@@ -22,3 +22,15 @@ GEMMA2 = {
     "final_logit_softcapping": 3.0,
     "sliding_window": 8,
 }
+GEMMA3 = {
+    **GEMMA,
+    "model_type": "gemma3_text",
+    "num_hidden_layers": 4,
+    "query_pre_attn_scalar": 24,
+    "sliding_window": 8,
+    "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+    "rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+    },
+}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from gemma_toys import GEMMA, GEMMA2
+from gemma_toys import GEMMA, GEMMA2, GEMMA3
 
 from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
@@ -27,6 +27,11 @@ def gemma(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gemma2(tmp_path_factory):
     return build_toy(ToyModel("Gemma2ForCausalLM", GEMMA2), tmp_path_factory.mktemp("gemma2"))
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    return build_toy(ToyModel("Gemma3ForCausalLM", GEMMA3), tmp_path_factory.mktemp("gemma3"))
 
 
 @pytest.fixture
@@ -105,6 +110,42 @@ def test_gemma2_features_matter(gemma2, cleanup, ablation):
         assert diff > 1e-2, f"{ablation}: {diff:.3g}"
 
 
+ABLATIONS_3 = [
+    None,
+    {"local_rotary_base": None},  # one RoPE base for every layer
+    {"seq_len_interpolation_factor": None},  # the global layers' linear x8
+    {"window_size": None},
+    "qk_norms",
+]
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS_3, ids=str)
+def test_gemma3_features_matter(gemma3, cleanup, ablation):
+    _, _, model = build(gemma3, **(ablation if isinstance(ablation, dict) else {}))
+    if ablation == "qk_norms":  # the same weights, without the per-head query and key norms
+        for layer in model[0].decoder.layers:
+            layer.self_attention.q_layernorm = torch.nn.Identity()
+            layer.self_attention.k_layernorm = torch.nn.Identity()
+    diff = max_diff(model, gemma3)
+    if ablation is None:
+        assert diff <= 1e-4
+    else:
+        assert diff > 1e-2, f"{ablation}: {diff:.3g}"
+
+
+def test_gemma3_translation_and_config_roundtrip(gemma3, cleanup, tmp_path):
+    from bridge_core.testing.compare import compare_hf_weights
+
+    bridge, p, model = build(gemma3)
+    assert (p.rotary_base, p.seq_len_interpolation_factor, p.local_rotary_base) == (1e6, 8.0, 1e4)
+    assert (p.qk_layernorm, p.window_attn_skip_freq, p.kv_channels * p.num_attention_heads) == (True, [1, 1, 1, 0], 128)
+    bridge.save_hf_pretrained(model, tmp_path / "out")
+    assert compare_hf_weights(gemma3, tmp_path / "out") == []
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["rope_parameters"] == GEMMA3["rope_parameters"]
+    assert config["layer_types"] == GEMMA3["layer_types"]
+
+
 def test_embedding_scale_is_rounded_to_the_weight_dtype(tmp_path, cleanup):
     """As transformers: sqrt(72) = 8.485 is 8.5 in bf16; a Python-float scale gives other products."""
     folder = build_toy(ToyModel("GemmaForCausalLM", {**GEMMA, "hidden_size": 72}, dtype="bfloat16"), tmp_path)
@@ -143,11 +184,11 @@ def test_sandwich_norms_and_zero_centred_weights_roundtrip_exactly(gemma2, clean
     assert config["hidden_activation"] == "gelu_pytorch_tanh" and config["head_dim"] == 32
 
 
-@pytest.mark.parametrize("which", ["gemma", "gemma2"])
-def test_greedy_generation_equals_transformers(gemma, gemma2, cleanup, which):
+@pytest.mark.parametrize("which", ["gemma", "gemma2", "gemma3"])
+def test_greedy_generation_equals_transformers(gemma, gemma2, gemma3, cleanup, which):
     from transformers import AutoModelForCausalLM
 
-    folder = {"gemma": gemma, "gemma2": gemma2}[which]
+    folder = {"gemma": gemma, "gemma2": gemma2, "gemma3": gemma3}[which]
     ids = torch.randint(3, 1000, (1, 12), generator=torch.Generator().manual_seed(3))
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
@@ -158,6 +199,9 @@ def test_greedy_generation_equals_transformers(gemma, gemma2, cleanup, which):
     assert torch.equal(greedy_generate(model, ids, 20, eos_token_id=eos, use_cache=False), expected)
 
 
+LINEAR = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+
+
 @pytest.mark.parametrize(
     "arch,config,fragment",
     [
@@ -165,6 +209,11 @@ def test_greedy_generation_equals_transformers(gemma, gemma2, cleanup, which):
         ("Gemma2ForCausalLM", {**GEMMA2, "layer_types": ["sliding_attention", "linear_attention"]}, "layer_types="),
         ("Gemma2ForCausalLM", {**GEMMA2, "attn_logit_softcapping": -1.0}, "attn_logit_softcapping=-1.0"),
         ("Gemma2ForCausalLM", {**GEMMA2, "sliding_window": None}, "sliding_window=None"),
+        (
+            "Gemma3ForCausalLM",
+            {**GEMMA3, "rope_parameters": {**GEMMA3["rope_parameters"], "sliding_attention": LINEAR}},
+            "rope_parameters.sliding_attention.rope_type='linear'",
+        ),
     ],
 )
 def test_unsupported_settings_are_refused(tmp_path, arch, config, fragment):

@@ -10,11 +10,11 @@ import torch
 from bridge_core.discovery import discover
 
 
-def test_registers_gemma_and_gemma2():
+def test_registers_gemma_1_2_3():
     registry = discover(environ={"BRIDGE_PLUGINS": "gemma", "BRIDGE_STRICT_PLUGINS": "1"})
     (record,) = [p for p in registry.plugins if p.status != "blocked"]
     assert (record.distribution, record.status) == ("bridge-gemma", "loaded")
-    assert sorted(record.architectures) == ["Gemma2ForCausalLM", "GemmaForCausalLM"]
+    assert sorted(record.architectures) == ["Gemma2ForCausalLM", "Gemma3ForCausalLM", "GemmaForCausalLM"]
     assert registry.bridge_for("Gemma2ForCausalLM").bridge == "bridge_gemma.bridge:Gemma2Bridge"
 
 

@@ -119,6 +119,56 @@ class Gemma2Bridge(GemmaBridge):
         ]
 
 
+class _GlobalRopeView:
+    """``hf_config`` with ``rope_parameters`` narrowed to the global (``full_attention``) layers' entry."""
+
+    def __init__(self, hf_config: Any, rope_parameters: dict[str, Any]):
+        self._config, self.rope_parameters = hf_config, rope_parameters
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
+
+
+def dual_rope(hf_config: Any) -> tuple[dict[str, Any], float]:
+    """Gemma 3's ``rope_parameters``: the global layers' entry and the local layers' base."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    glob, local = params.get("full_attention"), params.get("sliding_attention")
+    if not isinstance(glob, dict) or not isinstance(local, dict):
+        raise ConfigError(
+            f"config.json: rope_parameters={params!r} is not supported (full_attention and sliding_attention entries)"
+        )
+    if local.get("rope_type", "default") != "default":
+        raise ConfigError(
+            f"config.json: rope_parameters.sliding_attention.rope_type={local.get('rope_type')!r} is not supported "
+            "(default only)"
+        )
+    return glob, float(local["rope_theta"])
+
+
+class Gemma3Bridge(Gemma2Bridge):
+    """``Gemma3ForCausalLM`` (text): Gemma 3 1B, and the text towers of 4B/12B/27B saved as this class."""
+
+    def hf_config_to_provider_kwargs(self, hf_config: Any) -> dict[str, Any]:
+        glob, local = dual_rope(hf_config)
+        kwargs = super().hf_config_to_provider_kwargs(_GlobalRopeView(hf_config, glob))
+        kwargs.update({"qk_layernorm": True, "local_rotary_base": local})
+        return kwargs
+
+    def megatron_to_hf_config(self, provider: Any) -> dict[str, Any]:
+        out = super().megatron_to_hf_config(provider)
+        local = {"rope_type": "default", "rope_theta": provider.local_rotary_base}
+        out["rope_parameters"] = {"full_attention": out["rope_parameters"], "sliding_attention": local}
+        return out
+
+    def attention_mappings(self) -> list[MegatronParamMapping]:
+        p = f"{self.HF_PREFIX}layers.*.self_attn."
+        return [
+            *super().attention_mappings(),
+            AutoMapping("decoder.layers.*.self_attention.q_layernorm.weight", f"{p}q_norm.weight"),
+            AutoMapping("decoder.layers.*.self_attention.k_layernorm.weight", f"{p}k_norm.weight"),
+        ]
+
+
 def window_kwargs(hf_config: Any, num_layers: int) -> dict[str, Any]:
     """``window_size`` and the per-layer ``window_attn_skip_freq`` list (1 = windowed) from ``layer_types``."""
     types = getattr(hf_config, "layer_types", None)

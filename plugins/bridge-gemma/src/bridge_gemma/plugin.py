@@ -13,3 +13,4 @@ BRIDGE_CONTRACT = ">=1.0,<2"
 def register_bridges(register):
     register(architecture="GemmaForCausalLM", bridge="bridge_gemma.bridge:GemmaBridge", model_type="gemma")
     register(architecture="Gemma2ForCausalLM", bridge="bridge_gemma.bridge:Gemma2Bridge", model_type="gemma2")
+    register(architecture="Gemma3ForCausalLM", bridge="bridge_gemma.bridge:Gemma3Bridge", model_type="gemma3_text")

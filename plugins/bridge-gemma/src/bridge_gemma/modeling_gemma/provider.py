@@ -7,7 +7,9 @@
   with ``attn_logit_softcap`` (``cap * tanh(s / cap)`` before the mask) when set;
 - ``scale_embeddings``: the embedding output times sqrt(hidden) rounded to the embedding weight's
   dtype, as transformers does (``torch.tensor(hidden**0.5, dtype=...)``);
-- ``final_logit_softcap``: the output layer's logits become ``cap * tanh(logits / cap)``.
+- ``final_logit_softcap``: the output layer's logits become ``cap * tanh(logits / cap)``;
+- ``local_rotary_base`` (Gemma 3): windowed layers rotate with this base (``DualRopeSelfAttention``),
+  the others with ``rotary_base`` and its scaling; ``qk_layernorm`` norms are ``GemmaRMSNorm`` per head.
 The activation is fixed (``gelu(approximate="tanh")``), so it is not a constructor argument and never
 travels in a Megatron checkpoint's run config.
 """
@@ -23,6 +25,7 @@ import torch
 from bridge_core.errors import ConfigError
 from bridge_core.modeling.specs import install_core_attention
 from bridge_core.provider import GPTModelProvider
+from bridge_gemma.modeling_gemma.attention import DualRopeSelfAttention
 from bridge_gemma.modeling_gemma.norm import GemmaRMSNorm, PostNormRowParallelLinear, gelu_tanh
 
 
@@ -41,7 +44,7 @@ def _softcap_output(cap: float):
 
 @dataclass
 class GemmaModelProvider(GPTModelProvider):
-    """A ``GPTModelProvider`` building Gemma 1/2 decoders on the local spec (see the module docstring)."""
+    """A ``GPTModelProvider`` building Gemma 1/2/3 decoders on the local spec (see the module docstring)."""
 
     activation_func: Callable = field(default=None, init=False)
     layernorm_zero_centered_gamma: bool = True
@@ -49,6 +52,7 @@ class GemmaModelProvider(GPTModelProvider):
     sandwich_norms: bool = False
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    local_rotary_base: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +73,8 @@ class GemmaModelProvider(GPTModelProvider):
         if self.qk_layernorm:
             subs.self_attention.submodules.q_layernorm = GemmaRMSNorm
             subs.self_attention.submodules.k_layernorm = GemmaRMSNorm
+        if self.local_rotary_base is not None:
+            subs.self_attention.module = DualRopeSelfAttention
         if self.sandwich_norms:
             subs.self_attention.submodules.linear_proj = PostNormRowParallelLinear
             subs.mlp.submodules.linear_fc2 = PostNormRowParallelLinear
