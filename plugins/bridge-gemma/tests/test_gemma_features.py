@@ -223,3 +223,10 @@ def test_unsupported_settings_are_refused(tmp_path, arch, config, fragment):
     with pytest.raises(ConfigError) as err:
         AutoBridge.from_hf_pretrained(folder).to_megatron_provider()
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_transformer_engine_spec_is_refused(gemma):
+    provider = AutoBridge.from_hf_pretrained(gemma).to_megatron_provider()
+    provider.transformer_layer_spec = "te"
+    with pytest.raises(ConfigError, match="transformer_layer_spec='te' is not supported by bridge-gemma"):
+        provider.layer_spec()
