@@ -26,7 +26,7 @@ KNOWN_ARCHITECTURES: dict[str, str] = {
 
 # Distributions whose source is in the bridge repository (plugins/bridge-<family>/). None is on PyPI
 # yet: they install from a wheelhouse built in a checkout. The other names above are not published.
-SHIPPED: frozenset[str] = frozenset({"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral"})
+SHIPPED: frozenset[str] = frozenset({"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral", "bridge-gemma"})
 
 
 def install_hint(distribution: str) -> str:
