@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import pytest
 from conftest import plugins_json, run_bridgectl
+
+from bridge_core import CONTRACT_VERSION
+
+CORE = version("bridge-core")  # the installed distribution's own metadata
 
 REAL_PLUGINS = pytest.mark.needs_dists("bridge-llama", "bridge-qwen")
 
@@ -52,7 +58,7 @@ def test_incompatible_plugin_message_names_the_fix():
     rec = plugins_json(BRIDGE_PLUGINS="fixture-incompatible")["fixture-incompatible"]
     assert rec["status"] == "incompatible"
     assert rec["reason"] == (
-        "bridge-fixture-incompatible 0.4.0 needs contract >=2.0; bridge-core 1.0.0 provides 1.1: "
+        f"bridge-fixture-incompatible 0.4.0 needs contract >=2.0; bridge-core {CORE} provides {CONTRACT_VERSION}: "
         "upgrade bridge-core, or pip install 'bridge-fixture-incompatible<0.4'"
     )
     assert rec["architectures"] == []
@@ -128,7 +134,7 @@ def test_strict_mode_passes_when_every_selected_plugin_is_good():
 def test_human_listing_shows_rows_and_reasons():
     proc = run_bridgectl("plugins", BRIDGE_PLUGINS="fixture-good,fixture-incompatible")
     assert proc.returncode == 0
-    assert proc.stdout.splitlines()[0] == "bridge-core 1.0.0 (contract 1.1)"
+    assert proc.stdout.splitlines()[0] == f"bridge-core {CORE} (contract {CONTRACT_VERSION})"
     assert "PLUGIN" in proc.stdout and "STATUS" in proc.stdout
     assert "architectures: GoodForCausalLM" in proc.stdout
     assert "reason: bridge-fixture-incompatible 0.4.0 needs contract >=2.0" in proc.stdout
@@ -137,4 +143,4 @@ def test_human_listing_shows_rows_and_reasons():
 def test_version_flag_prints_core_and_contract():
     proc = run_bridgectl("--version")
     assert proc.returncode == 0
-    assert proc.stdout.strip() == "bridge-core 1.0.0 (contract 1.1)"
+    assert proc.stdout.strip() == f"bridge-core {CORE} (contract {CONTRACT_VERSION})"

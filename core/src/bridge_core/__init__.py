@@ -12,7 +12,7 @@ from typing import Any
 from bridge_core.contract import CONTRACT_VERSION
 from bridge_core.hookspecs import hookimpl
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 # Public name -> "module:attribute", imported on first access (PEP 562).
 _LAZY = {

@@ -6,7 +6,7 @@ keep it tiny and never import torch, megatron or transformers here (the conforma
 
 from bridge_core import hookimpl
 
-BRIDGE_CONTRACT = ">=1.0,<2"
+BRIDGE_CONTRACT = ">=1.1,<2"
 
 
 @hookimpl
