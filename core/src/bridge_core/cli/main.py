@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("bridge_core.cli.generate_cmd", "greedy generation with the Megatron model"),
     "verify": ("bridge_core.cli.verify_cmd", "compare a Megatron checkpoint with its HF source (logits, tensors)"),
     "roundtrip": ("bridge_core.cli.roundtrip_cmd", "import, export and compare in one command"),
+    "diagnose": ("bridge_core.cli.diagnose_cmd", "name the first module where HF and Megatron activations differ"),
     "new-plugin": ("bridge_core.cli.new_plugin_cmd", "bake a new bridge-<family> plugin from the template"),
 }
 
