@@ -22,7 +22,11 @@ def looks_like_hub_id(value: str) -> bool:
     return bool(HUB_ID.match(value)) and not value.endswith((".gguf", ".safetensors", ".json"))
 
 
-def resolve_model_path(value: str, flag: str = "--hf-model") -> Path:
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model_path(value: str, flag: str = "--hf-model", action: str = "bridgectl") -> Path:
     """A local path for ``value``: the path itself when it exists, else the Hub snapshot of ``org/name``.
 
     Raises ``CheckpointError`` (one line) for a missing path that is no Hub ID, and for a Hub ID that
@@ -37,11 +41,15 @@ def resolve_model_path(value: str, flag: str = "--hf-model") -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - transformers requires huggingface_hub
         raise CheckpointError(f"{flag} {value}: no such local path, and huggingface_hub is not installed") from None
+    if not _offline():
+        from bridge_core.progress import stage
+
+        stage(action, f"fetching {value} from the Hugging Face Hub")
     how = f"download it first (huggingface-cli download {value} --local-dir DIR) and pass {flag} DIR"
     try:
         return Path(snapshot_download(value, allow_patterns=ALLOW_PATTERNS))
     except Exception as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        offline = _offline()
         first = " ".join(str(exc).split()).split(". ")[0][:200]
         why = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {first}"
         raise CheckpointError(

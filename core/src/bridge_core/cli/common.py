@@ -62,13 +62,10 @@ def hf_source(path: str | None, action: str = "bridgectl") -> Iterator[Path | No
         yield None
         return
     from bridge_core.gguf_source import gguf_to_hf_folder, is_gguf
-    from bridge_core.hub import looks_like_hub_id, resolve_model_path
-    from bridge_core.progress import stage
+    from bridge_core.hub import resolve_model_path
     from bridge_core.timing import timeline
 
-    if not Path(path).exists() and looks_like_hub_id(path):
-        stage(action, f"fetching {path} from the Hugging Face Hub")
-    source = resolve_model_path(path)
+    source = resolve_model_path(path, action=action)
     if source != Path(path).expanduser():
         timeline().mark("downloading")
     if not is_gguf(source):

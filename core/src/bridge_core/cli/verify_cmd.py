@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-model", required=True, help="the HF source (folder or GGUF file)")
     parser.add_argument("--megatron-path", required=True, help="checkpoint to verify")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest |logit difference| accepted (fp32)")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow models that need remote code")
     add_parallel_args(parser)
 
 
