@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     parallel = parallelism(args)
     precheck_checkpoint(args.megatron_path)
-    with hf_source(args.hf_model) as folder:
+    with hf_source(args.hf_model, "verify") as folder:
         precheck_hf(folder, args.trust_remote_code)
         code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
@@ -48,9 +48,12 @@ def verify(folder, megatron_path: str, parallel, atol: float) -> int:
     import torch
 
     from bridge_core.inference import forward_logits
+    from bridge_core.progress import stage
     from bridge_core.workflows import cast_model, load_checkpoint, rank, say
 
+    stage("verify", f"loading {megatron_path}")
     loaded = load_checkpoint(megatron_path, parallel, folder)
+    stage("verify", "comparing every exported tensor with the source")
     source = loaded.bridge.hf.weights
     mismatched, seen = [], set()
     for name, tensor in loaded.bridge.export_hf_weights(loaded.model, to_rank=0):
@@ -68,11 +71,13 @@ def verify(folder, megatron_path: str, parallel, atol: float) -> int:
     cast_model(loaded.model, loaded.provider, torch.float32)
     vocab = loaded.bridge.hf_config.vocab_size
     ids = fixed_prompt(vocab)
+    stage("verify", "Megatron forward (fp32)")
     logits = forward_logits(loaded.model, ids, vocab_size=vocab).cpu()  # the reference runs on the CPU
     if rank() != 0:
         return 0
     from transformers import AutoModelForCausalLM
 
+    stage("verify", "transformers reference: loading and forward (fp32)")
     reference = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     with torch.no_grad():
         diff = (logits - reference(ids).logits.float()).abs()
