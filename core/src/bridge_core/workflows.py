@@ -117,7 +117,8 @@ def import_checkpoint(
 
     check_output_dir(megatron_path, overwrite, "--megatron-path")
     timeline().mark("loading libraries")
-    progress = Progress("import", enabled=rank() == 0, unit="Megatron parameters", stage="reading weights")
+    where = f" (rank 0 of {parallel.world_size})" if parallel.world_size > 1 else ""
+    progress = Progress("import", enabled=rank() == 0, unit="Megatron parameters", stage="reading weights" + where)
     bridge, provider, model = build_from_hf(hf_model, parallel, dtype, trust_remote_code, progress)
     progress.finish()
     source_tensors = hf_tensors(len(bridge.hf.weights), bridge.hf.weights.total_bytes)

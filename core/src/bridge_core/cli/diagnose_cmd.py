@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from bridge_core.cli.common import add_parallel_args, hf_source, parallelism, precheck_hf, run_on_ranks
+from bridge_core.cli.common import (
+    LOADING_LIBRARIES,
+    add_parallel_args,
+    hf_source,
+    parallelism,
+    precheck_hf,
+    run_on_ranks,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
             return code
+        from bridge_core.progress import stage
+
+        stage("diagnose", LOADING_LIBRARIES)
         return diagnose(folder, parallel, args.atol, args.seq_length, args.trust_remote_code)
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from bridge_core.cli.common import DTYPES, add_parallel_args, parallelism, precheck_checkpoint, run_on_ranks
+from bridge_core.cli.common import (
+    DTYPES,
+    LOADING_LIBRARIES,
+    add_parallel_args,
+    parallelism,
+    precheck_checkpoint,
+    run_on_ranks,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         code = run_on_ranks(args, parallel.world_size, reference)
     if code is not None:
         return code
+    from bridge_core.progress import stage
+
+    stage("export", LOADING_LIBRARIES)
     from bridge_core.workflows import export_checkpoint
 
     export_checkpoint(

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from bridge_core.cli.common import (
+    LOADING_LIBRARIES,
     add_common_args,
     add_parallel_args,
     hf_source,
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
             return code
+        from bridge_core.progress import stage
+
+        stage("generate", LOADING_LIBRARIES)
         return generate(args, parallel, folder)
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bridge_core.cli.common import add_common_args, add_parallel_args, hf_source, parallelism, precheck_hf, run_on_ranks
+from bridge_core.cli.common import (
+    LOADING_LIBRARIES,
+    add_common_args,
+    add_parallel_args,
+    hf_source,
+    parallelism,
+    precheck_hf,
+    run_on_ranks,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
             code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
             return code
-        from bridge_core.workflows import import_checkpoint
+        from bridge_core.progress import stage
 
         warn_without_tokenizer(folder, args.megatron_path)
+        stage("import", LOADING_LIBRARIES)
+        from bridge_core.workflows import import_checkpoint
+
         import_checkpoint(
             folder, args.megatron_path, parallel, args.torch_dtype, args.overwrite, args.trust_remote_code, source=label
         )
