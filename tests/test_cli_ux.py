@@ -119,6 +119,16 @@ def test_a_missing_path_that_is_no_hub_id_is_still_named(tmp_path):
     assert f"{tmp_path / 'nope'}: no such file or folder" in line
 
 
+def test_a_failing_import_keeps_stderr_to_its_one_line_error(toy, tmp_path):
+    broken = tmp_path / "hf"
+    broken.mkdir()
+    for f in toy.iterdir():
+        (broken / f.name).write_bytes(b"not json" if f.name.endswith(".safetensors") else f.read_bytes())
+    proc = bridgectl("import", "--hf-model", str(broken), "--megatron-path", str(tmp_path / "out"))
+    assert "corrupt safetensors file" in one_line_error(proc)
+    assert "import: building the Megatron model" in proc.stdout  # the stages it went through
+
+
 def test_generate_without_a_tokenizer_refuses_before_building(toy):
     line = one_line_error(bridgectl("generate", "--hf-model", str(toy), "--prompt", "Hello"))
     assert f"{toy}: no tokenizer" in line and "--hf-model" in line
@@ -149,15 +159,16 @@ def test_import_summary_names_units_totals_and_the_parts_of_the_wall_time(import
     parts = dict(re.findall(r"([a-z][a-z -]+?) (\d+\.\d) s", total.group(2)))
     assert {"start-up", "rank start-up", "loading libraries", "writing"} <= set(parts), parts
     assert sum(float(v) for v in parts.values()) <= float(total.group(1)) + 0.5
-    assert "building the Megatron model" in proc.stderr  # stage lines (a log: no bars)
-    assert "\r" not in proc.stderr
+    assert "import: building the Megatron model" in out  # stage lines on stdout (a log: no bars)
+    assert "\r" not in out
+    assert proc.stderr.strip().splitlines()[0].startswith("bridgectl import: warning:")  # stderr: warnings, errors
 
 
 def test_no_progress_keeps_only_the_summaries(imported, toy, tmp_path):
     path, _ = imported
     proc = bridgectl("export", "--megatron-path", str(path), "--hf-path", str(tmp_path / "out"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    assert proc.stderr == "" and "export: loading" not in proc.stdout and "export: writing (" not in proc.stdout
     assert re.search(r"export: wrote 21 HF tensors \(0\.\d\d GB\) from 15 Megatron parameters", proc.stdout)
     assert re.search(r"export: total \d+\.\d s \(start-up .*loading the checkpoint .*writing", proc.stdout)
 

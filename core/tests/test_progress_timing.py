@@ -81,7 +81,7 @@ def test_gguf_dequantization_loop_is_counted(capsys, monkeypatch):
     with _counted_dequantization("import"):
         seen = list(gguf_utils.tqdm([FakeTensor()] * 3, desc="Converting and de-quantizing GGUF tensors..."))
     assert len(seen) == 3 and gguf_utils.tqdm is original
-    assert "import: dequantizing (3 GGUF tensors, 0.00 GB)" in capsys.readouterr().err
+    assert "import: dequantizing (3 GGUF tensors, 0.00 GB)" in capsys.readouterr().out  # stdout: stderr is for errors
 
 
 def test_process_start_time_is_the_process_start_not_the_import():

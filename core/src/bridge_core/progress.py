@@ -1,6 +1,8 @@
-"""What long work shows the user on stderr (rank 0 only): stage lines, progress bars, the timed summary.
+"""What long work shows the user (rank 0 only): stage lines and progress bars.
 
-On a terminal a counted stage draws a bar that redraws in place; otherwise (a log, a pipe) every
+They go to stdout, with the commands' summary lines, so that stderr holds only warnings and the
+one-line error of a failure; ``generate``, whose stdout is the generated text, sends them to stderr
+(``set_stream``). On a terminal a counted stage draws a bar that redraws in place; otherwise (a log, a pipe) every
 stage prints one line when it starts and a status line at most every ``LOG_INTERVAL`` seconds.
 ``bridgectl --no-progress`` turns both off (``BRIDGECTL_PROGRESS=0``, inherited by rank processes);
 summary lines are always printed. Torch-free: the CLI imports this before any heavy library.
@@ -19,6 +21,19 @@ TTY_INTERVAL = 0.2  # seconds between redraws of a bar
 LOG_INTERVAL = 10.0  # seconds between status lines in a log
 BAR_WIDTH = 24
 T = TypeVar("T")
+
+
+_STREAM: TextIO | None = None  # None: sys.stdout when used
+
+
+def set_stream(stream: TextIO | None) -> None:
+    """Where stage lines and bars go in this process (None: stdout)."""
+    global _STREAM
+    _STREAM = stream
+
+
+def _default_stream() -> TextIO:
+    return _STREAM or sys.stdout
 
 
 def progress_enabled() -> bool:
@@ -45,7 +60,7 @@ def _isatty(stream: TextIO) -> bool:
 def stage(action: str, text: str, stream: TextIO | None = None) -> None:
     """One line naming a stage of ``action`` as it starts (``import: building the model``)."""
     if progress_enabled() and is_rank0():
-        print(f"{action}: {text}", file=stream or sys.stderr, flush=True)
+        print(f"{action}: {text}", file=stream or _default_stream(), flush=True)
 
 
 class Progress:
@@ -70,7 +85,7 @@ class Progress:
         self.action, self.unit, self.stage = action, unit, stage
         self.total_tensors, self.total_bytes = total_tensors, total_bytes
         self.tensors = self.bytes = 0
-        self.stream = stream or sys.stderr
+        self.stream = stream or _default_stream()
         self.enabled = enabled and progress_enabled()
         self.tty = _isatty(self.stream)
         self.interval = interval if interval is not None else TTY_INTERVAL if self.tty else LOG_INTERVAL

@@ -64,9 +64,11 @@ def check_tokenizer(folder, megatron_path: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bridge_core.errors import CheckpointError
+    from bridge_core.progress import set_stream
     from bridge_core.timing import begin_command
 
     begin_command()
+    set_stream(sys.stderr)  # stdout is the generated text
     parallel = parallelism(args)
     if args.hf_model is None and args.megatron_path is None:
         raise CheckpointError("give --hf-model, --megatron-path, or both")

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def warn_without_tokenizer(folder, megatron_path: str) -> None:
-    """A checkpoint without a tokenizer cannot ``generate`` on its own: say so before converting."""
+    """A checkpoint without a tokenizer cannot ``generate`` on its own: say so (on stderr)."""
     from bridge_core.progress import is_rank0
     from bridge_core.tokenizer_check import VOCABULARY_FILES, has_tokenizer
 
@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
             return code
         from bridge_core.progress import stage
 
-        warn_without_tokenizer(folder, args.megatron_path)
         stage("import", LOADING_LIBRARIES)
         from bridge_core.workflows import import_checkpoint
 
         import_checkpoint(
             folder, args.megatron_path, parallel, args.torch_dtype, args.overwrite, args.trust_remote_code, source=label
         )
+        warn_without_tokenizer(folder, args.megatron_path)  # after the work: stderr holds errors alone until then
     return 0
