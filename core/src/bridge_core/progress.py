@@ -20,6 +20,7 @@ PROGRESS_ENV = "BRIDGECTL_PROGRESS"
 TTY_INTERVAL = 0.2  # seconds between redraws of a bar
 LOG_INTERVAL = 10.0  # seconds between status lines in a log
 BAR_WIDTH = 24
+LOADING_LIBRARIES = "loading torch, megatron-core and transformers"  # the stage before the heavy imports
 T = TypeVar("T")
 
 

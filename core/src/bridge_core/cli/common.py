@@ -13,7 +13,6 @@ from bridge_core.errors import CheckpointError
 from bridge_core.parallelism import Parallelism
 
 DTYPES = ("bfloat16", "float16", "float32")
-LOADING_LIBRARIES = "loading torch, megatron-core and transformers"
 
 
 def add_parallel_args(parser: argparse.ArgumentParser) -> None:

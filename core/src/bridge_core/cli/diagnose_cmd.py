@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from bridge_core.cli.common import (
-    LOADING_LIBRARIES,
     add_parallel_args,
     hf_source,
     parallelism,
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
             return code
-        from bridge_core.progress import stage
+        from bridge_core.progress import LOADING_LIBRARIES, stage
 
         stage("diagnose", LOADING_LIBRARIES)
         return diagnose(folder, parallel, args.atol, args.seq_length, args.trust_remote_code)

@@ -6,7 +6,6 @@ import argparse
 
 from bridge_core.cli.common import (
     DTYPES,
-    LOADING_LIBRARIES,
     add_parallel_args,
     parallelism,
     precheck_checkpoint,
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         code = run_on_ranks(args, parallel.world_size, reference)
     if code is not None:
         return code
-    from bridge_core.progress import stage
+    from bridge_core.progress import LOADING_LIBRARIES, stage
 
     stage("export", LOADING_LIBRARIES)
     from bridge_core.workflows import export_checkpoint

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from bridge_core.cli.common import (
-    LOADING_LIBRARIES,
     add_common_args,
     add_parallel_args,
     hf_source,
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
             return code
-        from bridge_core.progress import stage
+        from bridge_core.progress import LOADING_LIBRARIES, stage
 
         stage("generate", LOADING_LIBRARIES)
         return generate(args, parallel, folder)
