@@ -72,16 +72,23 @@ def test_gguf_dequantization_loop_is_counted(capsys, monkeypatch):
     pytest.importorskip("gguf")
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    from bridge_core.gguf_source import _counted_dequantization
+    from bridge_core.gguf_source import _shown_stages
 
     class FakeTensor:
         n_bytes = 1000
 
-    original = gguf_utils.tqdm
-    with _counted_dequantization("import"):
+    def stand_in(path, return_tensors=False):
+        return {"config": {}}
+
+    original_tqdm = gguf_utils.tqdm
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", stand_in)
+    with _shown_stages("import"):
+        gguf_utils.load_gguf_checkpoint("m.gguf", return_tensors=False)
         seen = list(gguf_utils.tqdm([FakeTensor()] * 3, desc="Converting and de-quantizing GGUF tensors..."))
-    assert len(seen) == 3 and gguf_utils.tqdm is original
-    assert "import: dequantizing (3 GGUF tensors, 0.00 GB)" in capsys.readouterr().out  # stdout: stderr is for errors
+    assert len(seen) == 3 and gguf_utils.tqdm is original_tqdm and gguf_utils.load_gguf_checkpoint is stand_in
+    out = capsys.readouterr().out  # stdout: stderr is for warnings and errors
+    assert "import: parsing the GGUF metadata\n" in out
+    assert "import: dequantizing (3 GGUF tensors, 0.00 GB)" in out
 
 
 def test_process_start_time_is_the_process_start_not_the_import():

@@ -77,29 +77,40 @@ def check_gguf_dependencies() -> None:
 
 
 @contextlib.contextmanager
-def _counted_dequantization(action: str) -> Iterator[None]:
-    """transformers' per-tensor GGUF loop shown through our ``Progress`` (bar or log lines).
+def _shown_stages(action: str) -> Iterator[None]:
+    """transformers' GGUF reading shown as stage lines and a counted dequantization (bar or log lines).
 
-    transformers iterates ``tqdm(reader.tensors, ...)`` in ``modeling_gguf_pytorch_utils``; that name
-    is swapped for the duration of the load (nothing happens where transformers has no such loop).
+    transformers reads the file through ``load_gguf_checkpoint`` (metadata for the config and the
+    tokenizer, then the tensors) and dequantizes in a ``tqdm(reader.tensors, ...)`` loop, both in
+    ``modeling_gguf_pytorch_utils``; those names are wrapped for the duration of the load (a
+    transformers without them loads as before, with fewer lines).
     """
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    original = getattr(gguf_utils, "tqdm", None)
-    if original is None:
-        yield
-        return
+    original_tqdm = getattr(gguf_utils, "tqdm", None)
+    original_load = getattr(gguf_utils, "load_gguf_checkpoint", None)
 
     def counted(iterable, *args, **kwargs):
         items = list(iterable)
         progress = Progress(action, enabled=is_rank0(), unit="GGUF tensors", stage="dequantizing")
         return progress.iterate(items, [int(getattr(t, "n_bytes", 0)) for t in items])
 
-    gguf_utils.tqdm = counted
+    def load(*args, **kwargs):
+        tensors = kwargs.get("return_tensors", False)
+        stage(action, "parsing the GGUF file and its tensor names" if tensors else "parsing the GGUF metadata")
+        return original_load(*args, **kwargs)
+
+    if original_tqdm is not None:
+        gguf_utils.tqdm = counted
+    if original_load is not None:
+        gguf_utils.load_gguf_checkpoint = load
     try:
         yield
     finally:
-        gguf_utils.tqdm = original
+        if original_tqdm is not None:
+            gguf_utils.tqdm = original_tqdm
+        if original_load is not None:
+            gguf_utils.load_gguf_checkpoint = original_load
 
 
 def _load_dequantized(file: Path, action: str = "gguf"):
@@ -114,10 +125,10 @@ def _load_dequantized(file: Path, action: str = "gguf"):
         # transformers >= 5 may keep weights packed in GGUF blocks; ask for plain dense tensors.
         kwargs["quantization_config"] = gguf_config(gguf_file=name, dequantize=True)
     try:
-        with _counted_dequantization(action):
+        with _shown_stages(action):
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **kwargs)
-        stage(action, "reading the tokenizer from the GGUF file")
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            stage(action, "building the tokenizer from the GGUF file")
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise CheckpointError(f"{file}: transformers cannot load this GGUF file ({msg})") from exc
@@ -145,9 +156,6 @@ def gguf_to_hf_folder(
     check_gguf_dependencies()
     size = file.stat().st_size / 1e9
     stage(action, f"decoding GGUF file {file} ({size:.2f} GB) through transformers: loading transformers")
-    import transformers  # noqa: F401  (seconds of its own; timed apart from the file's metadata)
-
-    stage(action, "reading the GGUF metadata and building the transformers model")
     model, tokenizer = _load_dequantized(file, action)
     stage(action, "writing the dequantized HF folder")
     with atomic_output_dir(out, overwrite) as tmp:
