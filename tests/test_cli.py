@@ -96,7 +96,7 @@ def test_import_writes_a_megatron_lm_checkpoint(checkpoint, toy):
 def test_export_at_another_parallelism_without_reference_is_bit_exact(checkpoint, toy, tmp_path):
     proc = bridgectl("export", "--megatron-path", str(checkpoint), "--hf-path", str(tmp_path / "out"), "--pp", "2")
     assert proc.returncode == 0, proc.stderr
-    assert "export: exported 21 tensors" in proc.stderr + proc.stdout
+    assert "export: wrote 21 HF tensors" in proc.stderr + proc.stdout
     assert compare_hf_weights(toy, tmp_path / "out") == []
     assert (tmp_path / "out" / "tokenizer_config.json").exists()
     assert (tmp_path / "out" / "generation_config.json").exists()

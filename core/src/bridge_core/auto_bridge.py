@@ -37,6 +37,7 @@ from bridge_core.conversion.params import collect_params, unwrap
 from bridge_core.errors import ConfigError
 from bridge_core.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
 from bridge_core.hf_writer import ShardedSafetensorsWriter
+from bridge_core.megatron_bridge_names import MegatronBridgeNames
 from bridge_core.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.registry import get_registry
 
@@ -65,8 +66,11 @@ def _all_gather(obj: Any) -> list[Any]:
     return out
 
 
-class AutoBridge:
-    """Picks the installed plugin's bridge for an HF model and runs conversions through it."""
+class AutoBridge(MegatronBridgeNames):
+    """Picks the installed plugin's bridge for an HF model and runs conversions through it.
+
+    Megatron-Bridge's names (``import_ckpt``, ``export_ckpt``, ...) come from ``MegatronBridgeNames``.
+    """
 
     def __init__(
         self,

@@ -9,14 +9,17 @@ Needs the ``gguf`` and ``accelerate`` packages: ``pip install 'bridge-core[gguf]
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
 from bridge_core.errors import CheckpointError
 from bridge_core.output_dir import atomic_output_dir, check_output_dir
+from bridge_core.progress import Progress, is_rank0, stage
 
 GGUF_MAGIC = b"GGUF"
 GGUF_EXTRA = "pip install 'bridge-core[gguf]'"
@@ -73,7 +76,44 @@ def check_gguf_dependencies() -> None:
         raise CheckpointError(f"reading GGUF files needs {' and '.join(missing)}, not installed: {GGUF_EXTRA}")
 
 
-def _load_dequantized(file: Path):
+@contextlib.contextmanager
+def _shown_stages(action: str) -> Iterator[None]:
+    """transformers' GGUF reading shown as stage lines and a counted dequantization (bar or log lines).
+
+    transformers reads the file through ``load_gguf_checkpoint`` (metadata for the config and the
+    tokenizer, then the tensors) and dequantizes in a ``tqdm(reader.tensors, ...)`` loop, both in
+    ``modeling_gguf_pytorch_utils``; those names are wrapped for the duration of the load (a
+    transformers without them loads as before, with fewer lines).
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original_tqdm = getattr(gguf_utils, "tqdm", None)
+    original_load = getattr(gguf_utils, "load_gguf_checkpoint", None)
+
+    def counted(iterable, *args, **kwargs):
+        items = list(iterable)
+        progress = Progress(action, enabled=is_rank0(), unit="GGUF tensors", stage="dequantizing")
+        return progress.iterate(items, [int(getattr(t, "n_bytes", 0)) for t in items])
+
+    def load(*args, **kwargs):
+        tensors = kwargs.get("return_tensors", False)
+        stage(action, "parsing the GGUF file and its tensor names" if tensors else "parsing the GGUF metadata")
+        return original_load(*args, **kwargs)
+
+    if original_tqdm is not None:
+        gguf_utils.tqdm = counted
+    if original_load is not None:
+        gguf_utils.load_gguf_checkpoint = load
+    try:
+        yield
+    finally:
+        if original_tqdm is not None:
+            gguf_utils.tqdm = original_tqdm
+        if original_load is not None:
+            gguf_utils.load_gguf_checkpoint = original_load
+
+
+def _load_dequantized(file: Path, action: str = "gguf"):
     """transformers' model (plain dense tensors) and tokenizer for ``file``."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,8 +125,10 @@ def _load_dequantized(file: Path):
         # transformers >= 5 may keep weights packed in GGUF blocks; ask for plain dense tensors.
         kwargs["quantization_config"] = gguf_config(gguf_file=name, dequantize=True)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        with _shown_stages(action):
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **kwargs)
+            stage(action, "building the tokenizer from the GGUF file")
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise CheckpointError(f"{file}: transformers cannot load this GGUF file ({msg})") from exc
@@ -98,18 +140,24 @@ def _load_dequantized(file: Path):
     return model, tokenizer
 
 
-def gguf_to_hf_folder(path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def gguf_to_hf_folder(
+    path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False, action: str = "gguf"
+) -> Path:
     """Dequantize the GGUF model at ``path`` (a file, or a folder with one) into the HF folder ``out_dir``.
 
     Writes safetensors weights (sharded above 5 GB), ``config.json`` (without ``DROPPED_CONFIG_KEYS``),
     ``generation_config.json`` and the tokenizer files. The tensors are what transformers dequantizes
     (float32 for a quantized file). ``out_dir`` must not exist or be empty unless ``overwrite``; it is
-    written atomically (a temporary sibling renamed at the end). Returns ``out_dir``.
+    written atomically (a temporary sibling renamed at the end). Returns ``out_dir``. Its stages are
+    shown as ``action: ...`` lines and a dequantization bar (see ``bridge_core.progress``).
     """
     file = resolve_gguf(path)
     out = check_output_dir(out_dir, overwrite)
     check_gguf_dependencies()
-    model, tokenizer = _load_dequantized(file)
+    size = file.stat().st_size / 1e9
+    stage(action, f"decoding GGUF file {file} ({size:.2f} GB) through transformers: loading transformers")
+    model, tokenizer = _load_dequantized(file, action)
+    stage(action, "writing the dequantized HF folder")
     with atomic_output_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from bridge_core.auto_bridge import AutoBridge
 from bridge_core.errors import CheckpointError
 from bridge_core.input_files import folder_files
 from bridge_core.parallelism import Parallelism  # re-exported: it used to live here
-from bridge_core.progress import Progress
+from bridge_core.progress import Progress, stage
+from bridge_core.timing import timeline
 
 
 def rank() -> int:
@@ -33,6 +33,29 @@ def say(*args: Any) -> None:
     """Print on rank 0 only."""
     if rank() == 0:
         print(*args, flush=True)
+
+
+def _gather(value: Any) -> list[Any]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def megatron_parameters(model: list) -> str:
+    """``182 Megatron parameters (0.54 GB)``, or with several ranks ``546 Megatron parameter shards on
+    3 ranks (0.54 GB)``: this rank's chunks, added up over every rank (every rank calls this)."""
+    params = [p for chunk in model for p in chunk.parameters()]
+    counts = _gather((len(params), sum(p.numel() * p.element_size() for p in params)))
+    count, nbytes = sum(c for c, _ in counts), sum(b for _, b in counts)
+    if len(counts) == 1:
+        return f"{count} Megatron parameters ({nbytes / 1e9:.2f} GB)"
+    return f"{count} Megatron parameter shards on {len(counts)} ranks ({nbytes / 1e9:.2f} GB)"
+
+
+def hf_tensors(count: int, nbytes: int) -> str:
+    return f"{count} HF tensors ({nbytes / 1e9:.2f} GB)"
 
 
 def provenance(bridge: AutoBridge, source: str, parallel: Parallelism) -> dict[str, Any]:
@@ -72,6 +95,8 @@ def build_from_hf(
 
     The model is built in ``dtype`` (default: the checkpoint's) and the HF weights loaded into it.
     """
+    action = progress.action if progress is not None else "bridgectl"
+    stage(action, "building the Megatron model")
     bridge = AutoBridge.from_hf_pretrained(
         hf_model, trust_remote_code=trust_remote_code, torch_dtype=dtype, accept_config=accept_config
     )
@@ -79,7 +104,9 @@ def build_from_hf(
     provider.perform_initialization = False  # every parameter is filled and coverage-checked
     provider.finalize()
     model = provider.provide_distributed_model(wrap_with_ddp=False)
+    timeline().mark("building the model")
     bridge.load_hf_weights(model, progress=progress)
+    timeline().mark("reading weights")
     return bridge, provider, model
 
 
@@ -98,12 +125,15 @@ def import_checkpoint(
     from bridge_core.output_dir import check_output_dir
 
     check_output_dir(megatron_path, overwrite, "--megatron-path")
-    started = time.perf_counter()
-    progress = Progress("import", enabled=rank() == 0)
+    timeline().mark("loading libraries")
+    where = f" (rank 0 of {parallel.world_size})" if parallel.world_size > 1 else ""
+    progress = Progress("import", enabled=rank() == 0, unit="Megatron parameters", stage="reading weights" + where)
     accepted = sorted(set(accept_config))
     bridge, provider, model = build_from_hf(hf_model, parallel, dtype, trust_remote_code, progress, accepted)
-    say(progress.summary("loaded "))
-    saving = time.perf_counter()
+    progress.finish()
+    source_tensors = hf_tensors(len(bridge.hf.weights), bridge.hf.weights.total_bytes)
+    say(f"import: read {source_tensors} into {megatron_parameters(model)} in {progress.seconds:.2f} s")
+    stage("import", f"writing {megatron_path}")
     path = save_megatron_checkpoint(
         model,
         provider,
@@ -117,8 +147,8 @@ def import_checkpoint(
         tokenizer_files=bridge.hf.side_files(),
         overwrite=overwrite,
     )
-    now = time.perf_counter()
-    say(f"import: wrote {megatron_path} in {now - saving:.2f} s; total {now - started:.1f} s")
+    timeline().mark("writing")
+    say(f"import: wrote {megatron_path}; {timeline().summary()}")
     return path
 
 
@@ -228,13 +258,19 @@ def export_checkpoint(
     max_shard_size: str = "5GB",
     overwrite: bool = False,
     accept_config: Iterable[str] = (),
+    trust_remote_code: bool = False,
 ) -> Path | None:
     """Megatron checkpoint -> complete HF folder (weights, regenerated config, tokenizer, generation config)."""
     from bridge_core.output_dir import check_output_dir
 
     check_output_dir(hf_path, overwrite, "--hf-path")
-    loaded = load_checkpoint(megatron_path, parallel, hf_model, accept_config=accept_config)
-    progress = Progress("export", enabled=rank() == 0)
+    timeline().mark("loading libraries")
+    stage("export", f"loading {megatron_path}")
+    loaded = load_checkpoint(
+        megatron_path, parallel, hf_model, trust_remote_code=trust_remote_code, accept_config=accept_config
+    )
+    timeline().mark("loading the checkpoint")
+    progress = Progress("export", enabled=rank() == 0, unit="HF tensors", stage="writing")
     out = loaded.bridge.save_hf_pretrained(
         loaded.model,
         hf_path,
@@ -244,5 +280,9 @@ def export_checkpoint(
         progress=progress,
         side_files=loaded.side_files,
     )
-    say(progress.summary("exported "))
+    progress.finish()
+    timeline().mark("writing")
+    params = megatron_parameters(loaded.model)
+    say(f"export: wrote {hf_tensors(progress.tensors, progress.bytes)} from {params} to {hf_path}")
+    say(f"export: {timeline().summary()}")
     return out

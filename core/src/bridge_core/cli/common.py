@@ -95,22 +95,27 @@ def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def hf_source(path: str | None) -> Iterator[Path | None]:
-    """An HF folder for ``path``: the folder itself, or a temporary one dequantized from a GGUF file."""
+def hf_source(path: str | None, action: str = "bridgectl") -> Iterator[Path | None]:
+    """An HF folder for ``path``: the folder itself, the Hub snapshot of an ``org/name`` ID that is no
+    local path, or a temporary folder dequantized from a GGUF file (timed as "decoding GGUF")."""
     if path is None:
         yield None
         return
     from bridge_core.gguf_source import gguf_to_hf_folder, is_gguf
+    from bridge_core.hub import resolve_model_path
+    from bridge_core.timing import timeline
 
-    source = Path(path)
-    if not source.exists():
-        raise CheckpointError(f"{source}: no such file or folder")
+    source = resolve_model_path(path, action=action)
+    if source != Path(path).expanduser():
+        timeline().mark("downloading")
     if not is_gguf(source):
         yield source
         return
     tmp = Path(tempfile.mkdtemp(prefix="bridgectl-gguf-"))
     try:
-        yield gguf_to_hf_folder(source, tmp / "hf")
+        folder = gguf_to_hf_folder(source, tmp / "hf", action=action)
+        timeline().mark("decoding GGUF")
+        yield folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

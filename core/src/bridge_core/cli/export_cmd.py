@@ -15,38 +15,63 @@ from bridge_core.cli.common import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--megatron-path", required=True, help="checkpoint folder written by 'bridgectl import'")
+    parser.add_argument(
+        "--megatron-path",
+        required=True,
+        help="checkpoint folder written by 'bridgectl import'",
+    )
     parser.add_argument("--hf-path", required=True, help="HF folder to write")
-    parser.add_argument("--hf-model", default=None, help="reference HF folder (default: what import stored)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    parser.add_argument("--torch-dtype", choices=DTYPES, default=None, help="dtype of the written tensors")
+    parser.add_argument(
+        "--hf-model",
+        default=None,
+        help="reference HF folder or Hub ID org/name (default: the config that import stored)",
+    )
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 500MB, 2GB")
+    parser.add_argument(
+        "--torch-dtype", choices=DTYPES, default=None, help="dtype of the written tensors (default: the checkpoint's)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --hf-path")
     add_accept_config_arg(parser)
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow a reference model that needs remote code"
+    )
     add_parallel_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from bridge_core.output_dir import check_output_dir, check_outside_inputs
     from bridge_core.sizes import parse_size
+    from bridge_core.timing import begin_command
 
+    timeline = begin_command()
     parallel = parallelism(args)
     parse_size(args.max_shard_size)
     precheck_checkpoint(args.megatron_path)
     check_outside_inputs(args.hf_path, "--hf-path", args.megatron_path, args.hf_model)
     check_output_dir(args.hf_path, args.overwrite, "--hf-path")
-    code = run_on_ranks(args, parallel.world_size)
+    reference = None
+    if args.hf_model is not None:
+        from bridge_core.hub import resolve_model_path
+
+        reference = resolve_model_path(args.hf_model)
+    with timeline.handed_over():
+        code = run_on_ranks(args, parallel.world_size, reference)
     if code is not None:
         return code
+    from bridge_core.progress import LOADING_LIBRARIES, stage
+
+    stage("export", LOADING_LIBRARIES)
     from bridge_core.workflows import export_checkpoint
 
     export_checkpoint(
         args.megatron_path,
         args.hf_path,
         parallel,
-        args.hf_model,
+        reference,
         args.torch_dtype,
         args.max_shard_size,
         args.overwrite,
         accept_config=args.accept_config,
+        trust_remote_code=args.trust_remote_code,
     )
     return 0

@@ -11,6 +11,8 @@ import importlib
 import sys
 
 from bridge_core import CONTRACT_VERSION, __version__
+from bridge_core.cli.help_format import DefaultsHelpFormatter
+from bridge_core.progress import set_progress
 
 # command -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipes": ("bridge_core.cli.recipes_cmd", "list installed training recipes (name, family, kind, distribution)"),
     "recipe": ("bridge_core.cli.recipe_cmd", "show a recipe's resolved config: recipe show NAME [key=value ...]"),
     "train": ("bridge_core.cli.train_cmd", "train a recipe on megatron-core (pretrain or fine-tune; resumable)"),
+    "diagnose": ("bridge_core.cli.diagnose_cmd", "name the first module where HF and Megatron activations differ"),
     "new-plugin": ("bridge_core.cli.new_plugin_cmd", "bake a new bridge-<family> plugin from the template"),
 }
 
@@ -62,10 +65,15 @@ def _run(argv: list[str]) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[top.command][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"bridgectl {top.command}", description=COMMANDS[top.command][1])
+    cmd_parser = argparse.ArgumentParser(
+        prog=f"bridgectl {top.command}", description=COMMANDS[top.command][1], formatter_class=DefaultsHelpFormatter
+    )
     cmd_parser.add_argument("--debug", action="store_true", default=top.debug, help="show tracebacks of errors")
+    cmd_parser.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
+    if args.no_progress:
+        set_progress(False)
     if not args.debug:
         quiet_libraries()
     args.argv = [top.command, *rest] + (["--debug"] if top.debug and "--debug" not in rest else [])
@@ -140,7 +148,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF dequantization bar
+    os.environ.setdefault("TQDM_DISABLE", "1")  # library bars; bridge_core.progress shows the GGUF dequantization
     logging.getLogger("megatron").setLevel(logging.ERROR)
 
 

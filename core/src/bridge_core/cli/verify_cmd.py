@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-model", required=True, help="the HF source (folder or GGUF file)")
     parser.add_argument("--megatron-path", required=True, help="checkpoint to verify")
     parser.add_argument("--atol", type=positive_float, default=1e-4, help="largest |logit difference| accepted (fp32)")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow models that need remote code")
     add_accept_config_arg(parser)
     add_parallel_args(parser)
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     parallel = parallelism(args)
     precheck_checkpoint(args.megatron_path)
-    with hf_source(args.hf_model) as folder:
+    with hf_source(args.hf_model, "verify") as folder:
         precheck_hf(folder, args.trust_remote_code)
         code = run_on_ranks(args, parallel.world_size, folder)
         if code is not None:
@@ -52,11 +52,14 @@ def verify(folder, megatron_path: str, parallel, atol: float, accept_config=()) 
 
     from bridge_core.conversion.finite import nonfinite_logits
     from bridge_core.inference import forward_logits
+    from bridge_core.progress import stage
     from bridge_core.workflows import load_checkpoint, rank, say
 
+    stage("verify", f"loading {megatron_path}")
     # Built in fp32 for the logits (a bf16 checkpoint loads exactly into fp32 parameters); the
     # tensors are exported in the dtype they were saved in, so the comparison stays bit-exact.
     loaded = load_checkpoint(megatron_path, parallel, folder, dtype=torch.float32, accept_config=accept_config)
+    stage("verify", "comparing every exported tensor with the source")
     source = loaded.bridge.hf.weights
     mismatched, seen = [], set()
     for name, tensor in loaded.bridge.export_hf_weights(loaded.model, to_rank=0, dtype=loaded.saved_dtype):
@@ -73,11 +76,13 @@ def verify(folder, megatron_path: str, parallel, atol: float, accept_config=()) 
         mismatched += missing
     vocab = loaded.bridge.hf_config.vocab_size
     ids = fixed_prompt(vocab)
+    stage("verify", "Megatron forward (fp32)")
     logits = forward_logits(loaded.model, ids, vocab_size=vocab).cpu()  # the reference runs on the CPU
     if rank() != 0:
         return 0
     from transformers import AutoModelForCausalLM
 
+    stage("verify", "transformers reference: loading and forward (fp32)")
     reference = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     with torch.no_grad():
         expected = reference(ids).logits.float()

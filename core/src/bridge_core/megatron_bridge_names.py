@@ -1,0 +1,198 @@
+"""Megatron-Bridge's ``AutoBridge`` method names, as thin aliases over bridge-core's own calls.
+
+Mixed into ``AutoBridge`` so that code written for Megatron-Bridge finds ``import_ckpt``,
+``export_ckpt``, ``from_auto_config``, ``to_megatron_model``, ``save_megatron_model`` and
+``load_megatron_model``. Each one forwards to the bridge-core function that does the work (named
+in its docstring); arguments Megatron-Bridge has and bridge-core does not honour are refused by
+name rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bridge_core.errors import ConfigError
+
+# mp_overrides keys (Megatron-Bridge's ModelParallelKwargs) -> bridge-core's Parallelism fields
+_MP_KEYS = {
+    "tensor_model_parallel_size": "tp",
+    "pipeline_model_parallel_size": "pp",
+    "expert_model_parallel_size": "ep",
+    "expert_tensor_parallel_size": "etp",
+}
+
+
+def _refuse(call: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise ConfigError(f"AutoBridge.{call}: not supported by bridge-core: {', '.join(sorted(kwargs))}")
+
+
+def _parallelism_of(model: list) -> Any:
+    from bridge_core.conversion.params import unwrap
+    from bridge_core.parallelism import Parallelism
+
+    config = unwrap(model[0]).config
+    return Parallelism(
+        tp=config.tensor_model_parallel_size,
+        pp=config.pipeline_model_parallel_size,
+        ep=getattr(config, "expert_model_parallel_size", 1) or 1,
+        etp=getattr(config, "expert_tensor_parallel_size", None),
+    )
+
+
+class MegatronBridgeNames:
+    """The Megatron-Bridge spellings (see the module docstring); ``self`` is an ``AutoBridge``."""
+
+    @classmethod
+    def import_ckpt(
+        cls,
+        hf_model_id: str | os.PathLike,
+        megatron_path: str | os.PathLike,
+        *,
+        trust_remote_code: bool = False,
+        torch_dtype: str | None = None,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """HF model (folder, ``.gguf`` file or Hub ID) -> Megatron checkpoint, in this process at TP=PP=1.
+
+        ``bridge_core.workflows.import_checkpoint`` (what ``bridgectl import`` runs).
+        """
+        _refuse("import_ckpt", kwargs)
+        from bridge_core.cli.common import hf_source
+        from bridge_core.parallelism import Parallelism
+        from bridge_core.workflows import import_checkpoint
+
+        with hf_source(str(hf_model_id), "import") as folder:
+            import_checkpoint(
+                folder, megatron_path, Parallelism(), torch_dtype, overwrite, trust_remote_code, source=str(hf_model_id)
+            )
+
+    def export_ckpt(
+        self,
+        megatron_path: str | os.PathLike,
+        hf_path: str | os.PathLike,
+        show_progress: bool = True,
+        *,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Megatron checkpoint -> complete HF folder, in this process at TP=PP=1; this bridge's HF
+        folder (if it has one) is the reference, else the config the checkpoint stored.
+
+        ``bridge_core.workflows.export_checkpoint`` (what ``bridgectl export`` runs).
+        """
+        _refuse("export_ckpt", kwargs)
+        from bridge_core.parallelism import Parallelism
+        from bridge_core.progress import progress_enabled, set_progress
+        from bridge_core.workflows import export_checkpoint
+
+        was = progress_enabled()
+        set_progress(show_progress and was)
+        try:
+            export_checkpoint(
+                megatron_path,
+                hf_path,
+                Parallelism(),
+                self.hf.path,
+                overwrite=overwrite,
+                trust_remote_code=self.hf.trust_remote_code,
+            )
+        finally:
+            set_progress(was)
+
+    @classmethod
+    def from_auto_config(
+        cls,
+        megatron_path: str | os.PathLike,
+        hf_model_id: str | os.PathLike | None = None,
+        trust_remote_code: bool = False,
+    ) -> Any:
+        """A bridge for a Megatron checkpoint: from ``hf_model_id``'s config when given, else from the
+        HF config the checkpoint stored at import (``AutoBridge.from_hf_config``)."""
+        if hf_model_id is not None:
+            from bridge_core.hub import resolve_model_path
+
+            return cls.from_hf_pretrained(resolve_model_path(str(hf_model_id)), trust_remote_code=trust_remote_code)
+        from bridge_core.megatron_checkpoint import load_megatron_checkpoint
+        from bridge_core.workflows import _hf_config_folder
+
+        info = load_megatron_checkpoint(megatron_path)
+        with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
+            folder = _hf_config_folder(info, Path(tmp))
+            bridge = cls.from_hf_pretrained(folder, trust_remote_code=trust_remote_code)
+            config = bridge.hf.config  # read while the folder exists
+        return cls.from_hf_config(config)
+
+    def to_megatron_model(
+        self, load_weights: bool = True, hf_path: str | os.PathLike | None = None, **kwargs: Any
+    ) -> list:
+        """This rank's model chunks, built at the provider's default TP=PP=1 with the HF weights loaded
+        (``to_megatron_provider(load_weights, hf_path)``, ``finalize()``, then
+        ``provide_distributed_model(**kwargs)``; ``wrap_with_ddp`` defaults to False)."""
+        provider = self.to_megatron_provider(load_weights=load_weights, hf_path=hf_path)
+        provider.finalize()
+        kwargs.setdefault("wrap_with_ddp", False)
+        return provider.provide_distributed_model(**kwargs)
+
+    def save_megatron_model(
+        self,
+        model: list,
+        path: str | os.PathLike,
+        hf_tokenizer_path: str | os.PathLike | None = None,
+        *,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``model`` as a Megatron-LM ``torch_dist`` checkpoint (every rank calls it), with the
+        tokenizer files of ``hf_tokenizer_path`` (default: this bridge's HF folder) and provenance.
+
+        ``bridge_core.megatron_checkpoint.save_megatron_checkpoint`` (what ``bridgectl import`` writes).
+        """
+        _refuse("save_megatron_model", kwargs)
+        from bridge_core.conversion.params import unwrap
+        from bridge_core.hf_checkpoint import HFCheckpoint
+        from bridge_core.megatron_checkpoint import save_megatron_checkpoint
+        from bridge_core.workflows import provenance
+
+        chunks = model if isinstance(model, (list, tuple)) else [model]
+        parallel = _parallelism_of(list(chunks))
+        if hf_tokenizer_path is not None:
+            tokenizer_files = HFCheckpoint(Path(hf_tokenizer_path)).side_files()
+        else:
+            tokenizer_files = self.hf.side_files() if self.hf.path is not None else []
+        source = str(self.hf.path) if self.hf.path is not None else "python"
+        info = provenance(self, source, parallel)
+        save_megatron_checkpoint(
+            list(chunks),
+            unwrap(chunks[0]).config,
+            path,
+            run_config={"command": "save_megatron_model", "parallelism": info["parallelism"]},
+            provenance=info,
+            tokenizer_files=tokenizer_files,
+            overwrite=overwrite,
+        )
+
+    def load_megatron_model(
+        self, path: str | os.PathLike, *, mp_overrides: dict[str, Any] | None = None, wrap_with_ddp: bool = False
+    ) -> list:
+        """This rank's model chunks loaded from a Megatron checkpoint at any TP/PP (``mp_overrides``:
+        ``tensor_model_parallel_size``, ``pipeline_model_parallel_size``, ``expert_model_parallel_size``,
+        ``expert_tensor_parallel_size``; default 1). ``bridge_core.workflows.load_checkpoint``.
+        """
+        from bridge_core.parallelism import Parallelism
+        from bridge_core.workflows import load_checkpoint
+
+        if wrap_with_ddp:
+            raise ConfigError("AutoBridge.load_megatron_model: wrap_with_ddp=True is not supported by bridge-core")
+        unknown = set(mp_overrides or {}) - set(_MP_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"AutoBridge.load_megatron_model: unknown mp_overrides keys: {', '.join(sorted(unknown))}"
+            )
+        sizes = {_MP_KEYS[k]: v for k, v in (mp_overrides or {}).items() if v is not None}
+        reference = self.hf.path
+        return load_checkpoint(path, Parallelism(**sizes), reference, trust_remote_code=self.hf.trust_remote_code).model
