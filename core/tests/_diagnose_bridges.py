@@ -18,6 +18,8 @@ def register_bridges(register):
 class ScaledNormBridge(DecoderBridge):
     """Loads layer 1's pre-MLP norm scaled by 1.5 (as a wrong norm offset in a new family would)."""
 
+    SUPPORTED_HF_CONFIG = {**DecoderBridge.SUPPORTED_HF_CONFIG, "sliding_window": None}  # no window
+
     def maybe_modify_loaded_hf_weight(self, hf_param, hf_state_dict):
         tensor = super().maybe_modify_loaded_hf_weight(hf_param, hf_state_dict)
         return tensor * 1.5 if hf_param == BROKEN_TENSOR else tensor

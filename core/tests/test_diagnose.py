@@ -64,7 +64,9 @@ def test_a_correct_bridge_shows_no_divergence(tmp_path):
 
 
 def test_a_scaled_norm_is_named_with_its_magnitude(tmp_path):
-    folder = build_toy(ToyModel("MistralForCausalLM", {"model_type": "mistral", **CONFIG}), tmp_path / "mistral")
+    # no window: MistralConfig's default of 4096 would be refused by this stock-decoder test bridge
+    mistral = {"model_type": "mistral", "sliding_window": None, **CONFIG}
+    folder = build_toy(ToyModel("MistralForCausalLM", mistral), tmp_path / "mistral")
     report = diagnose(folder)
     assert report.first is not None
     assert report.first.pair.label == "layer 1 pre-MLP norm"
