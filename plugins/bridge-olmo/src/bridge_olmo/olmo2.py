@@ -58,7 +58,8 @@ class Olmo2Bridge(DecoderBridge):
             *qkv_mappings(p),
             *qk_norm_mappings(p),
             ReplicatedMapping(
-                "decoder.layers.*.self_attention.linear_proj.post_layernorm.weight", f"{p}post_attention_layernorm.weight"
+                "decoder.layers.*.self_attention.linear_proj.post_layernorm.weight",
+                f"{p}post_attention_layernorm.weight",
             ),
         ]
 

@@ -21,4 +21,3 @@ class Olmo2Provider(GPTModelProvider):
         from bridge_olmo.modeling_olmo.specs import olmo2_layer_spec
 
         return olmo2_layer_spec(self)
-

@@ -8,9 +8,9 @@ applies them where the stock one does (after the QKV projection, before RoPE). T
 
 from __future__ import annotations
 
+from bridge_core.errors import ConfigError
 from megatron.core.transformer.attention import SelfAttention
 
-from bridge_core.errors import ConfigError
 from bridge_olmo.modeling_olmo.norms import FullWidthQKNorm
 
 

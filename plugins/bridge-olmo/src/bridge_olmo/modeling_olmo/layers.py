@@ -9,9 +9,9 @@ parallelism, whole tokens) is normalised over the hidden dimension, so it is exa
 
 from __future__ import annotations
 
+from bridge_core.errors import ConfigError
 from megatron.core.tensor_parallel.layers import RowParallelLinear
 
-from bridge_core.errors import ConfigError
 from bridge_olmo.modeling_olmo.norms import OlmoRMSNorm
 
 

@@ -53,12 +53,10 @@ class FullWidthQKNorm(nn.Module):
     """RMSNorm over all heads of a token's query (or key): ``[s, b, heads_local, d]`` in and out.
 
     ``heads``: the model's total (query heads or KV groups); ``heads_local`` of them live on this rank,
-    whose weight slice is ``[heads_local * d]`` (rows ``rank * heads_local * d`` on of HF's vector).
+    whose weight slice is ``[heads_local * d]`` (rows ``rank * heads_local * d`` on, of HF's vector).
     """
 
-    def __init__(
-        self, heads: int, heads_local: int, head_dim: int, eps: float, tp_group, weight_first: bool = True
-    ):
+    def __init__(self, heads: int, heads_local: int, head_dim: int, eps: float, tp_group, weight_first: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(heads_local * head_dim))
         set_tensor_model_parallel_attributes(self.weight, is_parallel=True, dim=0, stride=1)
