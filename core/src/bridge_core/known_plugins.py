@@ -20,6 +20,8 @@ KNOWN_ARCHITECTURES: dict[str, str] = {
     "DeepseekV3ForCausalLM": "bridge-deepseek",
     "MixtralForCausalLM": "bridge-mixtral",
     "Phi3ForCausalLM": "bridge-phi",
+    "Olmo2ForCausalLM": "bridge-olmo",
+    "OlmoeForCausalLM": "bridge-olmo",
     "GPTOssForCausalLM": "bridge-gpt-oss",
     "NemotronHForCausalLM": "bridge-nemotron",
 }
