@@ -69,3 +69,17 @@ def launch(folder: Path, cases: list[dict], work: Path, new: int, eos: object) -
     for name, got in results.items():
         assert "error" not in got, f"{name}: {got['error'][-3000:]}"
     return results
+
+
+_FUSED: dict[Path, Path] = {}
+
+
+def fused_copy(folder: Path, mktemp) -> Path:
+    """``folder`` re-saved with stacked experts (``mlp.experts.gate_up_proj`` ...), once per session."""
+    if folder not in _FUSED:
+        from transformers import AutoModelForCausalLM
+
+        out = mktemp("fused") / "hf"
+        AutoModelForCausalLM.from_pretrained(folder, dtype="auto").save_pretrained(out, save_original_format=False)
+        _FUSED[folder] = out
+    return _FUSED[folder]

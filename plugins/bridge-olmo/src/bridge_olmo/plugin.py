@@ -12,3 +12,4 @@ BRIDGE_CONTRACT = ">=1.0,<2"
 @hookimpl
 def register_bridges(register):
     register(architecture="Olmo2ForCausalLM", bridge="bridge_olmo.olmo2:Olmo2Bridge", model_type="olmo2")
+    register(architecture="OlmoeForCausalLM", bridge="bridge_olmo.olmoe:OlmoeBridge", model_type="olmoe")

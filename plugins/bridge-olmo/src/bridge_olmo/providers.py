@@ -21,3 +21,18 @@ class Olmo2Provider(GPTModelProvider):
         from bridge_olmo.modeling_olmo.specs import olmo2_layer_spec
 
         return olmo2_layer_spec(self)
+
+
+@dataclass
+class OlmoeProvider(GPTModelProvider):
+    """OLMoE: pre-norm MoE layers with full-width QK-norm, plus the HF expert layout of the source
+    (``"per_expert"`` or ``"fused"``, saved with a Megatron checkpoint so that an export writes it back)."""
+
+    hf_expert_layout: str = "per_expert"
+
+    def layer_spec(self, vp_stage: int | None = None):
+        if not isinstance(self.transformer_layer_spec, str):
+            return super().layer_spec(vp_stage)
+        from bridge_olmo.modeling_olmo.specs import olmoe_block_spec
+
+        return olmoe_block_spec(self, vp_stage)
