@@ -1,8 +1,10 @@
-"""bridge-olmo's registrations, and what its modeling code refuses."""
+"""bridge-olmo's registrations, and the layer spec it refuses."""
 
 from __future__ import annotations
 
+import pytest
 from bridge_core.discovery import discover
+from bridge_core.errors import ConfigError
 
 
 def test_registers_its_architectures():
@@ -12,3 +14,13 @@ def test_registers_its_architectures():
     assert record.architectures == ["Olmo2ForCausalLM", "OlmoeForCausalLM"]
     assert registry.bridge_for("OlmoeForCausalLM").bridge == "bridge_olmo.olmoe:OlmoeBridge"
     assert registry.bridge_for("Olmo2ForCausalLM").bridge == "bridge_olmo.olmo2:Olmo2Bridge"
+
+
+def test_transformer_engine_spec_is_refused():
+    from bridge_olmo.providers import Olmo2Provider, own_spec
+
+    provider = Olmo2Provider(num_layers=1, hidden_size=64, num_attention_heads=4, transformer_layer_spec="te")
+    with pytest.raises(ConfigError, match=r"transformer_layer_spec='te' is not supported by bridge-olmo"):
+        own_spec(provider)
+    provider.transformer_layer_spec = "auto"
+    assert own_spec(provider)

@@ -96,3 +96,30 @@ def test_tp2_needs_the_norm_across_ranks_and_tp2_ep2_generate(olmoe, tmp_path):
     assert min(results["tp2-per-shard"]) > 1e-2, f"a per-shard norm at TP=2 moves logits by {results['tp2-per-shard']}"
     want = expected[0].tolist()
     assert results["tp2"] == [want, want] and results["ep2"] == [want, want]
+
+
+def test_olmoe_1b_7b_shaped_config_translates_both_ways():
+    """An OLMoE-1B-7B-shaped config.json (no weights): every key survives HF -> provider -> HF."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        "olmoe",
+        architectures=["OlmoeForCausalLM"],
+        hidden_size=2048,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        num_hidden_layers=16,
+        intermediate_size=1024,
+        num_experts=64,
+        num_experts_per_tok=8,
+        vocab_size=50304,
+        max_position_embeddings=4096,
+        router_aux_loss_coef=0.01,
+        dtype="float32",
+    )
+    bridge = AutoBridge.from_hf_config(config)
+    provider = bridge.to_megatron_provider()
+    assert (provider.num_moe_experts, provider.moe_router_topk, provider.moe_ffn_hidden_size) == (64, 8, 1024)
+    assert provider.moe_router_pre_softmax is True and provider.kv_channels == 128
+    source, regenerated = config.to_dict(), bridge.hf_config_for_export(provider).to_dict()
+    assert {k: (v, regenerated.get(k)) for k, v in source.items() if regenerated.get(k) != v} == {}
