@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Olmo2ForCausalLM or OlmoeForCausalLM: HF folder -> Megatron-LM checkpoint -> HF folder, then verified
 # (every exported tensor bit-identical to the source; fp32 logits within 1e-4).
-# Usage: conversion.sh HF_FOLDER [WORK_DIR] [import flags, e.g. --tp 2]
+# Usage: conversion.sh HF_FOLDER [WORK_DIR] [import flags, e.g. --tp 2 --ep 4]
 # Needs: pip install bridge-core bridge-olmo
 set -euo pipefail
 HF="${1:?usage: conversion.sh HF_FOLDER [WORK_DIR] [import flags]}"
