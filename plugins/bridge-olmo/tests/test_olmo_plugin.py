@@ -24,3 +24,15 @@ def test_transformer_engine_spec_is_refused():
         own_spec(provider)
     provider.transformer_layer_spec = "auto"
     assert own_spec(provider)
+
+
+def test_providers_say_local_modules_even_with_transformer_engine(monkeypatch):
+    import bridge_core.provider as core_provider
+
+    from bridge_olmo.providers import Olmo2Provider, OlmoeProvider
+
+    monkeypatch.setattr(core_provider, "transformer_engine_available", lambda: True)
+    for cls in (Olmo2Provider, OlmoeProvider):
+        provider = cls(num_layers=1, hidden_size=64, num_attention_heads=4)
+        assert provider.transformer_layer_spec == "auto" and not provider.uses_transformer_engine()
+    assert core_provider.GPTModelProvider(num_layers=1, hidden_size=64, num_attention_heads=4).uses_transformer_engine()

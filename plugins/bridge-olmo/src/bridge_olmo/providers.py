@@ -25,7 +25,16 @@ def own_spec(provider: GPTModelProvider) -> bool:
 
 
 @dataclass
-class Olmo2Provider(GPTModelProvider):
+class OlmoSpecProvider(GPTModelProvider):
+    """Base of OLMo's providers: their spec is built of local modules, even where Transformer Engine is
+    installed (``uses_transformer_engine`` is what a Megatron checkpoint records as ``transformer_impl``)."""
+
+    def uses_transformer_engine(self) -> bool:
+        return False if own_spec(self) else super().uses_transformer_engine()
+
+
+@dataclass
+class Olmo2Provider(OlmoSpecProvider):
     """OLMo-2: post-norm layers with full-width QK-norm."""
 
     def layer_spec(self, vp_stage: int | None = None):
@@ -37,7 +46,7 @@ class Olmo2Provider(GPTModelProvider):
 
 
 @dataclass
-class OlmoeProvider(GPTModelProvider):
+class OlmoeProvider(OlmoSpecProvider):
     """OLMoE: pre-norm MoE layers with full-width QK-norm, plus the HF expert layout of the source
     (``"per_expert"`` or ``"fused"``, saved with a Megatron checkpoint so that an export writes it back)."""
 
