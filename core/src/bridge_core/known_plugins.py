@@ -20,13 +20,17 @@ KNOWN_ARCHITECTURES: dict[str, str] = {
     "DeepseekV3ForCausalLM": "bridge-deepseek",
     "MixtralForCausalLM": "bridge-mixtral",
     "Phi3ForCausalLM": "bridge-phi",
+    "Olmo2ForCausalLM": "bridge-olmo",
+    "OlmoeForCausalLM": "bridge-olmo",
     "GptOssForCausalLM": "bridge-gpt-oss",
     "NemotronHForCausalLM": "bridge-nemotron",
 }
 
 # Distributions whose source is in the bridge repository (plugins/bridge-<family>/). None is on PyPI
 # yet: they install from a wheelhouse built in a checkout. The other names above are not published.
-SHIPPED: frozenset[str] = frozenset({"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral", "bridge-gemma"})
+SHIPPED: frozenset[str] = frozenset(
+    {"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral", "bridge-gemma", "bridge-olmo"}
+)
 
 
 def install_hint(distribution: str) -> str:
