@@ -138,7 +138,8 @@ def test_unknown_architecture_lists_loaded_plugins():
         reg.bridge_for("LlamaForCausalLM")
     assert str(err.value) == (
         "LlamaForCausalLM is not supported by any loaded plugin (loaded: bridge-a 1.0); "
-        "LlamaForCausalLM: pip install bridge-llama"
+        "LlamaForCausalLM: pip install --find-links dist bridge-llama (not on PyPI yet: build dist/ in a bridge "
+        "checkout with python scripts/build_dists.py)"
     )
 
 
