@@ -140,13 +140,20 @@ def precheck_checkpoint(path: str) -> None:
         )
 
 
-def run_on_ranks(args: argparse.Namespace, world: int, hf_folder: Path | None = None) -> int | None:
-    """Start ``world`` rank processes for this command unless already inside one; None: run here."""
+def run_on_ranks(
+    args: argparse.Namespace, world: int, hf_folder: Path | None = None, *, check_sizes: bool = True
+) -> int | None:
+    """Start ``world`` rank processes for this command unless already inside one; None: run here.
+
+    ``check_sizes``: check ``--tp/--pp/--ep/--etp`` against the model's config first (the conversion
+    commands); ``train`` checks its recipe's parallel sizes itself.
+    """
     from bridge_core.cli.launcher import spawn_ranks, under_launcher
 
     if under_launcher():
         return None
-    precheck_parallel_args(args, hf_folder)
+    if check_sizes:
+        precheck_parallel_args(args, hf_folder)
     if world <= 1:
         return None
     argv = list(args.argv)

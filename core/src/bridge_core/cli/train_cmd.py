@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     _precheck(recipe, args, world)
-    code = run_on_ranks(args, world)
+    code = run_on_ranks(args, world, check_sizes=False)
     if code is not None:
         return code
     from bridge_core.training.trainer import train
