@@ -70,6 +70,14 @@ def _json_value(value: Any) -> tuple[bool, Any]:
     return True, value
 
 
+def saved_form(name: str, value: Any) -> Any:
+    """``value`` of provider setting ``name`` as ``run_config.json`` holds it (tuples as lists, dtypes as names)."""
+    if name == "activation_func":
+        return _activation_name(value) if value is not None else None
+    ok, plain = _json_value(value)
+    return json.loads(json.dumps(plain)) if ok else value
+
+
 def provider_settings(provider: Any) -> tuple[dict[str, Any], list[str]]:
     """The provider's dataclass fields as plain JSON values, and the names of fields left out.
 

@@ -7,6 +7,7 @@ and ``model.layers.N.mlp`` names. Families whose HF layout matches subclass it a
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
@@ -33,14 +34,17 @@ LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_p
 _ROPE_KEYS = {"default": (), "linear": ("factor",), "llama3": ("factor", *LLAMA3_FIXED)}
 
 
-def rope_kwargs(hf_config: Any) -> dict[str, Any]:
-    """Provider RoPE settings for the HF rope types megatron-core reproduces exactly; else an error."""
+def rope_kwargs(hf_config: Any, handled: Collection[str] = ()) -> dict[str, Any]:
+    """Provider RoPE settings for the HF rope types megatron-core reproduces exactly; else an error.
+
+    ``handled``: RoPE parameters the calling bridge translates itself (e.g. ``partial_rotary_factor``).
+    """
     theta, scaling = read_rope(hf_config)
     kwargs: dict[str, Any] = {"rotary_base": theta, "position_embedding_type": "rope"}
     rope_type = scaling.get("rope_type", "default")
     if rope_type not in _ROPE_KEYS:
         raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (supported: default, linear, llama3)")
-    extra = sorted(set(scaling) - {"rope_type", *_ROPE_KEYS[rope_type]})
+    extra = sorted(set(scaling) - {"rope_type", *_ROPE_KEYS[rope_type], *handled})
     if extra:
         shown = ", ".join(f"{k}={scaling[k]!r}" for k in extra)
         raise ConfigError(f"config.json: rope {rope_type!r} with {shown} is not supported (megatron-core ignores it)")
@@ -109,10 +113,12 @@ class DecoderBridge(MegatronModelBridge):
         "share_embeddings_and_output_weights": False,
     }
     HF_PREFIX: ClassVar[str] = "model."
+    # RoPE parameters (``rope_parameters`` entries) a subclass translates itself; any other is refused
+    HANDLED_ROPE_PARAMETERS: ClassVar[frozenset[str]] = frozenset()
 
     def hf_config_to_provider_kwargs(self, hf_config: Any) -> dict[str, Any]:
         kwargs = super().hf_config_to_provider_kwargs(hf_config)
-        kwargs.update(rope_kwargs(hf_config))
+        kwargs.update(rope_kwargs(hf_config, self.HANDLED_ROPE_PARAMETERS))
         if kwargs.get("kv_channels") is None:
             kwargs["kv_channels"] = kwargs["hidden_size"] // kwargs["num_attention_heads"]
         return kwargs

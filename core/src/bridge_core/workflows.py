@@ -197,10 +197,12 @@ def check_reference(bridge: AutoBridge, saved: dict[str, Any], info: Any, hf_mod
         )
     provider = bridge.bridge.provider_bridge(bridge.hf)  # the bridge's own translation (and key checks)
     translated = set(bridge.bridge.hf_config_to_provider_kwargs(bridge.hf.config))
+    from bridge_core.checkpoint_format import saved_form
+
     differing = [
         f"{name} {getattr(provider, name)!r} (checkpoint: {saved[name]!r})"
         for name in sorted(translated & set(saved) - _NOT_MODEL_SETTINGS)
-        if getattr(provider, name) != saved[name]
+        if saved_form(name, getattr(provider, name)) != saved[name]  # compared as the checkpoint stores it
     ]
     if differing:
         raise ConfigError(

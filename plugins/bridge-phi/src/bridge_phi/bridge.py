@@ -44,6 +44,7 @@ class Phi3Bridge(DecoderBridge):
         "partial_rotary_factor",
         "original_max_position_embeddings",  # read by longrope only, which is refused
     }
+    HANDLED_ROPE_PARAMETERS = frozenset({"partial_rotary_factor"})  # -> rotary_percent
     SUPPORTED_HF_CONFIG: ClassVar[dict[str, Any]] = {
         **DecoderBridge.SUPPORTED_HF_CONFIG,
         "resid_pdrop": 0.0,
