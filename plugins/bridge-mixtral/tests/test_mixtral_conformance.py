@@ -53,5 +53,5 @@ class TestMixtralConformance(BridgeConformance):
         from bridge_core.testing.pytest_plugin import session_toy_factory
 
         factory = session_toy_factory(request.config, tmp_path_factory)
-        folders = {name: factory(toy) for name, toy in self.toys.items()}
+        folders = {name: factory(toy) for name, toy in self.checked_toys().items()}
         return {n: fused_copy(f, tmp_path_factory.mktemp) if n in FUSED_TOYS else f for n, f in folders.items()}
