@@ -202,7 +202,7 @@ def check_reference(bridge: AutoBridge, saved: dict[str, Any], info: Any, hf_mod
     differing = [
         f"{name} {getattr(provider, name)!r} (checkpoint: {saved[name]!r})"
         for name in sorted(translated & set(saved) - _NOT_MODEL_SETTINGS)
-        if saved_form(name, getattr(provider, name)) != saved[name]  # compared as the checkpoint stores it
+        if saved_form(name, getattr(provider, name)) != saved_form(name, saved[name])  # as run_config.json holds them
     ]
     if differing:
         raise ConfigError(
