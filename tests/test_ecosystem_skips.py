@@ -24,7 +24,7 @@ def test_a_test_needing_an_absent_distribution_skips_and_names_it(pytester):
             pass
         """
     )
-    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*needs bridge-no-such-plugin installed (tox -e ecosystem installs them)*"])
 
@@ -44,5 +44,5 @@ def test_the_real_plugin_tests_skip_without_the_real_plugins(pytester):
     pytester.makeconftest(CONFTEST + HIDE_REAL_PLUGINS)
     for module in ("test_discovery.py", "test_isolation.py"):
         pytester.makepyfile(**{module[:-3]: (Path(__file__).parent / module).read_text()})
-    result = pytester.runpytest("-m", "needs_dists", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-m", "needs_dists", "-p", "no:cacheprovider")
     result.assert_outcomes(skipped=9)
