@@ -381,8 +381,8 @@ def test_fp8_blockwise_dequantization_matches_per_block_product():
     scale = torch.rand(2, 2) + 0.5
     out = dequantize_fp8_blockwise(weight, scale)
     assert out.dtype == torch.bfloat16 and out.shape == (200, 130)
-    assert torch.equal(out[:128, :128], weight[:128, :128].to(torch.bfloat16) * scale[0, 0].to(torch.bfloat16))
-    assert torch.equal(out[128:, 128:], weight[128:, 128:].to(torch.bfloat16) * scale[1, 1].to(torch.bfloat16))
+    assert torch.equal(out[:128, :128], (weight[:128, :128].float() * scale[0, 0]).to(torch.bfloat16))
+    assert torch.equal(out[128:, 128:], (weight[128:, 128:].float() * scale[1, 1]).to(torch.bfloat16))
     with pytest.raises(ValueError, match=r"expected \(2, 2\)"):
         dequantize_fp8_blockwise(weight, torch.ones(1, 2))
 
