@@ -17,6 +17,7 @@ pytest.importorskip("megatron.core")
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
 
 import _training_plugin  # noqa: E402
+from torch.distributed.checkpoint import FileSystemReader  # noqa: E402
 
 from bridge_core.errors import CheckpointError  # noqa: E402
 from bridge_core.parallel import destroy_model_parallel  # noqa: E402
@@ -98,6 +99,18 @@ def test_resume_with_plain_optimizer_is_bit_exact(tmp_path):
     full = run([*common, f"checkpoint.save={tmp_path / 'full'}"]).losses
     resumed = interrupted_copy(tmp_path / "full", tmp_path / "resumed", at=4)
     assert run([*common, f"checkpoint.save={resumed}"]).losses == {i: full[i] for i in range(5, 9)}
+
+
+def test_bf16_with_plain_optimizer_resumes_bit_exact(tmp_path):
+    """bf16 as on a GPU: every parameter bf16 (norms too), so the plain optimizer's state saves."""
+    common = ["precision.dtype=bf16", "optimizer.use_distributed_optimizer=false", "train.iters=6"]
+    common += ["checkpoint.save_interval=3"]
+    full = run([*common, f"checkpoint.save={tmp_path / 'full'}"]).losses
+    metadata = FileSystemReader(tmp_path / "full" / "iter_0000006").read_metadata().state_dict_metadata
+    weights = {k: m.properties.dtype for k, m in metadata.items() if k.endswith("norm.weight") and "optimizer" not in k}
+    assert weights and set(weights.values()) == {torch.bfloat16}, weights
+    resumed = interrupted_copy(tmp_path / "full", tmp_path / "resumed", at=3)
+    assert run([*common, f"checkpoint.save={resumed}"]).losses == {i: full[i] for i in range(4, 7)}
 
 
 def test_a_silent_adam_step_reset_is_refused(reference, tmp_path, monkeypatch):

@@ -340,9 +340,9 @@ def _check(c: TrainingConfig, world: int | None, run: bool) -> None:
     if s.lr_warmup_iters < 0:
         raise ConfigError(f"scheduler.lr_warmup_iters must be >= 0, got {s.lr_warmup_iters}")
     decay = s.lr_decay_iters if s.lr_decay_iters is not None else t.iters
-    if s.lr_warmup_iters > decay:
+    if s.lr_warmup_iters and s.lr_warmup_iters >= decay:  # megatron-core asserts warmup < decay
         raise ConfigError(
-            f"scheduler.lr_warmup_iters={s.lr_warmup_iters} is longer than the decay ({decay} iterations; "
+            f"scheduler.lr_warmup_iters={s.lr_warmup_iters} must be shorter than the decay ({decay} iterations; "
             "scheduler.lr_decay_iters, default train.iters)"
         )
     if s.style == "wsd" and not s.lr_wsd_decay_iters:

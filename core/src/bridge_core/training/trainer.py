@@ -107,6 +107,18 @@ def configure_provider(source: ModelSource, config: TrainingConfig) -> Any:
     return provider
 
 
+def half_precision(chunks: list, config: Any) -> list:
+    """megatron-core's ``Float16Module`` around each chunk, as Megatron-LM wraps a bf16 model.
+
+    Every parameter becomes bf16 (the norms too, which megatron-core builds in fp32) and the last
+    stage's output is fp32. Without it, the plain (non-distributed) mixed-precision optimizer cannot
+    save its state: it maps only bf16 parameters to the model's sharded tensors.
+    """
+    from megatron.core.transformer.module import Float16Module
+
+    return [Float16Module(config, chunk) for chunk in chunks]
+
+
 # -- optimizer and schedule ---------------------------------------------------------------------
 
 
@@ -223,10 +235,13 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
         overlap_param_gather=False,
         check_for_nan_in_grad=True,
     )
-    load_weights = source.load_weights
-    hook = (lambda chunks: (load_weights(chunks), chunks)[1]) if load_weights is not None else None
+    hooks = []
+    if source.load_weights is not None:
+        hooks.append(lambda chunks: (source.load_weights(chunks), chunks)[1])
+    if provider.bf16:
+        hooks.append(lambda chunks: half_precision(chunks, provider))
     model = provider.provide_distributed_model(
-        ddp_config=ddp_config, wrap_with_ddp=True, pre_wrap_hook=hook, seed=t.seed
+        ddp_config=ddp_config, wrap_with_ddp=True, pre_wrap_hook=hooks, seed=t.seed
     )
     optimizer, scheduler = build_optimizer(model, config, dtype)
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
