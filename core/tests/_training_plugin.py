@@ -8,6 +8,7 @@ from bridge_core import hookimpl
 from bridge_core.training.config import (
     CheckpointConfig,
     OptimizerConfig,
+    PrecisionConfig,
     SchedulerConfig,
     TrainingConfig,
     TrainLoopConfig,
@@ -36,6 +37,7 @@ def _config() -> TrainingConfig:
         scheduler=SchedulerConfig(style="cosine", lr_warmup_iters=2),
         train=TrainLoopConfig(iters=20, global_batch_size=8, micro_batch_size=2, seq_length=64, eval_interval=None),
         checkpoint=CheckpointConfig(save_interval=5),
+        precision=PrecisionConfig(dtype="fp32"),  # the tests' exactness claims are fp32 ones, on a GPU too
     )
 
 

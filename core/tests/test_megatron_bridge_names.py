@@ -11,7 +11,7 @@ from bridge_core.errors import ConfigError
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
 from bridge_core.registry import Registry, reset_registry
-from bridge_core.testing.compare import compare_hf_weights
+from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 
 CONFIG = {
@@ -59,7 +59,7 @@ def test_to_save_and_load_megatron_model_keep_the_logits(toy, tmp_path):
     assert (tmp_path / "ckpt" / "tokenizer" / "tokenizer.json").is_file()
     loaded = bridge.load_megatron_model(tmp_path / "ckpt", mp_overrides={"tensor_model_parallel_size": 1})
     ids = sample_ids(300, batch=1, seq=16)
-    diff = (forward_logits(loaded, ids, vocab_size=300) - hf_logits(toy, ids)).abs().max().item()
+    diff = max_abs_diff(forward_logits(loaded, ids, vocab_size=300), hf_logits(toy, ids))
     assert diff <= 1e-4
     for a, b in zip(model[0].state_dict().values(), loaded[0].state_dict().values()):
         if isinstance(a, torch.Tensor):

@@ -18,6 +18,8 @@ from bridge_core.modeling.specs import SDPAAttentionProvider, install_core_atten
 from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
 
 HEADS, GROUPS, DIM, SEQ, BATCH = 6, 2, 16, 20, 2
+# megatron-core's local attention takes its score buffer from a CUDA memory pool when CUDA is visible
+LOCAL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(autouse=True)
@@ -78,10 +80,11 @@ def hf_sliding_allowed(sq: int, sk: int, window: int) -> torch.Tensor:
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_matches_local_dot_product_attention_without_a_window(mask, scale):
     cfg = config(softmax_scale=scale)
-    q, k, v = qkv()
-    attention_mask = causal_mask(SEQ) if mask == "explicit" else None
-    local = build(DotProductAttention, cfg)(q, k, v, attention_mask if mask == "explicit" else causal_mask(SEQ))
-    ours = build(SDPACoreAttention, cfg)(q, k, v, attention_mask)
+    q, k, v = (t.to(LOCAL_DEVICE) for t in qkv())
+    causal = causal_mask(SEQ, LOCAL_DEVICE)
+    attention_mask = causal if mask == "explicit" else None
+    local = build(DotProductAttention, cfg).to(LOCAL_DEVICE)(q, k, v, causal)
+    ours = build(SDPACoreAttention, cfg).to(LOCAL_DEVICE)(q, k, v, attention_mask)
     assert ours.shape == (SEQ, BATCH, HEADS * DIM)
     assert (ours - local).abs().max().item() <= 1e-5
     assert (ours - local).abs().max().item() < (ours - ours.roll(1, 0)).abs().max().item()  # not trivially equal
@@ -89,12 +92,12 @@ def test_matches_local_dot_product_attention_without_a_window(mask, scale):
 
 def test_padding_mask_is_applied_like_local():
     cfg = config()
-    q, k, v = qkv()
-    mask = causal_mask(SEQ).expand(BATCH, 1, SEQ, SEQ).clone()
+    q, k, v = (t.to(LOCAL_DEVICE) for t in qkv())
+    mask = causal_mask(SEQ, LOCAL_DEVICE).expand(BATCH, 1, SEQ, SEQ).clone()
     mask[0, :, :, :3] = True  # batch 0: the first three keys are padding
     mask[0, :, :3, 0] = False  # (rows that would be empty keep one key)
-    local = build(DotProductAttention, cfg)(q, k, v, mask)
-    ours = build(SDPACoreAttention, cfg)(q, k, v, mask)
+    local = build(DotProductAttention, cfg).to(LOCAL_DEVICE)(q, k, v, mask)
+    ours = build(SDPACoreAttention, cfg).to(LOCAL_DEVICE)(q, k, v, mask)
     assert (ours - local).abs().max().item() <= 1e-5
 
 

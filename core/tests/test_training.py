@@ -22,6 +22,7 @@ from torch.distributed.checkpoint import FileSystemReader  # noqa: E402
 from bridge_core.errors import CheckpointError  # noqa: E402
 from bridge_core.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.registry import reset_registry  # noqa: E402
+from bridge_core.testing.compare import max_abs_diff  # noqa: E402
 from bridge_core.training import checkpoint as ckpt  # noqa: E402
 from bridge_core.training.recipe import load_recipe  # noqa: E402
 from bridge_core.training.trainer import train  # noqa: E402
@@ -150,8 +151,8 @@ def test_import_train_export_logits_equal_the_trained_megatron_model(tmp_path):
     finally:
         destroy_model_parallel()
     exported, original = hf_logits(tmp_path / "exported", ids), hf_logits(hf, ids)
-    assert (megatron - exported).abs().max().item() < 1e-4
-    assert (exported - original).abs().max().item() > 1e-2  # the training changed the model
+    assert max_abs_diff(megatron, exported) < 1e-4
+    assert max_abs_diff(exported, original) > 1e-2  # the training changed the model
 
 
 def test_a_model_trained_from_scratch_exports_to_hf_with_the_same_logits(reference, tmp_path):
@@ -168,7 +169,7 @@ def test_a_model_trained_from_scratch_exports_to_hf_with_the_same_logits(referen
         megatron = forward_logits(load_checkpoint(save, Parallelism()).model, ids, vocab_size=256)
     finally:
         destroy_model_parallel()
-    assert (megatron - hf_logits(tmp_path / "hf", ids)).abs().max().item() < 1e-4
+    assert max_abs_diff(megatron, hf_logits(tmp_path / "hf", ids)) < 1e-4
 
 
 def test_a_save_folder_that_holds_something_else_is_refused_before_building(tmp_path):

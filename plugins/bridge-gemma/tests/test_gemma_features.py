@@ -14,6 +14,7 @@ from bridge_core.errors import ConfigError
 from bridge_core.generation import greedy_generate
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
+from bridge_core.testing.compare import max_abs_diff
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 
 SEQ = 20  # > the toy window (8)
@@ -53,7 +54,7 @@ def build(folder, **overrides):
 
 def max_diff(model, folder) -> float:
     ids = sample_ids(1000, seq=SEQ)
-    return (forward_logits(model, ids, vocab_size=1000) - hf_logits(folder, ids)).abs().max().item()
+    return max_abs_diff(forward_logits(model, ids, vocab_size=1000), hf_logits(folder, ids))
 
 
 def test_translation(gemma, gemma2):

@@ -15,6 +15,7 @@ from bridge_core import AutoBridge
 from bridge_core.inference import forward_logits
 from bridge_core.modeling.attention import SDPACoreAttention
 from bridge_core.parallel import destroy_model_parallel
+from bridge_core.testing.compare import max_abs_diff
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 
 WINDOW, SEQ = 8, 20
@@ -64,12 +65,12 @@ def test_window_is_exact_and_matters(folder, loaded):
     ids = sample_ids(1000, seq=SEQ)
     want = hf_logits(folder, ids)
     ours = forward_logits(model, ids, vocab_size=1000)
-    assert (ours - want).abs().max().item() <= 1e-4
-    assert (ours - eager_logits(folder, ids)).abs().max().item() <= 1e-4  # transformers' other attention path
+    assert max_abs_diff(ours, want) <= 1e-4
+    assert max_abs_diff(ours, eager_logits(folder, ids)) <= 1e-4  # transformers' other attention path
     for window, what in ((None, "no window"), ((WINDOW, 0), "one key too many"), ((WINDOW - 2, 0), "one too few")):
         for core in cores(model):
             core.window = window
-        diff = (forward_logits(model, ids, vocab_size=1000) - want).abs().max().item()
+        diff = max_abs_diff(forward_logits(model, ids, vocab_size=1000), want)
         assert diff > 1e-3, f"{what}: {diff:.3g}"
 
 

@@ -21,6 +21,7 @@ def run_case(spec: dict, case: dict) -> object:
     from bridge_core import AutoBridge
     from bridge_core.generation import greedy_generate
     from bridge_core.inference import forward_logits
+    from bridge_core.testing.compare import max_abs_diff
     from bridge_core.testing.toy import hf_logits
 
     from bridge_olmo.modeling_olmo import norms
@@ -37,7 +38,7 @@ def run_case(spec: dict, case: dict) -> object:
     ids = torch.tensor([spec["ids"]])
     if case.get("mode") == "logits":
         vocab = spec["vocab_size"]
-        return (forward_logits(model, ids, vocab_size=vocab) - hf_logits(spec["hf_path"], ids)).abs().max().item()
+        return max_abs_diff(forward_logits(model, ids, vocab_size=vocab), hf_logits(spec["hf_path"], ids))
     return greedy_generate(model, ids, spec["max_new_tokens"], eos_token_id=spec.get("eos_token_id"))[0].tolist()
 
 

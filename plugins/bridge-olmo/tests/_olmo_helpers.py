@@ -10,6 +10,7 @@ import torch
 from bridge_core import AutoBridge
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
+from bridge_core.testing.compare import max_abs_diff
 from bridge_core.testing.launch import torchrun
 from bridge_core.testing.toy import hf_logits, sample_ids
 
@@ -30,7 +31,7 @@ def logits_diff(folder: Path, patch: Callable | None = None, **settings) -> floa
         bridge.load_hf_weights(model)
         if patch is not None:
             patch(model[0])
-        return (forward_logits(model, ids, vocab_size=VOCAB) - hf_logits(folder, ids)).abs().max().item()
+        return max_abs_diff(forward_logits(model, ids, vocab_size=VOCAB), hf_logits(folder, ids))
     finally:
         destroy_model_parallel()
 

@@ -13,6 +13,7 @@ from bridge_core.errors import ConfigError
 from bridge_core.generation import greedy_generate
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
+from bridge_core.testing.compare import max_abs_diff
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 
 PHI3 = {
@@ -58,7 +59,7 @@ def cleanup():
 
 def max_diff(model, folder) -> float:
     ids = sample_ids(1000, seq=SEQ)
-    return (forward_logits(model, ids, vocab_size=1000) - hf_logits(folder, ids)).abs().max().item()
+    return max_abs_diff(forward_logits(model, ids, vocab_size=1000), hf_logits(folder, ids))
 
 
 def test_translation(folder):

@@ -21,7 +21,7 @@ from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
-from bridge_core.testing.compare import compare_hf_weights
+from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
 
 RENORM = {**TOY, "norm_topk_prob": True}
@@ -52,7 +52,7 @@ def max_diff(folder: Path, allow_unmapped=(), **settings) -> float:
         logits = forward_logits(model, ids, vocab_size=1000)
     finally:
         destroy_model_parallel()
-    return (logits - hf_logits(folder, ids)).abs().max().item()
+    return max_abs_diff(logits, hf_logits(folder, ids))
 
 
 def test_shared_expert_gate_matters(softmax):

@@ -21,3 +21,9 @@ def compare_hf_weights(original: str | Path, exported: str | Path) -> list[str]:
         elif not torch.equal(x, y):
             problems.append(f"{key}: values differ (max |d| {(x.float() - y.float()).abs().max().item():.3g})")
     return problems
+
+
+def max_abs_diff(a, b) -> float:
+    """``max |a - b|`` in fp32 on the CPU: the tensors may live on different devices (a model on the
+    GPU against transformers' logits on the CPU)."""
+    return (a.detach().float().cpu() - b.detach().float().cpu()).abs().max().item()

@@ -1,4 +1,8 @@
-"""Launch ``dist_runner`` under torchrun on CPU (gloo) and collect each case's outcome."""
+"""Launch ``dist_runner`` under torchrun and collect each case's outcome.
+
+Ranks run on the CPU (gloo, CUDA hidden) unless ``cuda=True``: a test written for the CPU layouts
+stays a CPU test on a machine with GPUs (two ranks cannot share one GPU under NCCL).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], nproc: int, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc_per_node nproc ...`` on this machine."""
+CPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(
+    args: list[str], nproc: int, timeout: float = 900, env: dict | None = None, cuda: bool = False
+) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node nproc ...`` on this machine (CPU unless ``cuda``)."""
     cmd = [
         sys.executable,
         "-m",
@@ -30,18 +39,23 @@ def torchrun(args: list[str], nproc: int, timeout: float = 900, env: dict | None
         str(free_port()),
         *args,
     ]
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    environ = {**os.environ, **(CPU_ENV if not cuda else {"OMP_NUM_THREADS": "1"}), **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
 
 
 def run_cases(
-    cases: list[dict], workdir: str | Path, nproc: int = 2, timeout: float = 900, env: dict | None = None
+    cases: list[dict],
+    workdir: str | Path,
+    nproc: int = 2,
+    timeout: float = 900,
+    env: dict | None = None,
+    cuda: bool = False,
 ) -> dict[str, dict]:
     """Run every case in one launch; returns ``{name: {"logits": path, "hf": path, "error": str|None}}``."""
     workdir = Path(workdir)
     spec = workdir / "cases.json"
     spec.write_text(json.dumps(cases, indent=1))
-    proc = torchrun(["-m", "bridge_core.testing.dist_runner", str(spec)], nproc, timeout, env=env)
+    proc = torchrun(["-m", "bridge_core.testing.dist_runner", str(spec)], nproc, timeout, env=env, cuda=cuda)
     results = {}
     for case in cases:
         out = Path(case["out"])

@@ -33,11 +33,12 @@ from typing import Any
 
 import pytest
 
+from bridge_core.testing.launch import CPU_ENV  # the standard library only
+
 # The conformance suite's assertions show their values when they fail.
 pytest.register_assert_rewrite("bridge_core.testing.conformance")
 
 GPU_MARKER = "gpu: needs CUDA devices; skipped when fewer are available than the test asks for"
-CPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 _TOY_FACTORY = pytest.StashKey["ToyModelFactory"]()
 _CLASS_CACHE = pytest.StashKey[dict]()
