@@ -30,6 +30,16 @@ def fix_megatron_without_te() -> None:
         moe_utils.te_general_gemm = None
 
 
+class _HostStream:
+    """The stream megatron-core 0.19's DDP asks for before reducing gradients: on the CPU, nothing to wait on."""
+
+    def wait_event(self, event: object) -> None:
+        pass
+
+    def wait_stream(self, stream: object) -> None:
+        pass
+
+
 def apply_cpu_patches() -> None:
     """Make megatron-core's CUDA assumptions harmless on a CPU-only machine (no-op with CUDA)."""
     global _applied
@@ -40,6 +50,7 @@ def apply_cpu_patches() -> None:
 
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.current_stream = lambda *args, **kwargs: _HostStream()  # 0.19's grad sync waits on it
     initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)  # fork() is a null context
     _applied = True
 
