@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("megatron.core")
 
-from bridge_core import hookimpl  # noqa: E402
-from bridge_core.errors import PluginError  # noqa: E402
-from bridge_core.provider import GPTModelProvider  # noqa: E402
-from bridge_core.registry import Registry  # noqa: E402
-from bridge_core.training import flops  # noqa: E402
+from bridge_core import hookimpl
+from bridge_core.errors import PluginError
+from bridge_core.provider import GPTModelProvider
+from bridge_core.registry import Registry
+from bridge_core.training import flops
 
 SEQ = 4096
 
