@@ -31,11 +31,13 @@ from bridge_core.training.recipe import Recipe
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run did: the logged losses by step (rank 0), the last iteration, the checkpoint folder."""
+    """What a run did: the logged losses by step, the last iteration, the checkpoint folder, and the
+    ``metrics.jsonl`` records of this run's steps (on every rank; written to the file by rank 0)."""
 
     losses: dict[int, float]
     iteration: int
     save: Path | None
+    records: list[dict] = dataclasses.field(default_factory=list)
 
 
 def _rank() -> int:
@@ -289,6 +291,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     metrics = MetricsLog(save, resume_step=iteration, enabled=_rank() == 0)
     printer = ProgressPrinter(_rank() == 0)
     losses: dict[int, float] = {}
+    logged: list[dict] = []
     started, first = time.perf_counter(), iteration
     tokens_per_step = t.global_batch_size * t.seq_length
 
@@ -346,6 +349,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
         if t.eval_interval and valid_ds is not None and iteration % t.eval_interval == 0:
             record["val_loss"] = _evaluate(forward_backward, model, valid_ds, config, dp_rank, dp_size, n_micro)
         metrics.write(record)
+        logged.append(record)
         if iteration % config.logging.log_interval == 0 or iteration == t.iters:
             printer.show(progress_line(record, t.iters, time.perf_counter() - started, iteration - first))
         if save is not None and (
@@ -355,7 +359,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
             save_now()
     printer.close()
     destroy_num_microbatches_calculator()
-    return TrainResult(losses, iteration, save)
+    return TrainResult(losses, iteration, save, logged)
 
 
 def _evaluate(
