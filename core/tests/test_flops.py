@@ -182,3 +182,17 @@ def test_a_bridge_naming_an_unregistered_block_is_refused():
 
     with pytest.raises(PluginError, match="'toy_decoder_layr', which no installed plugin registers"):
         flops.model_training_flops_per_token(llama3_8b(), SEQ, Typo(), _registry())
+
+
+def test_the_count_reproduces_the_fact_sheets_h200_figure():
+    """TRAINING.md (measured on one H200): Llama-3-8B layers x8, seq 4096, 28,122 tok/s/GPU -> 406 TFLOP/s."""
+    eight = dataclasses.replace(llama3_8b(), num_layers=8)
+    assert flops.training_flops_per_token(eight, SEQ) * 28_122 / 1e12 == pytest.approx(406, abs=0.5)
+
+
+def test_the_progress_line_shows_tflops_per_gpu():
+    from bridge_core.training.metrics import progress_line
+
+    record = {"step": 3, "loss": 5.0, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 28122.0, "tflops_per_gpu": 406.2}
+    assert progress_line(record, 10, 3.0, 3).endswith("| 28,122 tok/s | 406.2 TFLOP/s/GPU | ETA 7s")
+    assert "TFLOP/s" not in progress_line({**record, "tflops_per_gpu": None}, 10, 3.0, 3)
