@@ -287,7 +287,8 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
         decoder_seq_length=t.seq_length,
     )
     recipe_doc = recipe.to_dict()
-    recipe_doc["config"]["attention"]["core_attention"] = attention  # what "auto" resolved to
+    if attention in ("sdpa", "local"):  # what "auto" resolved to ("te" stays "auto", a valid value)
+        recipe_doc["config"]["attention"]["core_attention"] = attention
     metrics = MetricsLog(save, resume_step=iteration, enabled=_rank() == 0)
     printer = ProgressPrinter(_rank() == 0)
     losses: dict[int, float] = {}
