@@ -5,6 +5,7 @@ One 20-step run (module fixture) is the reference that the resume tests continue
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ pytest.importorskip("megatron.core.datasets.helpers_cpp")
 import _training_plugin  # noqa: E402
 from torch.distributed.checkpoint import FileSystemReader  # noqa: E402
 
-from bridge_core.errors import CheckpointError  # noqa: E402
+from bridge_core.errors import CheckpointError, ConfigError  # noqa: E402
 from bridge_core.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.registry import reset_registry  # noqa: E402
 from bridge_core.testing.compare import max_abs_diff  # noqa: E402
@@ -60,8 +61,22 @@ def interrupted_copy(source: Path, target: Path, at: int) -> Path:
 def reference(tmp_path_factory):
     """20 steps with the distributed optimizer, a checkpoint every 5, the last 2 kept."""
     save = tmp_path_factory.mktemp("reference") / "run"
-    result = run([f"checkpoint.save={save}", "checkpoint.keep_last_n=2"])
+    with count_sdpa_calls() as calls:
+        result = run([f"checkpoint.save={save}", "checkpoint.keep_last_n=2"])
+    assert calls, "attention.core_attention=auto did not run SDPACoreAttention on CPU"
     return save, result.losses
+
+
+@contextlib.contextmanager
+def count_sdpa_calls():
+    from bridge_core.modeling.attention import SDPACoreAttention
+
+    calls, forward = [], SDPACoreAttention.forward
+    SDPACoreAttention.forward = lambda self, *a, **k: calls.append(1) or forward(self, *a, **k)
+    try:
+        yield calls
+    finally:
+        SDPACoreAttention.forward = forward
 
 
 def test_toy_trains_20_steps_with_falling_loss_metrics_and_checkpoints(reference):
@@ -73,7 +88,12 @@ def test_toy_trains_20_steps_with_falling_loss_metrics_and_checkpoints(reference
     assert [r["loss"] for r in rows] == [losses[i] for i in range(1, 21)]
     for key in ("grad_norm", "tokens_per_s", "peak_memory_gib"):
         assert all(isinstance(r[key], float) and r[key] > 0 for r in rows), key
-    assert all(r["tflops_per_gpu"] is None for r in rows)  # no FLOPs calculator yet
+    # TOY by hand (Megatron-LM's convention): h 64, FFN 128 (gated), 4 heads of 16, 2 KV groups, V 256, seq 64
+    layer = 2 * 64 * (4 + 2 * 2) * 16 + 2 * 64 * 64 + 2 * 3 * 64 * 128 + 2 * 2 * 4 * 16 * (64 / 2)
+    per_token = 3 * (2 * layer + 2 * 64 * 256)  # forward, data and weight gradients; world size 1
+    for r in rows:
+        assert r["tflops_per_gpu"] > 0
+        assert r["tflops_per_gpu"] == pytest.approx(r["tokens_per_s"] * per_token / 1 / 1e12, rel=1e-12)
     # Megatron's linear warmup from 0 over 2 steps, then cosine down to min_lr at step 20
     assert [r["lr"] for r in rows[:3]] == pytest.approx([0.0, 1.5e-3, 3e-3])
     assert rows[-1]["lr"] < rows[10]["lr"] < rows[3]["lr"] and rows[-1]["lr"] >= 3e-4
@@ -82,9 +102,27 @@ def test_toy_trains_20_steps_with_falling_loss_metrics_and_checkpoints(reference
     saved = json.loads((save / "iter_0000020" / ckpt.TRAINING_CONFIG).read_text())
     assert saved["iteration"] == 20 and saved["consumed_train_samples"] == 160
     assert saved["recipe"]["name"] == "toy_pretrain" and saved["recipe"]["config"]["train"]["iters"] == 20
+    assert saved["recipe"]["config"]["attention"]["core_attention"] == "sdpa"  # auto, without Transformer Engine
     run_config = json.loads((save / "run_config.json").read_text())
     assert run_config["provider"]["num_layers"] == 2 and run_config["run"]["iteration"] == 20
     assert not list(save.parent.glob(".*partial*"))
+
+
+def test_local_core_attention_gives_the_sdpa_losses(reference, capsys):
+    _, sdpa = reference  # attention.core_attention=auto: SDPA on CPU
+    overrides = ["train.iters=6", "scheduler.lr_decay_iters=20", "attention.core_attention=local"]
+    with count_sdpa_calls() as calls:
+        local = run(overrides).losses
+    assert not calls  # megatron-core's DotProductAttention ran
+    assert "train: core attention local" in capsys.readouterr().out
+    worst = max(abs(local[i] - sdpa[i]) for i in local)
+    print(f"local vs SDPA core attention: max |loss difference| over 6 steps = {worst:.2e}")
+    assert sorted(local) == list(range(1, 7)) and worst < 1e-5
+
+
+def test_sdpa_refuses_what_it_cannot_serve_in_one_line():
+    with pytest.raises(ConfigError, match=r"attention.core_attention=sdpa: softmax_type='learnable' is not supported"):
+        run(["attention.core_attention=sdpa", "model.softmax_type=learnable"])
 
 
 def test_resume_with_distributed_optimizer_gives_the_same_losses_bit_for_bit(reference, tmp_path):

@@ -34,6 +34,8 @@ class MegatronModelBridge:
     - ``SUPPORTED_HF_CONFIG``: other HF keys the bridge accepts, with the value it supports or a
       predicate ``(value, hf_config) -> bool`` (its docstring names what is supported).
     - ``HANDLED_HF_CONFIG``: HF keys the bridge translates in code (not through ``CONFIG_MAPPING``).
+    - ``FLOPS_DECODER_LAYER``: the ``register_flops`` block its decoder layers are (None: the core's
+      standard count; see ``bridge_core.training.flops``).
     - ``dequantizes_hf_weights``: True when ``maybe_modify_loaded_hf_weight`` dequantizes FP8/INT
       weights (it then reads the ``*_scale_inv`` companions itself).
 
@@ -47,6 +49,7 @@ class MegatronModelBridge:
     SUPPORTED_HF_CONFIG: ClassVar[dict[str, Check]] = {}
     HANDLED_HF_CONFIG: ClassVar[frozenset[str]] = frozenset()
     PROVIDER_CLASS: ClassVar[type[GPTModelProvider]] = GPTModelProvider
+    FLOPS_DECODER_LAYER: ClassVar[str | None] = None
     dequantizes_hf_weights: ClassVar[bool] = False
     # HF keys the user vouches for (``--accept-config`` / ``accept_config=``); set by ``AutoBridge``.
     accepted_hf_config: frozenset[str] = frozenset()

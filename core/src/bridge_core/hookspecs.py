@@ -41,5 +41,7 @@ def register_flops(register):
     """Register FLOPs contributions of model blocks.
 
     ``register(block="qwen3_moe_layer", function="bridge_qwen.flops:moe_layer_flops")``: the function
-    takes the provider and returns forward FLOPs per token for one such block.
+    takes the provider and returns forward FLOPs per token for one such block. A bridge uses it by
+    naming it (``FLOPS_DECODER_LAYER = "qwen3_moe_layer"``): it then replaces the core's count of each
+    decoder layer's sequence-independent matmuls (``bridge_core.training.flops``).
     """

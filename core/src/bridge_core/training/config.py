@@ -2,7 +2,7 @@
 
 Sections mirror what a Megatron-Bridge ``ConfigContainer`` holds that this trainer runs: model
 (provider) overrides, parallel sizes, optimizer, LR schedule, train loop, precision, activation
-recompute, data, checkpointing and logging. Every field has a type the overrides are checked against.
+recompute, core attention, data, checkpointing and logging. Every field has a type the overrides are checked against.
 """
 
 from __future__ import annotations
@@ -103,6 +103,16 @@ class RecomputeConfig:
 
 
 @dataclass
+class AttentionConfig:
+    """The core attention of every layer: ``sdpa`` (``bridge_core.modeling.SDPACoreAttention`` over
+    ``scaled_dot_product_attention``), ``local`` (the layer spec as the provider builds it: megatron-core's
+    unfused ``DotProductAttention`` on the local spec), ``auto`` (``sdpa`` unless Transformer Engine's
+    attention is in use)."""
+
+    core_attention: Literal["auto", "sdpa", "local"] = "auto"
+
+
+@dataclass
 class DataConfig:
     """``mock``: megatron-core's learnable mock documents; ``pretrain``: indexed datasets (``.bin/.idx``
     prefixes, optionally weighted like Megatron-LM's ``--data-path 0.3 a 0.7 b``); ``sft``: a JSONL file."""
@@ -140,6 +150,7 @@ class TrainingConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -1,6 +1,7 @@
 """``metrics.jsonl`` (one JSON object per logged step) and the progress line shown on a terminal.
 
-TFLOP/s per GPU is written as ``null`` until the FLOPs calculator lands.
+``tflops_per_gpu``: global tokens/s x training FLOPs per token (``bridge_core.training.flops``) / world
+size / 1e12; ``null`` when the model has a block the calculator cannot count.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _step(line: str) -> int:
 
 
 def progress_line(record: dict[str, Any], iters: int, elapsed: float, done_here: int) -> str:
-    """``step 12/20 | loss 5.2013 | lr 2.9e-04 | grad 1.234 | 18,240 tok/s | ETA 3s``."""
+    """``step 12/20 | loss 5.2013 | lr 2.9e-04 | grad 1.234 | 18,240 tok/s | 312.4 TFLOP/s/GPU | ETA 3s``."""
     step = record["step"]
     eta = elapsed / max(done_here, 1) * (iters - step)
     parts = [
@@ -61,9 +62,16 @@ def progress_line(record: dict[str, Any], iters: int, elapsed: float, done_here:
         f"{record['tokens_per_s']:,.0f} tok/s",
         f"ETA {_duration(eta)}",
     ]
+    if record.get("tflops_per_gpu") is not None:
+        parts.insert(-1, f"{_tflops(record['tflops_per_gpu'])} TFLOP/s/GPU")
     if record.get("val_loss") is not None:
         parts.insert(2, f"val {record['val_loss']:.4f}")
     return " | ".join(parts)
+
+
+def _tflops(value: float) -> str:
+    """Three significant digits at least (a CPU toy runs at a few thousandths)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
 
 def _duration(seconds: float) -> str:

@@ -23,6 +23,7 @@ from bridge_core.errors import ConfigError
 from bridge_core.parallel import ensure_process_group
 from bridge_core.training.config import TrainingConfig
 from bridge_core.training.data import batches, build_datasets, check_dataset_helpers
+from bridge_core.training.flops import FlopsUnsupported, model_training_flops_per_token
 from bridge_core.training.metrics import MetricsLog, ProgressPrinter, peak_memory_gib, progress_line
 from bridge_core.training.model_source import ModelSource, model_source
 from bridge_core.training.recipe import Recipe
@@ -30,11 +31,13 @@ from bridge_core.training.recipe import Recipe
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run did: the logged losses by step (rank 0), the last iteration, the checkpoint folder."""
+    """What a run did: the logged losses by step, the last iteration, the checkpoint folder, and the
+    ``metrics.jsonl`` records of this run's steps (on every rank; written to the file by rank 0)."""
 
     losses: dict[int, float]
     iteration: int
     save: Path | None
+    records: list[dict] = dataclasses.field(default_factory=list)
 
 
 def _rank() -> int:
@@ -117,6 +120,26 @@ def half_precision(chunks: list, config: Any) -> list:
     from megatron.core.transformer.module import Float16Module
 
     return [Float16Module(config, chunk) for chunk in chunks]
+
+
+def _core_attention(provider: Any, config: TrainingConfig) -> str:
+    """Apply ``attention.core_attention`` to the provider; say what ``auto`` resolved to."""
+    from bridge_core.modeling.specs import use_core_attention
+
+    choice = config.attention.core_attention
+    resolved = use_core_attention(provider, choice)
+    names = {"sdpa": "SDPACoreAttention", "local": "the provider's layer spec", "te": "Transformer Engine's"}
+    say(f"train: core attention {resolved} ({names[resolved]}{', from auto' if choice == 'auto' else ''})")
+    return resolved
+
+
+def _flops_per_token(source: ModelSource, provider: Any, seq_length: int) -> float | None:
+    """Training FLOPs per token (``bridge_core.training.flops``), or None with a note when not countable."""
+    try:
+        return model_training_flops_per_token(provider, seq_length, source.bridge.bridge)
+    except FlopsUnsupported as exc:
+        say(f"train: TFLOP/s not reported: {exc}")
+        return None
 
 
 # -- optimizer and schedule ---------------------------------------------------------------------
@@ -226,6 +249,8 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
         ckpt.check_save_folder(config.checkpoint.save)
     source = model_source(recipe, hf_model, megatron_path)
     provider = configure_provider(source, config)
+    attention = _core_attention(provider, config)
+    flops_per_token = _flops_per_token(source, provider, t.seq_length)
     dtype = provider.params_dtype
     o = config.optimizer
     ddp_config = DistributedDataParallelConfig(
@@ -277,9 +302,12 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
         decoder_seq_length=t.seq_length,
     )
     recipe_doc = recipe.to_dict()
+    if attention in ("sdpa", "local"):  # what "auto" resolved to ("te" stays "auto", a valid value)
+        recipe_doc["config"]["attention"]["core_attention"] = attention
     metrics = MetricsLog(save, resume_step=iteration, enabled=_rank() == 0)
     printer = ProgressPrinter(_rank() == 0)
     losses: dict[int, float] = {}
+    logged: list[dict] = []
     started, first = time.perf_counter(), iteration
     tokens_per_step = t.global_batch_size * t.seq_length
 
@@ -320,6 +348,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
         loss = _reduce_loss(records if ps.is_pipeline_last_stage(ignore_virtual=True) else [])
         seconds = time.perf_counter() - step_start
         losses[iteration] = loss
+        tokens_per_s = tokens_per_step / seconds
         record = {
             "step": iteration,
             "loss": loss,
@@ -327,15 +356,16 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "skipped": not ok,
             "step_time_s": seconds,
-            "tokens_per_s": tokens_per_step / seconds,
-            "tokens_per_s_per_gpu": tokens_per_step / seconds / world,
-            "tflops_per_gpu": None,  # the FLOPs calculator is not written yet
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_gpu": tokens_per_s / world,
+            "tflops_per_gpu": tokens_per_s * flops_per_token / world / 1e12 if flops_per_token else None,
             "peak_memory_gib": peak_memory_gib(),
             "consumed_samples": consumed,
         }
         if t.eval_interval and valid_ds is not None and iteration % t.eval_interval == 0:
             record["val_loss"] = _evaluate(forward_backward, model, valid_ds, config, dp_rank, dp_size, n_micro)
         metrics.write(record)
+        logged.append(record)
         if iteration % config.logging.log_interval == 0 or iteration == t.iters:
             printer.show(progress_line(record, t.iters, time.perf_counter() - started, iteration - first))
         if save is not None and (
@@ -345,7 +375,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
             save_now()
     printer.close()
     destroy_num_microbatches_calculator()
-    return TrainResult(losses, iteration, save)
+    return TrainResult(losses, iteration, save, logged)
 
 
 def _evaluate(

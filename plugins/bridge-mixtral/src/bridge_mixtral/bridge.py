@@ -82,6 +82,7 @@ class MixtralBridge(DecoderBridge):
     }
     PROVIDER_DEFAULTS: ClassVar[dict[str, Any]] = {**DecoderBridge.PROVIDER_DEFAULTS, **MOE_DEFAULTS}
     PROVIDER_CLASS = MixtralProvider
+    FLOPS_DECODER_LAYER = "mixtral_decoder_layer"  # registered in plugin.py (bridge_mixtral.flops)
 
     layout: str = PER_EXPERT
 

@@ -51,6 +51,7 @@ class Phi3Bridge(DecoderBridge):
         "embd_pdrop": 0.0,
     }
     PROVIDER_CLASS = SDPAAttentionProvider
+    FLOPS_DECODER_LAYER = "phi_decoder_layer"  # registered in plugin.py (bridge_phi.flops)
 
     def hf_config_to_provider_kwargs(self, hf_config: Any) -> dict[str, Any]:
         _, scaling = read_rope(hf_config)

@@ -1,0 +1,291 @@
+"""Training throughput on one GPU: bridge-core's trainer on Llama shapes, SDPA vs local core attention.
+
+    python benchmarks/train_throughput.py --out results.json        # one GPU, about 3-5 minutes on an H200
+    python benchmarks/train_throughput.py --toy --out toy.json      # CPU, a 2-layer toy, seconds
+
+Cases (random initialisation, megatron-core's mock documents, bf16 on GPU, fp32 on CPU, the distributed
+optimizer, no checkpoints), each with ``attention.core_attention`` ``sdpa`` and ``local``:
+
+- ``llama3_8b_layers``: Llama-3-8B layer shapes (hidden 4096, MLP 14336, 32 heads, 8 KV groups,
+  vocabulary 128256, untied), ``--layers-8b`` layers (default 8), seq 4096, micro-batch 1, global 8;
+- ``llama32_1b``: Llama-3.2-1B shapes (16 layers, hidden 2048, MLP 8192, 32 heads, 8 KV groups,
+  tied embeddings), seq 2048, micro-batch 2, global 16.
+
+Per case: tokens/s, model TFLOP/s per GPU (``bridge_core.training.flops``: Megatron-LM's count, 3x
+forward), the fraction of the measured matmul rate, peak memory (CUDA allocations), the last loss, over
+the steps after ``--warmup``. Also measured in the same run: a bf16 ``torch.matmul`` of
+``--matmul-size``^3 (the physical limit on this GPU). Each case runs in its own process (a timeout or
+an out-of-memory error is recorded, the next case still runs); the JSON goes to stdout and ``--out``.
+
+Needs torch, transformers, pluggy and megatron-core (with its compiled dataset helpers); this checkout's
+``core`` and ``plugins/bridge-llama`` are used from the source tree when they are not installed. The
+lent H200 image has no megatron-core: carry its cp312 wheel (``benchmarks/gpu_export.py --fetch-wheels
+DIR`` downloads it) and install it with ``pip install --no-deps --target``, as for ``gpu_export.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "TRAIN_THROUGHPUT_RESULT "
+
+LLAMA3_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+LLAMA32_1B = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+}
+TOY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+
+def cases(args: argparse.Namespace) -> list[dict]:
+    """(shape, HF config values, seq, micro, global batch) x core attention."""
+    if args.toy:
+        shapes = [("toy", TOY, 64, 2, 4)]
+    else:
+        shapes = [
+            ("llama3_8b_layers", {**LLAMA3_8B, "num_hidden_layers": args.layers_8b}, 4096, 1, 8),
+            ("llama32_1b", LLAMA32_1B, 2048, 2, 16),
+        ]
+    return [
+        {"shape": s, "hf_config": c, "seq": seq, "mbs": mbs, "gbs": gbs, "attention": a, "iters": args.iters}
+        for s, c, seq, mbs, gbs in shapes
+        for a in args.attention
+    ]
+
+
+# -- worker (one process per case) ------------------------------------------------------------------
+
+
+def _use_checkout() -> None:
+    """This checkout's bridge-core and bridge-llama (installed or not), with only the Llama plugin registered."""
+    try:
+        import bridge_core  # noqa: F401
+        import bridge_llama
+    except ImportError:
+        for sub in ("core/src", "plugins/bridge-llama/src"):
+            sys.path.insert(0, str(ROOT / sub))
+    import bridge_llama
+    import bridge_llama.plugin
+    from bridge_core.registry import Registry, reset_registry
+
+    registry = Registry()
+    version = getattr(bridge_llama, "__version__", "0")
+    registry.add_plugin(bridge_llama.plugin, name="llama", distribution="bridge-llama", version=version, strict=True)
+    reset_registry(registry)
+
+
+def run_case(case: dict, warmup: int) -> dict:
+    """Train one case in this process; the summary of its steps after ``warmup``."""
+    _use_checkout()
+    import torch
+
+    from bridge_core.training.config import (
+        AttentionConfig,
+        CheckpointConfig,
+        SchedulerConfig,
+        TrainingConfig,
+        TrainLoopConfig,
+    )
+    from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
+    from bridge_core.training.trainer import train
+
+    config = TrainingConfig(
+        # megatron-core's local spec, so that sdpa/local compare the core attention alone (and Transformer
+        # Engine, where installed, is not picked by "auto")
+        model={"transformer_layer_spec": "local"},
+        scheduler=SchedulerConfig(style="constant", lr_warmup_iters=1),
+        train=TrainLoopConfig(
+            iters=case["iters"],
+            global_batch_size=case["gbs"],
+            micro_batch_size=case["mbs"],
+            seq_length=case["seq"],
+            eval_interval=None,
+        ),
+        attention=AttentionConfig(core_attention=case["attention"]),
+        checkpoint=CheckpointConfig(save=None, save_interval=None),
+    )
+    model = ModelSpec("LlamaForCausalLM", {"model_type": "llama", **case["hf_config"]})
+    recipe = Recipe("train_throughput", "llama", "pretrain", model, config, SizedFor(gpus=1))
+    result = train(recipe)
+    steps = result.records[warmup:] or result.records[-1:]
+    step_time = statistics.median(r["step_time_s"] for r in steps)
+    tokens = case["gbs"] * case["seq"]
+    tflops = [r["tflops_per_gpu"] for r in steps if r["tflops_per_gpu"] is not None]
+    out = {
+        "measured_steps": len(steps),
+        "step_time_s": step_time,
+        "tokens_per_s": tokens / step_time,
+        "tflops_per_gpu": statistics.median(tflops) if tflops else None,
+        "peak_memory_gib": max(r["peak_memory_gib"] for r in result.records),
+        "losses": [round(r["loss"], 4) for r in result.records],
+    }
+    if torch.cuda.is_available():
+        out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    return out
+
+
+def matmul_tflops(size: int, repeats: int = 20) -> dict:
+    """bf16 ``torch.matmul`` of ``size``^3 on the GPU (fp32 on CPU): 2 size^3 FLOPs per product."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dtype, device = (torch.bfloat16, "cuda") if cuda else (torch.float32, "cpu")
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    for _ in range(3):
+        torch.matmul(a, b)
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / repeats
+    return {"size": size, "dtype": str(dtype).replace("torch.", ""), "tflops": 2 * size**3 / seconds / 1e12}
+
+
+def worker(spec: dict) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        if spec["kind"] == "matmul":
+            return {**matmul_tflops(spec["size"]), "machine": machine()}
+        return run_case(spec["case"], spec["warmup"])
+    except Exception as exc:  # recorded per case; the driver goes on with the next one
+        text = " ".join(str(exc).split())
+        return {"error": f"{type(exc).__name__}: {text[:500]}"}
+
+
+# -- driver -----------------------------------------------------------------------------------------
+
+
+def _spawn(spec: dict, timeout: float) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
+    if not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"worker exit {proc.returncode}: {' | '.join(tail)[-800:]}"}
+    out = json.loads(lines[-1][len(MARK) :])
+    out["wall_s"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import megatron.core
+
+        info["megatron_core"] = megatron.core.__version__
+    except Exception as exc:
+        info["megatron_core"] = f"unavailable: {exc}"
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["gpu"] = None
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the JSON here too")
+    parser.add_argument("--toy", action="store_true", help="a 2-layer toy on the CPU (a quick check of the script)")
+    parser.add_argument("--layers-8b", type=int, default=8, help="Llama-3-8B layers to train (default 8)")
+    parser.add_argument("--iters", type=int, default=8, help="training steps per case (default 8)")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the figures (default 3)")
+    parser.add_argument("--attention", nargs="+", default=["sdpa", "local"], choices=["sdpa", "local", "auto"])
+    parser.add_argument("--matmul-size", type=int, default=None, help="default 8192 (GPU), 256 (--toy)")
+    parser.add_argument("--case-timeout", type=float, default=150.0, help="seconds per case (default 150)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(MARK + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+    if args.warmup >= args.iters:
+        parser.error(f"--warmup {args.warmup} must be below --iters {args.iters}")
+    import torch  # no CUDA context here: each case's process has the GPU to itself
+
+    if not args.toy and not torch.cuda.is_available():
+        parser.error("no CUDA device: run on a GPU, or pass --toy for the CPU check")
+    started = time.perf_counter()
+    size = args.matmul_size or (256 if args.toy else 8192)
+    matmul = _spawn({"kind": "matmul", "size": size}, args.case_timeout)
+    print(f"matmul {size}^3: {matmul.get('tflops', matmul.get('error'))} TFLOP/s", file=sys.stderr, flush=True)
+    results = []
+    for case in cases(args):
+        got = _spawn({"kind": "train", "case": case, "warmup": args.warmup}, args.case_timeout)
+        row = {k: v for k, v in case.items() if k != "hf_config"}
+        row["layers"] = case["hf_config"]["num_hidden_layers"]
+        row.update(got)
+        if row.get("tflops_per_gpu") and matmul.get("tflops"):
+            row["fraction_of_matmul"] = row["tflops_per_gpu"] / matmul["tflops"]
+        results.append(row)
+        summary = got.get("error") or (
+            f"{got['tokens_per_s']:,.0f} tok/s, {got['tflops_per_gpu']:.4g} TFLOP/s/GPU, "
+            f"{got['peak_memory_gib']:.1f} GiB"
+        )
+        print(f"{case['shape']} {case['attention']}: {summary}", file=sys.stderr, flush=True)
+    doc = {
+        "benchmark": "train_throughput",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "toy": args.toy,
+        "machine": matmul.pop("machine", None),
+        "matmul": matmul,
+        "cases": results,
+        "flops_convention": "Megatron-LM num_floating_point_operations: matmuls, causal seq/2, 3x forward",
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0 if all("error" not in r for r in results) and "error" not in matmul else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
