@@ -7,15 +7,14 @@ traceback (unless --debug), and no output that looks complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bridge_core.testing.compare import compare_hf_weights
+from bridge_core.testing.launch import run_bridgectl
 from bridge_core.testing.toy import ToyModel, build_toy
 
 LLAMA = {
@@ -31,13 +30,7 @@ LLAMA = {
 
 
 def bridgectl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "bridgectl"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
-        "BRIDGE_PLUGINS": "llama,qwen",
-        "OMP_NUM_THREADS": "1",
-    }
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+    return run_bridgectl(*args, plugins="llama,qwen", cwd=cwd)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -97,3 +97,21 @@ def test_a_group_the_caller_started_is_left_alone():
     env = {"PATH": "/usr/bin:/bin", "BRIDGE_PLUGINS": ""}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert (proc.returncode, proc.stdout.strip().splitlines()[-1:]) == (0, ["True"]), proc.stderr
+
+
+def test_more_ranks_than_visible_gpus_are_refused_before_any_starts(monkeypatch):
+    import argparse
+
+    import torch
+
+    from bridge_core.cli.common import run_on_ranks
+    from bridge_core.errors import ConfigError
+
+    monkeypatch.setattr(launcher, "spawn_ranks", lambda argv, world: pytest.fail("a rank was started"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    args = argparse.Namespace(argv=["import", "--tp", "2"])
+    with pytest.raises(ConfigError, match="2 ranks need one GPU each but 1 CUDA device is visible"):
+        run_on_ranks(args, 2, check_sizes=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no GPU: the ranks use gloo on the CPU
+    monkeypatch.setattr(launcher, "spawn_ranks", lambda argv, world: 0)
+    assert run_on_ranks(args, 2, check_sizes=False) == 0

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from gemma_toys import GEMMA2
 
 from bridge_core.testing.compare import compare_hf_weights
+from bridge_core.testing.launch import run_bridgectl
 from bridge_core.testing.toy import ToyModel, build_toy
 
 
 def bridgectl(*args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "bridgectl"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}, "BRIDGE_PLUGINS": "gemma"}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=env)
+    return run_bridgectl(*args, plugins="gemma")
 
 
 @pytest.fixture(scope="module")

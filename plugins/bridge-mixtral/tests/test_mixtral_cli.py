@@ -8,26 +8,18 @@ per-expert tensors for a per-expert source and stacked ones for a stacked source
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from _mixtral_layouts import fused_copy
 from bridge_core.testing.compare import compare_hf_weights
+from bridge_core.testing.launch import run_bridgectl
 from bridge_core.testing.toy import ToyModel
 from test_mixtral_features import TOY
 
 
 def bridgectl(*args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "bridgectl"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
-        "BRIDGE_PLUGINS": "mixtral",
-        "OMP_NUM_THREADS": "1",
-    }
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=env)
+    return run_bridgectl(*args, plugins="mixtral")
 
 
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])

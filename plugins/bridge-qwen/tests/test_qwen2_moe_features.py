@@ -7,9 +7,7 @@ routing normalisation) and check that transformers' logits are then missed by fa
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from bridge_core.errors import ConfigError
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
 from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
+from bridge_core.testing.launch import run_bridgectl
 from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
 
 RENORM = {**TOY, "norm_topk_prob": True}
@@ -98,13 +97,7 @@ def test_settings_megatron_core_cannot_express_are_refused(softmax, tmp_path, ch
 
 
 def bridgectl(*args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "bridgectl"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
-        "BRIDGE_PLUGINS": "qwen",
-        "OMP_NUM_THREADS": "1",
-    }
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=env)
+    return run_bridgectl(*args, plugins="qwen")
 
 
 def test_cli_roundtrip_of_a_stacked_expert_checkpoint_at_ep2(renorm, tmp_path_factory, tmp_path):

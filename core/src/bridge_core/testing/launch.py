@@ -65,3 +65,15 @@ def run_cases(
             error = f"no result (torchrun exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         results[case["name"]] = {"logits": out / "logits.pt", "hf": out / "hf", "error": error}
     return results
+
+
+def run_bridgectl(
+    *args: str, plugins: str, cpu: bool = True, cwd: str | Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``bridgectl args...`` as a user runs it (this Python's console script, a fresh process) with only
+    ``plugins`` enabled (``BRIDGE_PLUGINS``; the caller's other ``BRIDGE_*`` variables dropped), on the
+    CPU unless ``cpu=False`` (with CUDA visible, ``--tp 2`` asks for two GPUs)."""
+    exe = Path(sys.executable).parent / "bridgectl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(CPU_ENV if cpu else {"OMP_NUM_THREADS": "1"}, BRIDGE_PLUGINS=plugins)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
