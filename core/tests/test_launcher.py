@@ -99,19 +99,18 @@ def test_a_group_the_caller_started_is_left_alone():
     assert (proc.returncode, proc.stdout.strip().splitlines()[-1:]) == (0, ["True"]), proc.stderr
 
 
-def test_more_ranks_than_visible_gpus_are_refused_before_any_starts(monkeypatch):
-    import argparse
-
+def test_more_ranks_than_visible_gpus_are_refused_in_one_line(monkeypatch):
     import torch
 
-    from bridge_core.cli.common import run_on_ranks
+    from bridge_core import parallel
     from bridge_core.errors import ConfigError
 
-    monkeypatch.setattr(launcher, "spawn_ranks", lambda argv, world: pytest.fail("a rank was started"))
+    monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(parallel.dist, "init_process_group", lambda *a, **k: pytest.fail("NCCL was started"))
+    monkeypatch.setattr(parallel, "cuda_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    args = argparse.Namespace(argv=["import", "--tp", "2"])
-    with pytest.raises(ConfigError, match="2 ranks need one GPU each but 1 CUDA device is visible"):
-        run_on_ranks(args, 2, check_sizes=False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no GPU: the ranks use gloo on the CPU
-    monkeypatch.setattr(launcher, "spawn_ranks", lambda argv, world: 0)
-    assert run_on_ranks(args, 2, check_sizes=False) == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match="2 ranks on this machine need one GPU each but 1 CUDA device is visible"):
+        parallel.ensure_process_group()

@@ -31,7 +31,14 @@ def ensure_process_group() -> None:
     backend = "nccl" if cuda_available() else "gloo"
     if "WORLD_SIZE" in os.environ:  # torchrun, or bridgectl's own rank processes
         if cuda_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            local_world, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+            if gpus < local_world:  # NCCL refuses two ranks on one GPU ("Duplicate GPU detected")
+                raise ConfigError(
+                    f"{local_world} ranks on this machine need one GPU each but {gpus} CUDA device"
+                    f"{'s are' if gpus > 1 else ' is'} visible: use fewer ranks, or run on the CPU (gloo) "
+                    "with CUDA_VISIBLE_DEVICES=''"
+                )
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
         return
     # One process, on a free port. The environment is left alone, so that a process started later
