@@ -4,8 +4,9 @@
 it as ``bridgectl train --recipe NAME --dry-run --nproc GPUS`` does at the GPU count it was sized for;
 builds its provider from the config values (the translation only: ``AutoConfig`` -> bridge ->
 provider; an SFT recipe borrows its ``_pretrain`` twin's values); checks that its parallel sizes divide
-the model (heads, query groups, layers per pipeline stage, experts, the expert-parallel group); and that
-the provider's parameter count is the published one within ``rel``.
+the model (heads, query groups, layers per pipeline stage, experts, the expert-parallel group); that
+the provider's parameter count equals transformers' model of the same config values (built on the
+meta device: no memory, no weights) within 0.1% (norm vectors), and the published size within ``rel``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,18 @@ def parameter_count(provider: Any) -> int:
     return blocks + embeddings + h
 
 
+def hf_parameter_count(recipe: Recipe) -> int:
+    """Parameters of transformers' model for ``recipe``'s config values, built on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = dict(recipe.model.hf_config or {})
+    config = AutoConfig.for_model(values.pop("model_type"), architectures=[recipe.model.architecture], **values)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def layout_problems(recipe: Recipe, provider: Any, world: int) -> list[str]:
     """What in ``recipe``'s parallel sizes does not divide the model ``provider`` describes at ``world`` ranks."""
     p = recipe.config.parallel
@@ -106,7 +119,7 @@ def layout_problems(recipe: Recipe, provider: Any, world: int) -> list[str]:
     return problems
 
 
-def check_recipes(plugin: str, published: dict[str, float], rel: float = 0.03) -> dict[str, int]:
+def check_recipes(plugin: str, published: dict[str, float], rel: float = 0.02) -> dict[str, int]:
     """Check every recipe of ``plugin`` (see the module docstring); ``published``: model key (the recipe
     name without ``_pretrain``/``_sft``) -> published parameter count. Returns the counts measured."""
     recipes = {r.name: r for r in family_recipes(plugin)}
@@ -130,6 +143,10 @@ def check_recipes(plugin: str, published: dict[str, float], rel: float = 0.03) -
         if model not in providers:
             providers[model] = recipe_provider(twin)
             counts[model] = parameter_count(providers[model])
+            reference = hf_parameter_count(twin)
+            assert abs(counts[model] - reference) <= 1e-3 * reference, (
+                f"{name}: the provider has {counts[model]:,} parameters, transformers' model {reference:,}"
+            )
         provider = providers[model]
         assert not layout_problems(recipe, provider, world), (name, layout_problems(recipe, provider, world))
         measured, expected = counts[model], published[model]
