@@ -1,6 +1,6 @@
 """Every bridge-qwen recipe resolves at the GPU count it was sized for, its model builds from its config
 values (no weights), its parallel sizes divide the model (experts over EP, Qwen3-235B's 94 layers +
-embedding + loss over PP=16), and its size is the published one."""
+split 5 + 14 x 6 + 5 over PP=16), and its size is the published one."""
 
 from __future__ import annotations
 
@@ -35,4 +35,8 @@ def test_every_qwen_recipe_resolves_builds_and_has_the_published_size():
     assert set(check_recipes("qwen", PUBLISHED)) == set(PUBLISHED)
     big = recipes.qwen3_235b_a22b_pretrain()
     assert (big.config.parallel.tp, big.config.parallel.pp, big.config.parallel.ep) == (4, 16, 8)
-    assert big.config.model["account_for_loss_in_pipeline_split"] is True
+    first, last = (
+        big.config.model["num_layers_in_first_pipeline_stage"],
+        big.config.model["num_layers_in_last_pipeline_stage"],
+    )
+    assert first + 14 * 6 + last == 94

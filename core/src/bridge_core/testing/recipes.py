@@ -3,7 +3,9 @@
 ``check_recipes(plugin, published)`` loads every recipe the plugin registers and, for each: resolves
 it as ``bridgectl train --recipe NAME --dry-run --nproc GPUS`` does at the GPU count it was sized for;
 builds its provider from the config values (the translation only: ``AutoConfig`` -> bridge ->
-provider; an SFT recipe borrows its ``_pretrain`` twin's values); checks that its parallel sizes divide
+provider; an SFT recipe borrows its ``_pretrain`` twin's values) and configures it as ``train`` does
+(model overrides, parallel sizes, megatron-core's own validation; ``sequence_parallel`` off without
+CUDA, where torch's norms refuse it); checks that its parallel sizes divide
 the model (heads, query groups, layers per pipeline stage, experts, the expert-parallel group); that
 the provider's parameter count equals transformers' model of the same config values (built on the
 meta device: no memory, no weights) within 0.1% (norm vectors), and the published size within ``rel``.
@@ -90,6 +92,21 @@ def hf_parameter_count(recipe: Recipe) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def configured_provider(recipe: Recipe, values_from: Recipe) -> Any:
+    """The provider ``train`` would run ``recipe`` with, for ``values_from``'s config values, validated by
+    ``finalize()`` (megatron-core's checks); no weights, no process group."""
+    import dataclasses
+
+    from bridge_core.cpu_support import cuda_available
+    from bridge_core.training.model_source import model_source
+    from bridge_core.training.trainer import configure_provider
+
+    config = recipe.config
+    if not cuda_available() and config.parallel.sequence_parallel:
+        config = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, sequence_parallel=False))
+    return configure_provider(model_source(values_from), config)
+
+
 def layout_problems(recipe: Recipe, provider: Any, world: int) -> list[str]:
     """What in ``recipe``'s parallel sizes does not divide the model ``provider`` describes at ``world`` ranks."""
     p = recipe.config.parallel
@@ -101,12 +118,12 @@ def layout_problems(recipe: Recipe, provider: Any, world: int) -> list[str]:
     stages = p.pp * (p.vpp or 1)
     layers = provider.num_layers
     overrides = recipe.config.model
-    if overrides.get("account_for_embedding_in_pipeline_split"):
-        layers += 1
-    if overrides.get("account_for_loss_in_pipeline_split"):
-        layers += 1
-    if layers % stages:
-        problems.append(f"{layers} layers (with embedding/loss if counted) do not split into pp x vpp = {stages}")
+    first, last = (overrides.get(f"num_layers_in_{end}_pipeline_stage") for end in ("first", "last"))
+    if first or last:  # an uneven split: the stages between the two ends share the rest evenly
+        layers -= (first or 0) + (last or 0)
+        stages = (p.pp - bool(first) - bool(last)) * (p.vpp or 1)
+    if stages and layers % stages:
+        problems.append(f"{layers} layers do not split evenly into {stages} pipeline stages (pp x vpp)")
     if p.ep > 1:
         experts = provider.num_moe_experts or 0
         etp = p.etp if p.etp is not None else p.tp
@@ -147,7 +164,7 @@ def check_recipes(plugin: str, published: dict[str, float], rel: float = 0.02) -
             assert abs(counts[model] - reference) <= 1e-3 * reference, (
                 f"{name}: the provider has {counts[model]:,} parameters, transformers' model {reference:,}"
             )
-        provider = providers[model]
+        provider = configured_provider(recipe, twin)
         assert not layout_problems(recipe, provider, world), (name, layout_problems(recipe, provider, world))
         measured, expected = counts[model], published[model]
         assert abs(measured - expected) <= rel * expected, (

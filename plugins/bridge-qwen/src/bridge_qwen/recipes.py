@@ -161,8 +161,10 @@ SFT: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {
     "qwen3_30b_a3b": (8, _A3B, _MOE_SFT),
     "qwen3_235b_a22b": (64, {"tp": 4, "pp": 16, "ep": 4, "etp": 1, "sequence_parallel": True}, _MOE_SFT),
 }
-# Megatron-Bridge's qwen3 recipes initialise with std 0.02; 94 layers + embedding + loss split into PP=16 x 6
-_PIPELINE_SPLIT = {"account_for_embedding_in_pipeline_split": True, "account_for_loss_in_pipeline_split": True}
+# Megatron-Bridge's qwen3 recipes initialise with std 0.02. Qwen3-235B-A22B's 94 layers over PP=16:
+# Megatron-Bridge counts the embedding and the loss as a layer each (6 per stage); the same split in
+# layers: 5 on the first and the last stage, 6 on each of the 14 others.
+_PIPELINE_SPLIT = {"num_layers_in_first_pipeline_stage": 5, "num_layers_in_last_pipeline_stage": 5}
 MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     **{model: {"init_method_std": 0.02} for model in MODELS if model.startswith("qwen3_")},
     "qwen3_235b_a22b": {"init_method_std": 0.02, **_PIPELINE_SPLIT},
