@@ -154,6 +154,7 @@ def _define(model: str, kind: str):
     return recipe
 
 
+# One zero-argument function per recipe, named as the recipe (the targets plugin.py registers).
 NAMES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in MODELS)
 for _model in MODELS:
     for _kind in ("pretrain", "sft"):

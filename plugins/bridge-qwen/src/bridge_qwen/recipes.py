@@ -199,6 +199,7 @@ def _define(model: str, kind: str):
     return recipe
 
 
+# One zero-argument function per recipe, named as the recipe (the targets plugin.py registers).
 NAMES = tuple(f"{model}_pretrain" for model in PRETRAIN) + tuple(f"{model}_sft" for model in SFT)
 for _name in NAMES:
     _model, _, _kind = _name.rpartition("_")
