@@ -153,9 +153,9 @@ def test_baked_plugin_is_lint_clean_and_complete(installed_plugin):
     pyproject = (project / "pyproject.toml").read_text()
     assert f'name = "bridge-{family.replace("_", "-")}"' in pyproject
     assert f'{family} = "{module}.plugin"' in pyproject
-    assert '"bridge-core[torch]>=1.0,<2"' in pyproject
+    assert '"bridge-core[torch]>=1.1,<2"' in pyproject  # typed recipes: contract 1.1
     tox_ini = (project / "tox.ini").read_text()
-    assert "{env:BRIDGE_CORE_SPEC:bridge-core[torch]>=1.0,<2}" in tox_ini and "coremin:" in tox_ini
+    assert "{env:BRIDGE_CORE_SPEC:bridge-core[torch]>=1.1,<2}" in tox_ini and "coremin:" in tox_ini
     for script in ("conversion.sh", "inference.sh", "slurm_sft.sh", "slurm_peft.sh"):
         check = subprocess.run(["bash", "-n", str(project / "examples" / slug / script)], capture_output=True)
         assert check.returncode == 0, (script, check.stderr)

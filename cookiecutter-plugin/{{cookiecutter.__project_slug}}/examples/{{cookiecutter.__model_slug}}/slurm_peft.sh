@@ -6,31 +6,10 @@
 #SBATCH --exclusive
 #SBATCH --time=02:00:00
 #SBATCH --output=%x-%j.out
-# LoRA fine-tuning of a converted checkpoint with this plugin's peft recipe. Megatron-LM's own
-# pretrain_gpt.py has no LoRA: PEFT_TRAINER names a training script that does (for example one built
-# on Megatron-Bridge or NeMo) and that accepts Megatron-LM's flags plus the recipe's lora-* flags.
-#   PEFT_TRAINER  the LoRA-capable training script
-#   CKPT          the converted checkpoint (conversion.sh's WORK_DIR/megatron)
-#   DATA          the training data (in the trainer's format)
-#   SAVE          where adapter checkpoints go; TP, PP: parallel sizes (default 1)
-# Usage: PEFT_TRAINER=... CKPT=... DATA=... SAVE=... sbatch slurm_peft.sh
+# LoRA fine-tuning with a {{ cookiecutter.family }}_peft recipe. 'bridgectl train' has no adapters yet (the
+# training config has no LoRA settings), so this plugin registers no peft recipe: running a peft
+# recipe as full fine-tuning would be silently wrong. Until it does, use slurm_sft.sh (full
+# fine-tuning); then register {{ cookiecutter.family }}_peft in plugin.py and recipes.py and run it as slurm_sft.sh does.
 set -euo pipefail
-: "${PEFT_TRAINER:?set PEFT_TRAINER to a LoRA-capable training script}"
-: "${CKPT:?set CKPT to a checkpoint written by bridgectl import}"
-: "${DATA:?set DATA to the training data}"
-: "${SAVE:?set SAVE to an output folder}"
-TP="${TP:-1}"; PP="${PP:-1}"
-GPUS="${SLURM_GPUS_ON_NODE:-8}"
-HEAD="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)"
-mkdir -p "$SAVE"
-python -m {{ cookiecutter.__module_name }}.recipes peft --tp "$TP" --pp "$PP" --json > "$SAVE/recipe.json"
-RECIPE=$(python -m {{ cookiecutter.__module_name }}.recipes peft --tp "$TP" --pp "$PP")
-
-# shellcheck disable=SC2086  # RECIPE is a list of flags
-srun torchrun --nnodes "${SLURM_NNODES:-1}" --nproc-per-node "$GPUS" \
-    --rdzv-backend c10d --rdzv-endpoint "$HEAD:29500" \
-    "$PEFT_TRAINER" \
-    --load "$CKPT" --ckpt-format torch_dist --use-checkpoint-args \
-    --tokenizer-type HuggingFaceTokenizer --tokenizer-model "$CKPT/tokenizer" \
-    --data-path "$DATA" --save "$SAVE" \
-    $RECIPE
+echo "slurm_peft.sh: bridgectl train has no PEFT (LoRA) yet; use slurm_sft.sh for full fine-tuning" >&2
+exit 2

@@ -21,14 +21,18 @@ def register_bridges(register):
 {%- endfor %}
 
 
+# Recipes in {{ cookiecutter.__module_name }}.recipes (imported only when one is used); the kind is the name's suffix.
+RECIPES = ("{{ cookiecutter.family }}_pretrain", "{{ cookiecutter.family }}_sft")
+
+
 @hookimpl
 def register_recipes(register):
-    for kind in ("pretrain", "sft", "peft"):
+    for name in RECIPES:
         register(
-            name=f"{{ cookiecutter.family }}_{kind}",
-            recipe=f"{{ cookiecutter.__module_name }}.recipes:{kind}",
+            name=name,
+            recipe=f"{{ cookiecutter.__module_name }}.recipes:{name}",
             family="{{ cookiecutter.family }}",
-            kind=kind,
+            kind=name.rsplit("_", 1)[1],
         )
 
 

@@ -1,109 +1,70 @@
-"""Training recipes of {{ cookiecutter.__project_slug }}: Megatron-LM settings for pretraining, SFT and PEFT.
+{%- set archs = cookiecutter.architectures.split(',') | map('trim') | list -%}
+"""Training recipes of {{ cookiecutter.__project_slug }} (contract 1.1): typed, declarative, network-free, torch-free.
 
-Each recipe is a function returning a plain dict of training arguments (Megatron-LM's flag names
-without the leading dashes; ``True`` for a bare switch). ``plugin.py`` registers them as
-``{{ cookiecutter.family }}_pretrain``, ``{{ cookiecutter.family }}_sft`` and ``{{ cookiecutter.family }}_peft``
-(``bridgectl plugins`` lists them). The SLURM examples turn one into command-line flags:
+``plugin.py`` registers ``{{ cookiecutter.family }}_pretrain`` and ``{{ cookiecutter.family }}_sft``; ``bridgectl recipes`` lists them,
+``bridgectl recipe show NAME`` prints one resolved, and ``bridgectl train --recipe NAME`` runs it on
+megatron-core (``key=value`` overrides, e.g. ``train.iters=20 parallel.tp=2``):
 
-    python -m {{ cookiecutter.__module_name }}.recipes sft --tp 2            # --tensor-model-parallel-size 2 ...
-    python -m {{ cookiecutter.__module_name }}.recipes peft --tp 2 --json    # the same as JSON
+    bridgectl train --recipe {{ cookiecutter.family }}_pretrain --dry-run checkpoint.save=runs/pre
+    bridgectl train --recipe {{ cookiecutter.family }}_sft --hf-model path/to/hf --nproc 8 checkpoint.save=runs/sft
 
-The values are starting points for a model of this family; tune them for your data and cluster.
+A pretrain recipe carries the config.json values of the model it builds from scratch; an SFT recipe
+trains the ``--hf-model`` folder (or ``--megatron-path`` checkpoint) of its architecture. The base
+settings are Megatron-Bridge's (``bridge_core.training.defaults``). Replace ``MODEL`` with the published
+config.json values of each size you ship (one ``<family>_<size>_pretrain`` / ``_sft`` pair per size,
+named as Megatron-Bridge names them), and ``SIZED_FOR`` / ``PARALLEL`` with what each was sized for.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
+from bridge_core.training.defaults import pretrain_config, sft_config
+from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
 
-def common(tp: int = 1, pp: int = 1) -> dict[str, Any]:
-    """Settings every recipe shares: parallelism, precision, optimizer and schedule shape."""
-    return {
-        "tensor-model-parallel-size": tp,
-        "pipeline-model-parallel-size": pp,
-        "sequence-parallel": tp > 1,
-        "bf16": True,
-        "use-distributed-optimizer": True,
-        "seq-length": 4096,
-        "micro-batch-size": 1,
-        "global-batch-size": 128,
-        "optimizer": "adam",
-        "adam-beta1": 0.9,
-        "adam-beta2": 0.95,
-        "weight-decay": 0.1,
-        "clip-grad": 1.0,
-        "lr-decay-style": "cosine",
-        "log-interval": 10,
-        "save-interval": 500,
-        "eval-interval": 500,
-        "eval-iters": 10,
-    }
-
-
-def pretrain(tp: int = 1, pp: int = 1) -> dict[str, Any]:
-    """Continued pretraining from a converted checkpoint."""
-    return {**common(tp, pp), "lr": 3e-4, "min-lr": 3e-5, "lr-warmup-iters": 2000, "train-iters": 100_000}
+FAMILY = "{{ cookiecutter.family }}"
+ARCHITECTURE = "{{ archs[0] }}"
+# The model {{ cookiecutter.family }}_pretrain builds (config.json values): a small placeholder of the family's
+# shape, so that the recipe runs anywhere; put the published values of a real size here.
+MODEL: dict[str, Any] = {
+    "model_type": "{{ cookiecutter.model_type }}",
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+}
+SIZED_FOR = SizedFor(gpus=1, note="placeholder model; size each real recipe for its model")
+PARALLEL: dict[str, int] = {}  # e.g. {"tp": 2, "pp": 2, "ep": 8}: what the recipe was sized for
 
 
-def sft(tp: int = 1, pp: int = 1) -> dict[str, Any]:
-    """Supervised fine-tuning of every weight (start from the converted checkpoint with --finetune)."""
-    return {
-        **common(tp, pp),
-        "lr": 1e-5,
-        "min-lr": 1e-6,
-        "lr-warmup-iters": 50,
-        "train-iters": 1000,
-        "global-batch-size": 64,
-        "finetune": True,
-    }
-
-
-def peft(tp: int = 1, pp: int = 1) -> dict[str, Any]:
-    """LoRA fine-tuning: the settings of ``sft`` plus the adapter's (for a trainer that supports LoRA)."""
-    return {
-        **sft(tp, pp),
-        "lr": 1e-4,
-        "min-lr": 1e-5,
-        "peft": "lora",
-        "lora-rank": 16,
-        "lora-alpha": 32,
-        "lora-dropout": 0.0,
-        "lora-target-modules": ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"],
-    }
-
-
-RECIPES = {"pretrain": pretrain, "sft": sft, "peft": peft}
-
-
-def to_args(recipe: dict[str, Any]) -> list[str]:
-    """A recipe as command-line flags: ``{"lr": 1e-5, "bf16": True}`` -> ``["--lr", "1e-05", "--bf16"]``."""
-    args: list[str] = []
-    for key, value in recipe.items():
-        if value is False or value is None:
-            continue
-        args.append(f"--{key}")
-        if value is True:
-            continue
-        args += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m {{ cookiecutter.__module_name }}.recipes", description=__doc__.split("\n")[0]
+def {{ cookiecutter.family }}_pretrain() -> Recipe:
+    """Pretraining from scratch on mock data (``data.kind=pretrain data.paths=PREFIX`` for real data)."""
+    return Recipe(
+        name=f"{FAMILY}_pretrain",
+        family=FAMILY,
+        kind="pretrain",
+        model=ModelSpec(ARCHITECTURE, MODEL),
+        config=pretrain_config(**PARALLEL),
+        sized_for=SIZED_FOR,
+        description=f"{FAMILY} placeholder model: pretraining from scratch on mock data",
     )
-    parser.add_argument("name", choices=sorted(RECIPES), help="which recipe")
-    parser.add_argument("--tp", type=int, default=1, help="tensor model parallel size")
-    parser.add_argument("--pp", type=int, default=1, help="pipeline model parallel size")
-    parser.add_argument("--json", action="store_true", help="print the recipe as JSON instead of flags")
-    args = parser.parse_args(argv)
-    recipe = RECIPES[args.name](tp=args.tp, pp=args.pp)
-    print(json.dumps(recipe, indent=2) if args.json else " ".join(to_args(recipe)))
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def {{ cookiecutter.family }}_sft() -> Recipe:
+    """Full fine-tuning of the ``--hf-model`` folder (``data.sft_file=FILE.jsonl``)."""
+    return Recipe(
+        name=f"{FAMILY}_sft",
+        family=FAMILY,
+        kind="sft",
+        model=ModelSpec(ARCHITECTURE),
+        config=sft_config(**PARALLEL),
+        sized_for=SIZED_FOR,
+        description=f"{ARCHITECTURE}: full fine-tuning of --hf-model",
+    )

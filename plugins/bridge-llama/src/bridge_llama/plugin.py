@@ -20,10 +20,15 @@ RECIPES = (
     "smollm2_135m_pretrain",
     "smollm2_360m_pretrain",
     "smollm2_1p7b_pretrain",
+    "mistral_7b_pretrain",
     "llama32_1b_sft",
     "llama32_3b_sft",
     "llama31_8b_sft",
+    "llama31_70b_sft",
     "smollm2_135m_sft",
+    "smollm2_360m_sft",
+    "smollm2_1p7b_sft",
+    "mistral_7b_sft",
 )
 
 

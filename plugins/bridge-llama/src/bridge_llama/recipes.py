@@ -13,6 +13,7 @@ from bridge_core.training.defaults import pretrain_config, sft_config
 from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
 
 ARCH = "LlamaForCausalLM"
+MISTRAL_ARCH = "MistralForCausalLM"
 _LLAMA3_ROPE = {
     "rope_type": "llama3",
     "low_freq_factor": 1.0,
@@ -65,6 +66,26 @@ def _smollm2(hidden: int, ffn: int, layers: int, heads: int, kv: int, theta: flo
     }
 
 
+# Mistral 7B v0.1: a 4096-token sliding window on every layer (exact, bridge_core.modeling's SDPA attention)
+MISTRAL_7B = {
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 32000,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
 MODELS = {
     "llama32_1b": _llama3(2048, 8192, 16, 32, True, 32.0, 64),
     "llama32_3b": _llama3(3072, 8192, 28, 24, True, 32.0, 128),
@@ -73,6 +94,17 @@ MODELS = {
     "smollm2_135m": _smollm2(576, 1536, 30, 9, 3, 100000.0),
     "smollm2_360m": _smollm2(960, 2560, 32, 15, 5, 100000.0),
     "smollm2_1p7b": _smollm2(2048, 8192, 24, 32, 32, 130000.0),
+    "mistral_7b": MISTRAL_7B,
+}
+TITLES = {
+    "llama32_1b": "Llama 3.2 1B (meta-llama/Llama-3.2-1B)",
+    "llama32_3b": "Llama 3.2 3B (meta-llama/Llama-3.2-3B)",
+    "llama31_8b": "Llama 3.1 8B (meta-llama/Llama-3.1-8B)",
+    "llama31_70b": "Llama 3.1 70B (meta-llama/Llama-3.1-70B)",
+    "smollm2_135m": "SmolLM2 135M (HuggingFaceTB/SmolLM2-135M)",
+    "smollm2_360m": "SmolLM2 360M (HuggingFaceTB/SmolLM2-360M)",
+    "smollm2_1p7b": "SmolLM2 1.7B (HuggingFaceTB/SmolLM2-1.7B)",
+    "mistral_7b": "Mistral 7B v0.1 (mistralai/Mistral-7B-v0.1)",
 }
 
 # model -> (GPUs, parallel sizes) it was sized for; Megatron-Bridge's llama3 recipes, CP dropped (needs TE)
@@ -84,7 +116,12 @@ SIZES = {
     "smollm2_135m": (1, {}),
     "smollm2_360m": (1, {}),
     "smollm2_1p7b": (8, {}),
+    "mistral_7b": (8, {}),  # sized as Llama 3.1 8B (Megatron-Bridge ships no Mistral recipe)
 }
+
+
+def _arch(model: str) -> str:
+    return MISTRAL_ARCH if model.startswith("mistral") else ARCH
 
 
 def _pretrain(model: str) -> Recipe:
@@ -104,10 +141,10 @@ def _pretrain(model: str) -> Recipe:
         name=f"{model}_pretrain",
         family="llama",
         kind="pretrain",
-        model=ModelSpec(ARCH, MODELS[model]),
+        model=ModelSpec(_arch(model), MODELS[model]),
         config=config,
         sized_for=SizedFor(gpus=gpus),
-        description=f"{model} pretraining from scratch on mock data",
+        description=f"{TITLES[model]}: pretraining from scratch on mock data",
     )
 
 
@@ -117,10 +154,10 @@ def _sft(model: str) -> Recipe:
         name=f"{model}_sft",
         family="llama",
         kind="sft",
-        model=ModelSpec(ARCH),
+        model=ModelSpec(_arch(model)),
         config=sft_config(**parallel),
         sized_for=SizedFor(gpus=gpus),
-        description=f"{model} full fine-tuning of the --hf-model folder",
+        description=f"{TITLES[model]}: full fine-tuning of --hf-model",
     )
 
 
@@ -152,6 +189,10 @@ def smollm2_1p7b_pretrain() -> Recipe:
     return _pretrain("smollm2_1p7b")
 
 
+def mistral_7b_pretrain() -> Recipe:
+    return _pretrain("mistral_7b")
+
+
 def llama32_1b_sft() -> Recipe:
     return _sft("llama32_1b")
 
@@ -166,3 +207,22 @@ def llama31_8b_sft() -> Recipe:
 
 def smollm2_135m_sft() -> Recipe:
     return _sft("smollm2_135m")
+
+
+def llama31_70b_sft() -> Recipe:
+    return _sft("llama31_70b")
+
+
+def smollm2_360m_sft() -> Recipe:
+    return _sft("smollm2_360m")
+
+
+def smollm2_1p7b_sft() -> Recipe:
+    return _sft("smollm2_1p7b")
+
+
+def mistral_7b_sft() -> Recipe:
+    return _sft("mistral_7b")
+
+
+NAMES = tuple(name for name in dir() if name.endswith(("_pretrain", "_sft")) and not name.startswith("_"))

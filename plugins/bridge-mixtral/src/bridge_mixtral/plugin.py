@@ -17,3 +17,13 @@ def register_bridges(register):
 @hookimpl
 def register_flops(register):
     register(block="mixtral_decoder_layer", function="bridge_mixtral.flops:decoder_layer_flops")
+
+
+# Recipes in bridge_mixtral.recipes (imported only when one is used); the kind is the name's suffix.
+RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in ("mixtral_8x7b", "mixtral_8x22b"))
+
+
+@hookimpl
+def register_recipes(register):
+    for name in RECIPES:
+        register(name=name, recipe=f"bridge_mixtral.recipes:{name}", family="mixtral", kind=name.rsplit("_", 1)[1])

@@ -17,3 +17,13 @@ def register_bridges(register):
 @hookimpl
 def register_flops(register):
     register(block="phi_decoder_layer", function="bridge_phi.flops:decoder_layer_flops")
+
+
+# Recipes in bridge_phi.recipes (imported only when one is used); the kind is the name's suffix.
+RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in ("phi3_mini_4k", "phi3_medium_4k"))
+
+
+@hookimpl
+def register_recipes(register):
+    for name in RECIPES:
+        register(name=name, recipe=f"bridge_phi.recipes:{name}", family="phi", kind=name.rsplit("_", 1)[1])
