@@ -231,3 +231,49 @@ def test_transformer_engine_spec_is_refused(gemma):
     provider.transformer_layer_spec = "te"
     with pytest.raises(ConfigError, match="transformer_layer_spec='te' is not supported by bridge-gemma"):
         provider.layer_spec()
+
+
+# google/gemma-3-1b-pt's config.json as published (transformers 4.50 wrote it: sliding_window_pattern, no layer_types)
+GEMMA3_1B_PT = {
+    "architectures": ["Gemma3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_logit_softcapping": None,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": 1,
+    "final_logit_softcapping": None,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 1152,
+    "initializer_range": 0.02,
+    "intermediate_size": 6912,
+    "max_position_embeddings": 32768,
+    "model_type": "gemma3_text",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 26,
+    "num_key_value_heads": 1,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06,
+    "rope_local_base_freq": 10000,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": 512,
+    "sliding_window_pattern": 6,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0",
+    "use_cache": True,
+    "vocab_size": 262144,
+}
+
+
+def test_the_published_gemma3_1b_config_converts_with_its_window_pattern(tmp_path):
+    from transformers import AutoConfig
+
+    (tmp_path / "config.json").write_text(json.dumps(GEMMA3_1B_PT))
+    p = AutoBridge.from_hf_pretrained(tmp_path).to_megatron_provider()
+    layer_types = AutoConfig.from_pretrained(tmp_path).layer_types  # transformers' reading of the pattern
+    assert p.window_attn_skip_freq == [int(t == "sliding_attention") for t in layer_types]
+    assert p.window_attn_skip_freq[:6] == [1, 1, 1, 1, 1, 0] and p.window_size == (511, 0)
+    assert (p.rotary_base, p.local_rotary_base, p.num_layers) == (1e6, 1e4, 26)

@@ -148,6 +148,10 @@ def dual_rope(hf_config: Any) -> tuple[dict[str, Any], float]:
 class Gemma3Bridge(Gemma2Bridge):
     """``Gemma3ForCausalLM`` (text): Gemma 3 1B, and the text towers of 4B/12B/27B saved as this class."""
 
+    # The Hub's configs still carry the old ``sliding_window_pattern``: transformers derives
+    # ``layer_types`` from it (when absent), and ``layer_types`` is what the windows are read from.
+    HANDLED_HF_CONFIG = Gemma2Bridge.HANDLED_HF_CONFIG | {"sliding_window_pattern"}
+
     def hf_config_to_provider_kwargs(self, hf_config: Any) -> dict[str, Any]:
         glob, local = dual_rope(hf_config)
         kwargs = super().hf_config_to_provider_kwargs(_GlobalRopeView(hf_config, glob))

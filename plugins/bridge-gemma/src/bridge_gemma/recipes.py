@@ -69,7 +69,7 @@ def _gemma3(hidden: int, ffn: int, layers: int, heads: int, kv: int, head_dim: i
         "vocab_size": 262208,
         "max_position_embeddings": 131072,
         "sliding_window": 1024,
-        # the published sliding_window_pattern=6 as transformers 5 spells it (bridge-gemma refuses the old key)
+        # the published sliding_window_pattern=6 as transformers 5 spells it
         "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)],
         "rope_theta": 1000000.0,
         "rope_local_base_freq": 10000.0,
