@@ -1,4 +1,4 @@
-"""Training cases on 2 CPU ranks (gloo) in one torchrun launch; rank 0 writes ``WORKDIR/results.json``.
+"""Training cases on 2 CPU ranks (gloo) in one torchrun launch (on 1: the references); rank 0 writes results.json.
 
 ``python -m torch.distributed.run --nproc_per_node 2 _training_dist_script.py WORKDIR HF_TOY``:
 ``{case: {"losses": {step: loss}, "error": str | None}}``; ``<case>_resumed[...]`` continues a copy
@@ -22,8 +22,16 @@ PIPELINE = [*COMMON, "data.kind=mock", "parallel.pp=2"]
 FULL = [*COMMON, "optimizer.dist_ckpt_sharding=fully_reshardable"]
 
 
-def cases(work: Path) -> list[tuple[str, str, list[str]]]:
-    """(case, recipe, overrides); ``*_resumed`` continues a copy of its case cut at iteration 4."""
+def cases(work: Path, world: int) -> list[tuple[str, str, list[str]]]:
+    """(case, recipe, overrides); ``*_resumed`` continues a copy of its case cut at iteration 4.
+
+    At world size 1: the reference curves (on the CPU as the others, also where a GPU is visible:
+    a CUDA initialisation draws other random numbers)."""
+    if world == 1:
+        return [
+            ("toy_pretrain", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'world1_pretrain'}"]),
+            ("toy_sft", "toy_sft", [*COMMON, "data.kind=mock", f"checkpoint.save={work / 'world1_sft'}"]),
+        ]
     return [
         ("dp2", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'dp2'}"]),
         ("tp2", "toy_pretrain", [*COMMON, "parallel.tp=2", f"checkpoint.save={work / 'tp2'}"]),
@@ -60,7 +68,7 @@ def main(work: Path, hf: Path) -> int:
     ensure_process_group()
     _training_plugin.use()
     results = {}
-    for name, recipe, overrides in cases(work):
+    for name, recipe, overrides in cases(work, dist.get_world_size()):
         try:
             source = name.split("_resumed")[0]
             if "_resumed" in name and dist.get_rank() == 0:

@@ -156,23 +156,10 @@ def run_on_ranks(
         precheck_parallel_args(args, hf_folder)
     if world <= 1:
         return None
-    check_gpus_for_ranks(world)
     argv = list(args.argv)
     if hf_folder is not None:
         argv = replace_arg(argv, "--hf-model", str(hf_folder))
     return spawn_ranks(argv, world)
-
-
-def check_gpus_for_ranks(world: int) -> None:
-    """With CUDA visible each rank takes one GPU (NCCL): refuse more ranks than GPUs before starting any."""
-    import torch
-
-    gpus = torch.cuda.device_count()
-    if 0 < gpus < world:
-        raise ConfigError(
-            f"{world} ranks need one GPU each but {gpus} CUDA device{'s are' if gpus > 1 else ' is'} visible: "
-            "use fewer ranks, or run on the CPU (gloo) with CUDA_VISIBLE_DEVICES=''"
-        )
 
 
 def precheck_parallel_args(args: argparse.Namespace, hf_folder: Path | None = None) -> None:
