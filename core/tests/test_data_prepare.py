@@ -10,12 +10,12 @@ pytest.importorskip("torch")
 pytest.importorskip("megatron.core")
 pytest.importorskip("tokenizers")
 
-from _sft_toys import chat, save_tokenizer, write_jsonl  # noqa: E402
+from _sft_toys import chat, save_tokenizer, write_jsonl
 
-from bridge_core.cli.main import main  # noqa: E402
-from bridge_core.errors import DataError  # noqa: E402
-from bridge_core.training import sft_files  # noqa: E402
-from bridge_core.training.data_prepare import prepare  # noqa: E402
+from bridge_core.cli.main import main
+from bridge_core.errors import DataError
+from bridge_core.training import sft_files
+from bridge_core.training.data_prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,10 @@ def test_pretrain_round_trip_through_megatron_datasets(tok, tmp_path, capsys):
 
     texts = ["hello world", "a second document", "zzz"]
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
-    assert main(["data", "prepare", "--tokenizer", str(tok), "--input", str(source), "--output", str(tmp_path / "pt")]) == 0
+    assert (
+        main(["data", "prepare", "--tokenizer", str(tok), "--input", str(source), "--output", str(tmp_path / "pt")])
+        == 0
+    )
     assert "3 examples" in capsys.readouterr().out
     t = AutoTokenizer.from_pretrained(tok)
     want = [t(x).input_ids + [t.eos_token_id] for x in texts]
@@ -46,8 +49,15 @@ def test_pretrain_round_trip_through_megatron_datasets(tok, tmp_path, capsys):
 
     config = apply_overrides(
         TrainingConfig(),
-        [f"data.paths={tmp_path / 'pt'}", "data.kind=pretrain", "train.seq_length=8", "train.iters=2",
-         "train.global_batch_size=2", "train.eval_interval=none", "data.split=100,0,0"],
+        [
+            f"data.paths={tmp_path / 'pt'}",
+            "data.kind=pretrain",
+            "train.seq_length=8",
+            "train.iters=2",
+            "train.global_batch_size=2",
+            "train.eval_interval=none",
+            "data.split=100,0,0",
+        ],
     )
     train_ds, _ = build_datasets(config, 272)
     stream = [i for doc in want for i in doc]
@@ -60,17 +70,31 @@ def test_sft_round_trip_masks_exactly_the_answers(tok, tmp_path):
 
     rows = [
         chat("Who founded Zorblat?", "Quillon."),
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
-                      {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2?"},
-                      {"role": "assistant", "content": "4"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "1+1?"},
+                {"role": "assistant", "content": "2"},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        },
         {"prompt": "Q: capital of France? A:", "completion": " Paris"},
     ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     done = prepare(tok, source, tmp_path / "sft", "sft")
-    assert [p.name for p in done.files] == ["sft_tokens.bin", "sft_tokens.idx", "sft_mask.bin", "sft_mask.idx", "sft.json"]
+    assert [p.name for p in done.files] == [
+        "sft_tokens.bin",
+        "sft_tokens.idx",
+        "sft_mask.bin",
+        "sft_mask.idx",
+        "sft.json",
+    ]
     t = AutoTokenizer.from_pretrained(tok)
     tokens, masks = _read(sft_files.tokens_prefix(tmp_path / "sft")), _read(sft_files.mask_prefix(tmp_path / "sft"))
-    assert tokens[0] == t(t.apply_chat_template(rows[0]["messages"], tokenize=False), add_special_tokens=False).input_ids
+    assert (
+        tokens[0] == t(t.apply_chat_template(rows[0]["messages"], tokenize=False), add_special_tokens=False).input_ids
+    )
     answers = [t.decode([i for i, m in zip(ids, mask) if m]) for ids, mask in zip(tokens, masks)]
     assert answers == ["Quillon.<|im_end|>\n", "2<|im_end|>\n4<|im_end|>\n", " Paris<|im_end|>"]
     assert t.decode(tokens[2]) == "Q: capital of France? A: Paris<|im_end|>"
@@ -86,9 +110,17 @@ def test_sft_round_trip_masks_exactly_the_answers(tok, tmp_path):
         (['{"txt": "a"}'], "pretrain", r'in.jsonl:1: expected a non-empty "text" string'),
         (["[1, 2]"], "sft", r"in.jsonl:1: expected a JSON object, got list"),
         (['{"text": "a"}'], "sft", r'in.jsonl:1: expected "messages" .* or "prompt" and "completion"'),
-        ([json.dumps({"messages": [{"role": "user", "content": "hi"}]})], "sft", r'in.jsonl:1: no message has role "assistant"'),
+        (
+            [json.dumps({"messages": [{"role": "user", "content": "hi"}]})],
+            "sft",
+            r'in.jsonl:1: no message has role "assistant"',
+        ),
         ([json.dumps({"messages": [{"role": "user"}]})], "sft", r"in.jsonl:1: messages\[0\] must be an object"),
-        ([json.dumps({"prompt": "q", "completion": ""})], "sft", r'in.jsonl:1: "prompt" must be a string and "completion"'),
+        (
+            [json.dumps({"prompt": "q", "completion": ""})],
+            "sft",
+            r'in.jsonl:1: "prompt" must be a string and "completion"',
+        ),
         ([], "sft", r"in.jsonl: the file is empty"),
     ],
 )
@@ -122,7 +154,9 @@ def test_missing_tokenizer_files_and_chat_template_are_named(tok, tmp_path, caps
     with pytest.raises(DataError, match=r"--tokenizer .*hf: no tokenizer files in it \(missing all of tokenizer.json"):
         prepare(empty, source, tmp_path / "o", "sft")
     no_template = save_tokenizer(tmp_path / "plain", chat_template=None)
-    with pytest.raises(DataError, match=r"in.jsonl:1: chat messages need a chat template, and the tokenizer in .*plain"):
+    with pytest.raises(
+        DataError, match=r"in.jsonl:1: chat messages need a chat template, and the tokenizer in .*plain"
+    ):
         prepare(no_template, source, tmp_path / "o", "sft")
     code = main(["data", "prepare", "--tokenizer", str(tok), "--input", str(tmp_path / "nope.jsonl"), "--output", "x"])
     assert code == 2

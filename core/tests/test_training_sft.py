@@ -51,10 +51,21 @@ def toy(tmp_path_factory):
 
 def _overrides(prefix, save, packing: bool, gbs: int) -> list[str]:
     return [
-        f"checkpoint.save={save}", f"data.sft_prefix={prefix}", "data.kind=sft", f"data.packing={packing}",
-        "data.split=5,1,0", f"train.seq_length={SEQ}", "train.iters=1", f"train.global_batch_size={gbs}",
-        "train.micro_batch_size=1", "train.eval_interval=1", "train.eval_iters=1", "optimizer.lr=0",
-        "optimizer.min_lr=0", "scheduler.lr_warmup_iters=0", "precision.dtype=fp32",
+        f"checkpoint.save={save}",
+        f"data.sft_prefix={prefix}",
+        "data.kind=sft",
+        f"data.packing={packing}",
+        "data.split=5,1,0",
+        f"train.seq_length={SEQ}",
+        "train.iters=1",
+        f"train.global_batch_size={gbs}",
+        "train.micro_batch_size=1",
+        "train.eval_interval=1",
+        "train.eval_iters=1",
+        "optimizer.lr=0",
+        "optimizer.min_lr=0",
+        "scheduler.lr_warmup_iters=0",
+        "precision.dtype=fp32",
     ]
 
 

@@ -9,8 +9,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     prep = sub.add_parser("prepare", help="tokenize a JSONL file for 'bridgectl train'")
     prep.add_argument("--tokenizer", required=True, help="HF folder with the tokenizer files (and chat template)")
-    prep.add_argument("--input", required=True, help='JSONL file: {"text"} (pretrain); {"messages"} or '
-                      '{"prompt", "completion"} (sft)')
+    prep.add_argument(
+        "--input", required=True, help='JSONL file: {"text"} (pretrain); {"messages"} or {"prompt", "completion"} (sft)'
+    )
     prep.add_argument("--output", required=True, help="path prefix of the files written (e.g. data/train)")
     prep.add_argument("--format", choices=("pretrain", "sft"), default="pretrain", help="what the data is for")
     prep.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -25,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     done = prepare(args.tokenizer, args.input, args.output, args.format, overwrite=args.overwrite)
     answer = f" ({done.answer_tokens:,} answer tokens)" if done.answer_tokens is not None else ""
     use = (
-        f"data.kind=sft data.sft_prefix={args.output}" if args.format == "sft" else f"data.kind=pretrain data.paths={args.output}"
+        f"data.kind=sft data.sft_prefix={args.output}"
+        if args.format == "sft"
+        else f"data.kind=pretrain data.paths={args.output}"
     )
     print(
         f"data prepare: {done.examples:,} examples, {done.tokens:,} tokens{answer} from {args.input} -> "

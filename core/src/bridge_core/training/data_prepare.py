@@ -130,7 +130,11 @@ class _Encoder:
 
 
 def prepare(
-    tokenizer_dir: str | Path, input_file: str | Path, output: str | Path, fmt: str = "pretrain", overwrite: bool = False
+    tokenizer_dir: str | Path,
+    input_file: str | Path,
+    output: str | Path,
+    fmt: str = "pretrain",
+    overwrite: bool = False,
 ) -> Prepared:
     """Tokenize ``input_file`` (JSONL) into the files of ``fmt`` at ``output`` (a path prefix)."""
     import numpy

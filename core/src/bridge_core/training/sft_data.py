@@ -26,8 +26,17 @@ from bridge_core.training.config import TrainingConfig
 class SFTDataset:
     """``num_samples`` samples (whole epochs over the examples ``ids``, each epoch in its own seeded order)."""
 
-    def __init__(self, tokens: Any, mask: Any, ids: numpy.ndarray, seq_length: int, packing: bool, seed: int,
-                 num_samples: int, pad_id: int):
+    def __init__(
+        self,
+        tokens: Any,
+        mask: Any,
+        ids: numpy.ndarray,
+        seq_length: int,
+        packing: bool,
+        seed: int,
+        num_samples: int,
+        pad_id: int,
+    ):
         self.tokens, self.mask, self.seq, self.seed, self.pad = tokens, mask, seq_length, seed, pad_id
         ids = numpy.asarray(ids)  # a contiguous range of example indices
         lengths = numpy.minimum(tokens.sequence_lengths[ids] - 1, seq_length)  # positions each example fills
@@ -127,12 +136,11 @@ def build_sft_datasets(config: TrainingConfig, vocab_size: int, evals: int) -> t
         raise DataError(f"data.split={data.split!r} leaves no training examples of the {n} in {prefix}")
     pad = int(manifest.get("eos_token_id", 0))
     common = dict(seq_length=train.seq_length, packing=data.packing, seed=train.seed, pad_id=pad)
-    train_ds = SFTDataset(tokens, mask, numpy.arange(t0, t1), num_samples=train.iters * train.global_batch_size,
-                          **common)
+    train_ds = SFTDataset(
+        tokens, mask, numpy.arange(t0, t1), num_samples=train.iters * train.global_batch_size, **common
+    )
     valid_ds = SFTDataset(tokens, mask, numpy.arange(v0, v1), num_samples=evals, **common) if v1 > v0 else None
     packed = f", packed into {len(train_ds.samples)} sequences ({train_ds.filled:.0%} filled)" if data.packing else ""
     cut = f"; {train_ds.cut} longer than train.seq_length+1 are cut" if train_ds.cut else ""
-    summary = (
-        f"train: SFT data {prefix}: {n} examples, {t1 - t0} for training{packed}, {v1 - v0} for validation{cut}"
-    )
+    summary = f"train: SFT data {prefix}: {n} examples, {t1 - t0} for training{packed}, {v1 - v0} for validation{cut}"
     return train_ds, valid_ds, summary
