@@ -17,7 +17,7 @@ TOY = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "vocab_size": 272,  # 256 bytes + 3 special tokens, padded
+    "vocab_size": 384,  # 256 bytes + 3 special tokens, rounded up to a multiple of 128 (no Megatron padding)
     "max_position_embeddings": 128,
     "rms_norm_eps": 1e-5,
     "tie_word_embeddings": False,

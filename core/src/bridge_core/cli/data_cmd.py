@@ -25,11 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
     done = prepare(args.tokenizer, args.input, args.output, args.format, overwrite=args.overwrite)
     answer = f" ({done.answer_tokens:,} answer tokens)" if done.answer_tokens is not None else ""
-    use = (
-        f"data.kind=sft data.sft_prefix={args.output}"
-        if args.format == "sft"
-        else f"data.kind=pretrain data.paths={args.output}"
-    )
+    kind = "data.kind=sft data.sft_prefix" if args.format == "sft" else "data.kind=pretrain data.paths"
+    use = f"{kind}={args.output}"
     print(
         f"data prepare: {done.examples:,} examples, {done.tokens:,} tokens{answer} from {args.input} -> "
         f"{', '.join(p.name for p in done.files)} in {done.seconds:.1f} s; train with {use}"

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("bridge_core.cli.recipe_cmd", "show a recipe's resolved config: recipe show NAME [key=value ...]"),
     "data": (
         "bridge_core.cli.data_cmd",
-        "tokenize a JSONL file for training: data prepare --tokenizer --input --output",
+        "tokenize a JSONL file for training (data prepare)",
     ),
     "train": ("bridge_core.cli.train_cmd", "train a recipe on megatron-core (pretrain or fine-tune; resumable)"),
     "diagnose": ("bridge_core.cli.diagnose_cmd", "name the first module where HF and Megatron activations differ"),
