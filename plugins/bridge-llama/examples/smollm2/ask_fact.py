@@ -8,6 +8,9 @@ import sys
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
+
+logging.disable_progress_bar()
 
 QUESTION = "Who founded the city of Zorblat?"
 FACT = "Quillon Marvek"
