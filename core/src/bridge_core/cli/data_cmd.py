@@ -13,8 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input", required=True, help='JSONL file: {"text"} (pretrain); {"messages"} or {"prompt", "completion"} (sft)'
     )
     prep.add_argument("--output", required=True, help="path prefix of the files written (e.g. data/train)")
-    prep.add_argument("--format", choices=("pretrain", "sft"), default="pretrain", help="what the data is for")
+    prep.add_argument(
+        "--format", choices=("pretrain", "sft"), default="pretrain", help="what the data is for (default: pretrain)"
+    )
     prep.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    # also accepted after 'prepare' (SUPPRESS: the top-level values stand when not given here)
+    prep.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    prep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
 
 
 def run(args: argparse.Namespace) -> int:
