@@ -120,6 +120,8 @@ def build_sft_datasets(config: TrainingConfig, vocab_size: int, evals: int) -> t
 
     data, train = config.data, config.train
     prefix = data.sft_prefix
+    if not prefix:
+        raise DataError("data.kind=sft needs data.sft_prefix (the --output PREFIX of 'bridgectl data prepare')")
     manifest = sft_files.read_manifest(prefix)
     if int(manifest.get("vocab_size", 0)) > vocab_size:
         raise DataError(
@@ -135,11 +137,13 @@ def build_sft_datasets(config: TrainingConfig, vocab_size: int, evals: int) -> t
     if t1 <= t0:
         raise DataError(f"data.split={data.split!r} leaves no training examples of the {n} in {prefix}")
     pad = int(manifest.get("eos_token_id", 0))
-    common = dict(seq_length=train.seq_length, packing=data.packing, seed=train.seed, pad_id=pad)
-    train_ds = SFTDataset(
-        tokens, mask, numpy.arange(t0, t1), num_samples=train.iters * train.global_batch_size, **common
-    )
-    valid_ds = SFTDataset(tokens, mask, numpy.arange(v0, v1), num_samples=evals, **common) if v1 > v0 else None
+
+    def dataset(first: int, end: int, num_samples: int) -> SFTDataset:
+        ids = numpy.arange(first, end)
+        return SFTDataset(tokens, mask, ids, train.seq_length, data.packing, train.seed, num_samples, pad)
+
+    train_ds = dataset(t0, t1, train.iters * train.global_batch_size)
+    valid_ds = dataset(v0, v1, evals) if v1 > v0 else None
     packed = f", packed into {len(train_ds.samples)} sequences ({train_ds.filled:.0%} filled)" if data.packing else ""
     cut = f"; {train_ds.cut} longer than train.seq_length+1 are cut" if train_ds.cut else ""
     summary = f"train: SFT data {prefix}: {n} examples, {t1 - t0} for training{packed}, {v1 - v0} for validation{cut}"
