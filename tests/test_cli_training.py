@@ -141,8 +141,8 @@ def toy(tmp_path_factory) -> Path:
             ["train.global_batch_size=6 is not a multiple of train.micro_batch_size=1 x data parallel 4"],
         ),
         (
-            ["--recipe", "smollm2_135m_sft", "--hf-model", "{toy}", "train.seq_length=64", "data.sft_file=a.jsonl"],
-            ["data.kind=sft: SFT data loading is not implemented yet"],
+            ["--recipe", "smollm2_135m_sft", "--hf-model", "{toy}", "train.seq_length=64", "data.sft_prefix=d/a"],
+            ["data.sft_prefix: d/a_tokens.bin does not exist", "bridgectl data prepare --format sft"],
         ),
         (
             ["--recipe", "smollm2_135m_sft", "data.kind=mock", "checkpoint.save=x"],

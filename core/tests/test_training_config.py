@@ -68,6 +68,7 @@ def test_a_bad_override_is_a_one_line_error_naming_the_key_and_the_choices(overr
         (["optimizer.min_lr=1"], None, "optimizer.min_lr=1.0 must lie between 0 and optimizer.lr"),
         (["scheduler.style=wsd"], None, "needs scheduler.lr_wsd_decay_iters"),
         (["data.kind=pretrain"], None, "data.kind=pretrain needs data.paths"),
+        (["data.packing=true"], None, "data.packing=true packs SFT examples; it needs data.kind=sft, not mock"),
     ],
 )
 def test_checks_reject_inconsistent_settings(overrides, world, message):
@@ -80,7 +81,7 @@ def test_checks_reject_inconsistent_settings(overrides, world, message):
 def test_data_files_are_required_only_to_run():
     config = apply_overrides(TrainingConfig(), ["data.kind=sft"])
     config.check(8)  # a recipe may leave the file to the user (dry-run, recipe show)
-    with pytest.raises(ConfigError, match="data.kind=sft needs data.sft_file"):
+    with pytest.raises(ConfigError, match="data.kind=sft needs data.sft_prefix"):
         config.check(8, run=True)
 
 

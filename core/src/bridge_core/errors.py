@@ -30,5 +30,9 @@ class MissingTensorError(CheckpointError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DataError(BridgeError):
+    """A training data file or line that cannot be used (the message names the file and line)."""
+
+
 class CoverageError(BridgeError):
     """Tensors that would be dropped, left uninitialised, filled twice or mis-shaped."""

@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "roundtrip": ("bridge_core.cli.roundtrip_cmd", "import, export and compare in one command"),
     "recipes": ("bridge_core.cli.recipes_cmd", "list installed training recipes (name, family, kind, distribution)"),
     "recipe": ("bridge_core.cli.recipe_cmd", "show a recipe's resolved config: recipe show NAME [key=value ...]"),
+    "data": (
+        "bridge_core.cli.data_cmd",
+        "tokenize a JSONL file for training (data prepare)",
+    ),
     "train": ("bridge_core.cli.train_cmd", "train a recipe on megatron-core (pretrain or fine-tune; resumable)"),
     "diagnose": ("bridge_core.cli.diagnose_cmd", "name the first module where HF and Megatron activations differ"),
     "new-plugin": ("bridge_core.cli.new_plugin_cmd", "bake a new bridge-<family> plugin from the template"),

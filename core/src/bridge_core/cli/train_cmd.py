@@ -45,9 +45,9 @@ def _precheck(recipe, args: argparse.Namespace, world: int) -> None:
     _check_model(recipe, args)
     config.check(world, run=True)  # the data it names
     if config.data.kind == "sft":
-        raise ConfigError(
-            "data.kind=sft: SFT data loading is not implemented yet; use data.kind=mock or data.kind=pretrain"
-        )
+        from bridge_core.training.sft_files import read_manifest
+
+        read_manifest(config.data.sft_prefix)
 
 
 def _check_model(recipe, args: argparse.Namespace) -> None:

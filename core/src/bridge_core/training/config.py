@@ -115,11 +115,14 @@ class AttentionConfig:
 @dataclass
 class DataConfig:
     """``mock``: megatron-core's learnable mock documents; ``pretrain``: indexed datasets (``.bin/.idx``
-    prefixes, optionally weighted like Megatron-LM's ``--data-path 0.3 a 0.7 b``); ``sft``: a JSONL file."""
+    prefixes, optionally weighted like Megatron-LM's ``--data-path 0.3 a 0.7 b``); ``sft``: the prefix
+    ``bridgectl data prepare --format sft`` wrote (token ids and loss mask), ``packing``: several
+    examples per sequence (position ids restart, attention stays within each example)."""
 
     kind: Literal["mock", "pretrain", "sft"] = "mock"
     paths: list[str] = field(default_factory=list)
-    sft_file: str | None = None
+    sft_prefix: str | None = None
+    packing: bool = False
     split: str = "9999,8,2"
 
 
@@ -360,7 +363,11 @@ def _check(c: TrainingConfig, world: int | None, run: bool) -> None:
         raise ConfigError("scheduler.style=wsd needs scheduler.lr_wsd_decay_iters (the final decay's length)")
     if run and c.data.kind == "pretrain" and not c.data.paths:
         raise ConfigError("data.kind=pretrain needs data.paths (indexed dataset prefixes, comma-separated)")
-    if run and c.data.kind == "sft" and not c.data.sft_file:
-        raise ConfigError("data.kind=sft needs data.sft_file (a JSONL file)")
+    if run and c.data.kind == "sft" and not c.data.sft_prefix:
+        raise ConfigError(
+            "data.kind=sft needs data.sft_prefix (the --output PREFIX of 'bridgectl data prepare --format sft')"
+        )
+    if c.data.packing and c.data.kind != "sft":
+        raise ConfigError(f"data.packing=true packs SFT examples; it needs data.kind=sft, not {c.data.kind}")
     if c.recompute.granularity == "full" and c.recompute.method is None:
         raise ConfigError("recompute.granularity=full needs recompute.method (uniform | block)")

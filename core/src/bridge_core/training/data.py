@@ -1,4 +1,5 @@
-"""Training data through megatron-core's datasets: mock documents or indexed (``.bin/.idx``) prefixes.
+"""Training data through megatron-core's datasets: mock documents, indexed (``.bin/.idx``) prefixes, or
+a prepared SFT set (``sft_data``).
 
 ``BlendedMegatronDatasetBuilder`` builds the train/validation splits; the sampler below hands each
 data-parallel rank its micro-batches of every global batch in Megatron-LM's order, starting at the
@@ -57,10 +58,18 @@ def build_datasets(config: TrainingConfig, vocab_size: int) -> tuple[Any, Any]:
 
     data, train = config.data, config.train
     check_dataset_helpers()
+    evals = 0
+    if train.eval_interval:
+        evals = (train.iters // train.eval_interval + 1) * train.eval_iters * train.global_batch_size
     if data.kind == "sft":
-        raise ConfigError(
-            "data.kind=sft: SFT data is not implemented yet (next release); use data.kind=mock or pretrain"
-        )
+        import torch.distributed as dist
+
+        from bridge_core.training.sft_data import build_sft_datasets
+
+        train_ds, valid_ds, summary = build_sft_datasets(config, vocab_size, evals)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(summary, flush=True)
+        return train_ds, valid_ds
     blend = None
     if data.kind == "pretrain":
         prefixes, weights = _blend(data.paths)
@@ -69,9 +78,6 @@ def build_datasets(config: TrainingConfig, vocab_size: int) -> tuple[Any, Any]:
                 if not Path(prefix + suffix).is_file():
                     raise ConfigError(f"data.paths: {prefix}{suffix} does not exist (an indexed dataset prefix)")
         blend = (prefixes, weights)
-    evals = 0
-    if train.eval_interval:
-        evals = (train.iters // train.eval_interval + 1) * train.eval_iters * train.global_batch_size
     gpt_config = GPTDatasetConfig(
         random_seed=train.seed,
         sequence_length=train.seq_length,

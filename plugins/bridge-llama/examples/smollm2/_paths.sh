@@ -9,6 +9,9 @@ print(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))[0])
 PY
 )}"
 WORK="${WORK:-${1:-smollm2-demo}}"
+# TP3=1: also import at tensor parallel size 3 (gloo), verify and generate there (demo.sh leaves it out
+# to stay short; conversion.sh and inference.sh alone do it by default).
+TP3="${TP3:-1}"
 # The GGUF dequantized once into an HF folder (conversion.sh writes it); every later step reads it.
 ORIGINAL="$WORK/hf-original"
 export TRANSFORMERS_VERBOSITY=error
