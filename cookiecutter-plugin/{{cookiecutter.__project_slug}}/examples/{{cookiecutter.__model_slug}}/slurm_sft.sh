@@ -10,7 +10,8 @@
 # ('bridgectl train' under torchrun, one launcher per node). The run writes Megatron-LM torch_dist
 # checkpoints and metrics.jsonl into SAVE; 'bridgectl export --megatron-path "$SAVE"' gives HF back.
 #   HF_MODEL  the HF folder to start from (its weights)
-#   DATA      the SFT data (JSONL: chat "messages", or "prompt"/"completion" pairs)
+#   DATA      the SFT data (JSONL: chat "messages", or "prompt"/"completion" pairs), tokenized first
+#             with HF_MODEL's tokenizer into "$SAVE-data/sft" ('bridgectl data prepare --format sft')
 #   SAVE      where checkpoints go; TP, PP: parallel sizes (default: the recipe's)
 #   EXTRA     more key=value overrides, e.g. "train.iters=200 optimizer.lr=1e-5"
 # Usage: HF_MODEL=... DATA=... SAVE=... sbatch slurm_sft.sh   (bridgectl recipe show {{ cookiecutter.family }}_sft: the settings)
@@ -18,7 +19,8 @@ set -euo pipefail
 : "${HF_MODEL:?set HF_MODEL to an HF model folder}"
 : "${DATA:?set DATA to an SFT JSONL file}"
 : "${SAVE:?set SAVE to an output folder}"
-OVERRIDES=("data.sft_file=$DATA" "checkpoint.save=$SAVE")
+bridgectl data prepare --tokenizer "$HF_MODEL" --input "$DATA" --output "$SAVE-data/sft" --format sft --overwrite
+OVERRIDES=("data.sft_prefix=$SAVE-data/sft" "checkpoint.save=$SAVE")
 if [[ -n "${TP:-}" ]]; then OVERRIDES+=("parallel.tp=$TP"); fi
 if [[ -n "${PP:-}" ]]; then OVERRIDES+=("parallel.pp=$PP"); fi
 GPUS="${SLURM_GPUS_ON_NODE:-8}"
