@@ -116,3 +116,20 @@ def test_sft_loss_equals_transformers_masked_cross_entropy(toy, tmp_path, packin
 
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(row["val_loss"] - _reference_loss(hf, prefix, range(5, 6))) < 1e-5
+
+
+def test_a_vocabulary_megatron_pads_trains_with_transformers_loss(tmp_path):
+    """272 tokens, allocated as 384: the padded rows' logits must take no probability."""
+    from bridge_core.testing.toy import ToyModel, build_toy
+
+    hf = build_toy(ToyModel("LlamaForCausalLM", {**_sft_toys.TOY, "vocab_size": 272}), tmp_path / "hf")
+    _sft_toys.save_tokenizer(hf)
+    prefix = tmp_path / "data" / "sft"
+    prepare(hf, _sft_toys.write_jsonl(tmp_path / "train.jsonl", ROWS), prefix, "sft")
+    recipe = load_recipe("toy_sft").with_overrides(_overrides(prefix, tmp_path / "run", False, 5))
+    try:
+        result = train(recipe, hf_model=hf)
+    finally:
+        destroy_model_parallel()
+    want = _reference_loss(hf, prefix, range(5))
+    assert abs(result.losses[1] - want) < 1e-5, (result.losses[1], want)

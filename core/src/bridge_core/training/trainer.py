@@ -26,6 +26,7 @@ from bridge_core.training.data import batches, build_datasets, check_dataset_hel
 from bridge_core.training.flops import FlopsUnsupported, model_training_flops_per_token
 from bridge_core.training.metrics import MetricsLog, ProgressPrinter, peak_memory_gib, progress_line
 from bridge_core.training.model_source import ModelSource, model_source
+from bridge_core.training.padded_vocab import mask_padded_vocabulary
 from bridge_core.training.recipe import Recipe
 
 
@@ -263,6 +264,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     hooks = []
     if source.load_weights is not None:
         hooks.append(lambda chunks: (source.load_weights(chunks), chunks)[1])
+    hooks.append(lambda chunks: mask_padded_vocabulary(chunks, provider.vocab_size))
     if provider.bf16:
         hooks.append(lambda chunks: half_precision(chunks, provider))
     model = provider.provide_distributed_model(
