@@ -367,7 +367,43 @@ def gpu_section(gpu: dict | None) -> str:
     )
 
 
-def render(r: dict, gpu: dict | None = None) -> str:
+TRAIN_PROSE = (
+    "SDPA (the default, `attention.core_attention=auto` without Transformer Engine) against the local "
+    "attention on the same shapes; the limit is a bf16 `torch.matmul` measured in the same run. TFLOP/s is "
+    "Megatron-LM's count (`bridge_core.training.flops`: matmuls, causal seq/2, 3 x forward). Goal on the "
+    "8B layers: 450 TFLOP/s (issue 15; Megatron-Bridge with Transformer Engine: 512.7 on an H100 for "
+    "Qwen3-8B); fused norm/SwiGLU/RoPE kernels are not written yet. A `--toy` (CPU) run checks the script "
+    "only and says nothing of a GPU."
+)
+
+
+def train_section(t: dict | None) -> str:
+    """``results/train_throughput.json`` (``benchmarks/train_throughput.py`` on one GPU) as a table."""
+    if not t or t.get("toy"):
+        return "Not measured yet (`benchmarks/train_throughput.py` on a GPU)."
+    m, limit = t["machine"], t["matmul"]["tflops"]
+    head = (
+        f"1 x {m['gpu']} ({t['date'][:16].replace('T', ' ')} UTC; torch {m['torch']}, megatron-core "
+        f"{m['megatron_core']}, no Transformer Engine, bf16, the distributed optimizer, mock data, "
+        f"{t['cases'][0]['iters']} steps, the last {t['cases'][0]['measured_steps']} timed). "
+        f"bf16 matmul {t['matmul']['size']}^3 in the same run: **{limit:.0f} TFLOP/s**.\n\n" + TRAIN_PROSE + "\n\n"
+    )
+    columns = "shape | layers | seq | GBS / MBS | attention | tokens/s | TFLOP/s/GPU | of the matmul limit | peak mem"
+    rows = [f"| {columns} |"]
+    rows.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c in t["cases"]:
+        if c.get("error"):
+            rows.append(f"| {c['shape']} | | {c['seq']} | | `{c['attention']}` | failed: {c['error'][:60]} | | | |")
+            continue
+        rows.append(
+            f"| {c['shape']} | {c['layers']} | {c['seq']} | {c['gbs']} / {c['mbs']} | `{c['attention']}` | "
+            f"{c['tokens_per_s']:,.0f} | {c['tflops_per_gpu']:.1f} | {c['tflops_per_gpu'] / limit:.0%} | "
+            f"{c['peak_memory_gib']:.1f} GiB |"
+        )
+    return head + "\n".join(rows)
+
+
+def render(r: dict, gpu: dict | None = None, train: dict | None = None) -> str:
     analysis = (HERE / "analysis.md").read_text() if (HERE / "analysis.md").is_file() else ""
     parts = [
         "# Benchmarks",
@@ -436,6 +472,12 @@ def render(r: dict, gpu: dict | None = None) -> str:
         "",
         gpu_section(gpu),
         "",
+        "## 6. GPU: training throughput on one GPU (SDPA and local attention against the matmul limit)",
+        "",
+        "```bash\npython benchmarks/train_throughput.py --out $OUT/train_throughput.json   # on the GPU machine\n```",
+        "",
+        train_section(train),
+        "",
         analysis,
     ]
     return "\n".join(parts).rstrip() + "\n"
@@ -449,7 +491,9 @@ def _repeats(r: dict) -> str:
 def write(results: dict, doc: Path) -> None:
     gpu_file = HERE / "results" / "gpu.json"
     gpu = json.loads(gpu_file.read_text()) if gpu_file.is_file() else None
-    doc.write_text(render(results, gpu))
+    train_file = HERE / "results" / "train_throughput.json"
+    train = json.loads(train_file.read_text()) if train_file.is_file() else None
+    doc.write_text(render(results, gpu, train))
 
 
 if __name__ == "__main__":
