@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge_core.cli import launcher
+from bridge_core.ports import free_port
 
 # Stands in for ``python -m bridge_core.cli.main ...``: each rank does what its RANK says.
 FAKE_RANK = """#!/bin/sh
@@ -79,7 +80,7 @@ print("initialized" if dist.is_initialized() else "destroyed")
 @pytest.mark.parametrize(("code", "world_size", "rc", "out"), [(0, "1", 0, "destroyed"), (5, "1", 5, "")])
 def test_a_rank_ends_its_process_group(code, world_size, rc, out):
     """Success destroys the group (no gloo threads left at exit); a failed rank process exits at once."""
-    script = END_GROUP.format(port=launcher._free_port(), code=code)
+    script = END_GROUP.format(port=free_port(), code=code)
     if code:
         script += "sys.exit(0)\n"  # not reached: the failed rank has exited with its own code
     env = {"PATH": "/usr/bin:/bin", "WORLD_SIZE": world_size, "RANK": "0"}
@@ -90,7 +91,7 @@ def test_a_rank_ends_its_process_group(code, world_size, rc, out):
 def test_a_group_the_caller_started_is_left_alone():
     script = (
         "import torch.distributed as dist\nfrom bridge_core.cli.main import main\n"
-        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{launcher._free_port()}', rank=0, "
+        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port()}', rank=0, "
         "world_size=1)\n"
         "assert main(['plugins', '--json']) == 0\nprint(dist.is_initialized())\n"
     )

@@ -48,20 +48,11 @@ from bridge_core.checkpoint_format import (
 from bridge_core.checkpoint_load import load_weights_into
 from bridge_core.errors import CheckpointError
 from bridge_core.output_dir import atomic_output_dir, writing_to
-
-# -- ranks --------------------------------------------------------------------------------------
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+from bridge_core.parallel import rank, world_size
 
 
 def _from_rank0(value: Any) -> Any:
-    if _world() == 1:
+    if world_size() == 1:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -69,9 +60,9 @@ def _from_rank0(value: Any) -> Any:
 
 
 def _all_ok(ok: bool) -> bool:
-    if _world() == 1:
+    if world_size() == 1:
         return ok
-    flags: list[Any] = [None] * _world()
+    flags: list[Any] = [None] * world_size()
     dist.all_gather_object(flags, ok)
     return all(flags)
 
@@ -88,7 +79,7 @@ def _shared_atomic_dir(path: Path, overwrite: bool, prepare: Any) -> Iterator[Pa
     try:
         with contextlib.ExitStack() as stack:
             tmp, error = None, None
-            if _rank() == 0:
+            if rank() == 0:
                 try:
                     tmp = stack.enter_context(atomic_output_dir(path, overwrite, what="Megatron checkpoint folder"))
                     prepare(tmp)
@@ -200,7 +191,7 @@ def save_megatron_checkpoint(
                 raise CheckpointError(f"{file}: tokenizer file does not exist")
         if len(set(names)) != len(names):
             raise CheckpointError(f"{path / TOKENIZER_DIR}: two tokenizer files have the same name: {names}")
-        document = run_config_document(provider, run_config, _world())
+        document = run_config_document(provider, run_config, world_size())
         documents[RUN_CONFIG] = _json_text(document, path / RUN_CONFIG)
         documents[PROVENANCE] = _json_text(provenance, path / PROVENANCE)
         (tmp / ITER_DIR).mkdir()
@@ -213,13 +204,13 @@ def save_megatron_checkpoint(
         state.update(
             checkpoint_version=3.0,
             iteration=ITERATION,
-            args=megatron_args(provider, _world(), tokenizer=bool(tokenizer_files)),
+            args=megatron_args(provider, world_size(), tokenizer=bool(tokenizer_files)),
             num_floating_point_operations_so_far=0,
         )
         dist_checkpointing.save(
             state, str(tmp / ITER_DIR), sharded_strategy=_SyncSaveStrategy(), content_metadata=dict(CONTENT_METADATA)
         )
-        if _rank() == 0:
+        if rank() == 0:
             if tokenizer_files:
                 (tmp / TOKENIZER_DIR).mkdir()
             for file in tokenizer_files:

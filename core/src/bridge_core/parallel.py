@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -16,12 +15,17 @@ import torch.distributed as dist
 
 from bridge_core.cpu_support import apply_cpu_patches, cuda_available
 from bridge_core.errors import ConfigError
+from bridge_core.ports import free_port
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rank() -> int:
+    """This process's global rank: torch.distributed's, or torchrun's ``RANK`` before the group starts."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """The number of ranks: torch.distributed's, or torchrun's ``WORLD_SIZE`` before the group starts."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def ensure_process_group() -> None:
@@ -43,7 +47,7 @@ def ensure_process_group() -> None:
         return
     # One process, on a free port. The environment is left alone, so that a process started later
     # from this one (e.g. a ``bridgectl`` subprocess) does not believe it runs under torchrun.
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     atexit.register(_destroy_private_group)  # it has no peers to wait for: end it before the interpreter
 
 

@@ -6,7 +6,6 @@ Every rank calls these (one process per rank); output and progress come from ran
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,13 +19,10 @@ from bridge_core import CONTRACT_VERSION, __version__
 from bridge_core.auto_bridge import AutoBridge
 from bridge_core.errors import CheckpointError
 from bridge_core.input_files import folder_files
+from bridge_core.parallel import rank
 from bridge_core.parallelism import Parallelism  # re-exported: it used to live here
 from bridge_core.progress import Progress, stage
 from bridge_core.timing import timeline
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def say(*args: Any) -> None:

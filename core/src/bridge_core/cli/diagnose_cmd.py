@@ -52,8 +52,9 @@ def diagnose(folder, parallel, atol: float, seq_length: int, trust_remote_code: 
     from transformers import AutoModelForCausalLM
 
     from bridge_core.diagnose import diagnose_model, fixed_input
+    from bridge_core.parallel import rank
     from bridge_core.progress import Progress, stage
-    from bridge_core.workflows import build_from_hf, rank, say
+    from bridge_core.workflows import build_from_hf, say
 
     progress = Progress("diagnose", enabled=rank() == 0, unit="Megatron parameters", stage="reading weights")
     bridge, _, model = build_from_hf(folder, parallel, "float32", trust_remote_code, progress)

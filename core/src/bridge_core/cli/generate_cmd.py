@@ -90,8 +90,9 @@ def generate(args: argparse.Namespace, parallel, folder) -> int:
     from transformers import AutoTokenizer
 
     from bridge_core.generation import timed_greedy_generate
+    from bridge_core.parallel import rank
     from bridge_core.progress import Progress, stage
-    from bridge_core.workflows import build_from_hf, load_checkpoint, rank
+    from bridge_core.workflows import build_from_hf, load_checkpoint
 
     if args.megatron_path is not None:
         stage("generate", f"loading {args.megatron_path}")

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from bridge_core.ports import free_port
 
 ERROR_FILE_ENV = "BRIDGECTL_ERROR_FILE"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -36,12 +37,6 @@ def under_launcher() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn_ranks(argv: list[str], world: int) -> int:
     """Run ``bridgectl argv`` on ``world`` ranks; returns the exit code (0 only if every rank succeeded).
 
@@ -49,7 +44,7 @@ def spawn_ranks(argv: list[str], world: int) -> int:
     launcher killed even by SIGKILL leaves no rank behind to finish the job), and they form their own
     process group, which an interrupt (Ctrl-C, SIGTERM) of the launcher stops before it returns.
     """
-    port = str(_free_port())
+    port = str(free_port())
     logs = Path(tempfile.mkdtemp(prefix="bridgectl-ranks-"))
     procs: list[tuple[subprocess.Popen, Any]] = []
     try:

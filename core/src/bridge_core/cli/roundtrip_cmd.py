@@ -49,8 +49,9 @@ def roundtrip(args: argparse.Namespace, parallel, folder: Path, work: Path) -> i
     import torch.distributed as dist
 
     from bridge_core.cli.verify_cmd import verify
+    from bridge_core.parallel import rank
     from bridge_core.testing.compare import compare_hf_weights
-    from bridge_core.workflows import export_checkpoint, import_checkpoint, rank, say
+    from bridge_core.workflows import export_checkpoint, import_checkpoint, say
 
     ckpt, out = work / "megatron", work / "hf"
     accepted = args.accept_config

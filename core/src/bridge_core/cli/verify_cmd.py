@@ -52,8 +52,9 @@ def verify(folder, megatron_path: str, parallel, atol: float, accept_config=()) 
 
     from bridge_core.conversion.finite import nonfinite_logits
     from bridge_core.inference import forward_logits
+    from bridge_core.parallel import rank
     from bridge_core.progress import stage
-    from bridge_core.workflows import load_checkpoint, rank, say
+    from bridge_core.workflows import load_checkpoint, say
 
     stage("verify", f"loading {megatron_path}")
     # Built in fp32 for the logits (a bf16 checkpoint loads exactly into fp32 parameters); the

@@ -38,16 +38,13 @@ from bridge_core.checkpoint_load import _COMMON_KWARGS, _safe_readers, _SafeLoad
 from bridge_core.errors import CheckpointError
 from bridge_core.megatron_checkpoint import _shared_atomic_dir, _SyncSaveStrategy
 from bridge_core.output_dir import fsync_path
+from bridge_core.parallel import rank
 
 TRAINING_CONFIG = "training_config.json"
 
 
 def iter_dir(save: Path, iteration: int) -> Path:
     return save / f"iter_{iteration:07d}"
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _metadata(sharding: str) -> dict:
@@ -146,9 +143,9 @@ def save_training_checkpoint(
     )
     with _shared_atomic_dir(target, True, lambda tmp: None) as tmp:
         dist_checkpointing.save(state, str(tmp), sharded_strategy=_SyncSaveStrategy(), content_metadata=metadata)
-        if _rank() == 0:
+        if rank() == 0:
             (tmp / TRAINING_CONFIG).write_text(json.dumps(training, indent=2) + "\n")
-    if _rank() == 0:
+    if rank() == 0:
         for name, text in documents.items():
             _write_text(save / name, text)
         if tokenizer_files and not (save / TOKENIZER_DIR).is_dir():

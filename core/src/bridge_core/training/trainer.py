@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from bridge_core.cpu_support import cuda_available, cuda_on_cpu
 from bridge_core.errors import ConfigError
-from bridge_core.parallel import ensure_process_group
+from bridge_core.parallel import ensure_process_group, rank
 from bridge_core.training.config import TrainingConfig
 from bridge_core.training.data import batches, build_datasets, check_dataset_helpers
 from bridge_core.training.flops import FlopsUnsupported, model_training_flops_per_token
@@ -41,12 +41,8 @@ class TrainResult:
     records: list[dict] = dataclasses.field(default_factory=list)
 
 
-def _rank() -> int:
-    return dist.get_rank()
-
-
 def say(text: str) -> None:
-    if _rank() == 0:
+    if rank() == 0:
         print(text, flush=True)
 
 
@@ -273,7 +269,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     optimizer, scheduler = build_optimizer(model, config, dtype)
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     destroy_num_microbatches_calculator()
-    init_num_microbatches_calculator(_rank(), None, t.global_batch_size, t.micro_batch_size, dp_size)
+    init_num_microbatches_calculator(rank(), None, t.global_batch_size, t.micro_batch_size, dp_size)
 
     save = Path(config.checkpoint.save) if config.checkpoint.save else None
     load = config.checkpoint.load or (str(save) if ckpt.saved_iteration(save) is not None else None)
@@ -306,8 +302,8 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     recipe_doc = recipe.to_dict()
     if attention in ("sdpa", "local"):  # what "auto" resolved to ("te" stays "auto", a valid value)
         recipe_doc["config"]["attention"]["core_attention"] = attention
-    metrics = MetricsLog(save, resume_step=iteration, enabled=_rank() == 0)
-    printer = ProgressPrinter(_rank() == 0)
+    metrics = MetricsLog(save, resume_step=iteration, enabled=rank() == 0)
+    printer = ProgressPrinter(rank() == 0)
     losses: dict[int, float] = {}
     logged: list[dict] = []
     started, first = time.perf_counter(), iteration
