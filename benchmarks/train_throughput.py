@@ -9,7 +9,10 @@ optimizer, no checkpoints), each with ``attention.core_attention`` ``sdpa`` and 
 - ``llama3_8b_layers``: Llama-3-8B layer shapes (hidden 4096, MLP 14336, 32 heads, 8 KV groups,
   vocabulary 128256, untied), ``--layers-8b`` layers (default 8), seq 4096, micro-batch 1, global 8;
 - ``llama32_1b``: Llama-3.2-1B shapes (16 layers, hidden 2048, MLP 8192, 32 heads, 8 KV groups,
-  tied embeddings), seq 2048, micro-batch 2, global 16.
+  tied embeddings), seq 2048, micro-batch 2, global 16;
+- ``qwen3_30b_a3b_layers``: Qwen3-30B-A3B layer shapes (128 experts, top-8), ``--layers-moe`` layers
+  (default 4), seq 4096, micro-batch 1, global 8, ``sdpa`` only (megatron-core's experts run one by one
+  without Transformer Engine's grouped GEMM).
 
 Per case: tokens/s, model TFLOP/s per GPU (``bridge_core.training.flops``: Megatron-LM's count, 3x
 forward), the fraction of the measured matmul rate, peak memory (CUDA allocations), the last loss, over
@@ -60,6 +63,26 @@ LLAMA32_1B = {
     "rms_norm_eps": 1e-5,
     "tie_word_embeddings": True,
 }
+# Qwen3-30B-A3B's layer shapes (128 experts, top-8, no shared expert); megatron-core's experts without
+# Transformer Engine (no grouped GEMM): its SequentialMLP runs the experts one after another
+QWEN3_30B_A3B = {
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "moe_intermediate_size": 768,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
 TOY = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -75,17 +98,30 @@ TOY = {
 
 def cases(args: argparse.Namespace) -> list[dict]:
     """(shape, HF config values, seq, micro, global batch) x core attention."""
+    llama = ("LlamaForCausalLM", "llama")
     if args.toy:
-        shapes = [("toy", TOY, 64, 2, 4)]
+        shapes = [("toy", llama, TOY, 64, 2, 4, args.attention)]
     else:
         shapes = [
-            ("llama3_8b_layers", {**LLAMA3_8B, "num_hidden_layers": args.layers_8b}, 4096, 1, 8),
-            ("llama32_1b", LLAMA32_1B, 2048, 2, 16),
+            ("llama3_8b_layers", llama, {**LLAMA3_8B, "num_hidden_layers": args.layers_8b}, 4096, 1, 8, args.attention),
+            ("llama32_1b", llama, LLAMA32_1B, 2048, 2, 16, args.attention),
         ]
+        if args.layers_moe:
+            moe = {**QWEN3_30B_A3B, "num_hidden_layers": args.layers_moe}
+            shapes.append(("qwen3_30b_a3b_layers", ("Qwen3MoeForCausalLM", "qwen3_moe"), moe, 4096, 1, 8, ["sdpa"]))
     return [
-        {"shape": s, "hf_config": c, "seq": seq, "mbs": mbs, "gbs": gbs, "attention": a, "iters": args.iters}
-        for s, c, seq, mbs, gbs in shapes
-        for a in args.attention
+        {
+            "shape": s,
+            "architecture": arch,
+            "hf_config": {"model_type": model_type, **c},
+            "seq": seq,
+            "mbs": mbs,
+            "gbs": gbs,
+            "attention": a,
+            "iters": args.iters,
+        }
+        for s, (arch, model_type), c, seq, mbs, gbs, attentions in shapes
+        for a in attentions
     ]
 
 
@@ -93,20 +129,24 @@ def cases(args: argparse.Namespace) -> list[dict]:
 
 
 def _use_checkout() -> None:
-    """This checkout's bridge-core and bridge-llama (installed or not), with only the Llama plugin registered."""
+    """This checkout's bridge-core, bridge-llama and bridge-qwen (installed or not), only they registered."""
+    import importlib
+
     try:
         import bridge_core  # noqa: F401
-        import bridge_llama
+        import bridge_llama  # noqa: F401
+        import bridge_qwen  # noqa: F401
     except ImportError:
-        for sub in ("core/src", "plugins/bridge-llama/src"):
+        for sub in ("core/src", "plugins/bridge-llama/src", "plugins/bridge-qwen/src"):
             sys.path.insert(0, str(ROOT / sub))
-    import bridge_llama
-    import bridge_llama.plugin
     from bridge_core.registry import Registry, reset_registry
 
     registry = Registry()
-    version = getattr(bridge_llama, "__version__", "0")
-    registry.add_plugin(bridge_llama.plugin, name="llama", distribution="bridge-llama", version=version, strict=True)
+    for name in ("llama", "qwen"):
+        package = importlib.import_module(f"bridge_{name}")
+        plugin = importlib.import_module(f"bridge_{name}.plugin")
+        version = getattr(package, "__version__", "0")
+        registry.add_plugin(plugin, name=name, distribution=f"bridge-{name}", version=version, strict=True)
     reset_registry(registry)
 
 
@@ -140,8 +180,8 @@ def run_case(case: dict, warmup: int) -> dict:
         attention=AttentionConfig(core_attention=case["attention"]),
         checkpoint=CheckpointConfig(save=None, save_interval=None),
     )
-    model = ModelSpec("LlamaForCausalLM", {"model_type": "llama", **case["hf_config"]})
-    recipe = Recipe("train_throughput", "llama", "pretrain", model, config, SizedFor(gpus=1))
+    model = ModelSpec(case["architecture"], case["hf_config"])
+    recipe = Recipe("train_throughput", "bench", "pretrain", model, config, SizedFor(gpus=1))
     result = train(recipe)
     steps = result.records[warmup:] or result.records[-1:]
     step_time = statistics.median(r["step_time_s"] for r in steps)
@@ -235,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the JSON here too")
     parser.add_argument("--toy", action="store_true", help="a 2-layer toy on the CPU (a quick check of the script)")
     parser.add_argument("--layers-8b", type=int, default=8, help="Llama-3-8B layers to train (default 8)")
+    parser.add_argument("--layers-moe", type=int, default=4, help="Qwen3-30B-A3B layers (default 4; 0: none)")
     parser.add_argument("--iters", type=int, default=8, help="training steps per case (default 8)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the figures (default 3)")
     parser.add_argument("--attention", nargs="+", default=["sdpa", "local"], choices=["sdpa", "local", "auto"])
