@@ -412,3 +412,16 @@ def test_a_dequantizing_bridge_loads_fp8_weights(llama, tmp_path, monkeypatch):
     up = dict(bridge.export_hf_weights(model))[name]
     expected = load_file(folder / "model.safetensors")[name].to(torch.float32) * 0.5
     assert torch.equal(up, expected)
+
+
+def test_exported_tensors_that_need_no_copy_are_views_of_the_live_parameters(llama):
+    """What export_hf_weights documents: clone what you keep (here a CPU model, where no copy is needed)."""
+    bridge, model = convert(llama)
+    model[0].cpu()
+    params = {p.untyped_storage().data_ptr(): n for n, p in model[0].named_parameters()}
+    exported = dict(bridge.export_hf_weights(model, cpu=False))
+    views = {n for n, t in exported.items() if t.untyped_storage().data_ptr() in params}
+    assert {"model.embed_tokens.weight", "model.layers.0.mlp.gate_proj.weight"} <= views
+    with torch.no_grad():
+        exported["model.embed_tokens.weight"][0, 0] += 1.0
+    assert model[0].embedding.word_embeddings.weight[0, 0] == exported["model.embed_tokens.weight"][0, 0]

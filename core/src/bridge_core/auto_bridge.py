@@ -208,6 +208,11 @@ class AutoBridge(MegatronBridgeNames):
         Padded vocabulary rows are trimmed; a tied output layer is not emitted twice. ``on_plan``, if
         given, is called on the receiving rank(s) before the first tensor with ``(hf_name, shape,
         dtype)`` of every tensor to come, in order (``ShardedSafetensorsWriter.plan`` takes it).
+
+        The tensors are **views of the live parameters** wherever no copy is needed: with ``cpu=False``
+        on a GPU model, and for a model on the CPU (even with ``cpu=True``), an unsplit tensor in the
+        model's dtype (and a piece of a fused one, e.g. ``gate_proj`` of ``linear_fc1``) shares the
+        parameter's storage. Clone what you keep past the next optimizer step or change in place.
         """
         tasks, layout, config = self._tasks(model)
         # Default: the model's dtype for every tensor (torch norms of the local spec keep fp32 weights).
