@@ -7,6 +7,8 @@ checkpoint whose experts are *stacked* on disk (``experts.gate_up_proj`` [E, 2I,
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any, ClassVar
 
 from bridge_core import hookimpl
@@ -60,3 +62,19 @@ class StackedExpertBridge(DecoderBridge):
                 "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight", f"{p}mlp.experts.down_proj", tp_dim=1
             ),
         ]
+
+
+def stack_experts(src: Path, dst: Path, experts: int) -> Path:
+    """A copy of the per-expert HF folder ``src`` with experts stacked per projection ([E, 2I, H], [E, H, I])."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    t = load_file(dst / "model.safetensors")
+    for layer in sorted({int(k.split(".")[2]) for k in t if ".mlp.experts." in k}):
+        p = f"model.layers.{layer}.mlp.experts."
+        gate_up = [torch.cat([t.pop(f"{p}{e}.{n}_proj.weight") for n in ("gate", "up")]) for e in range(experts)]
+        t[p + "gate_up_proj"] = torch.stack(gate_up)
+        t[p + "down_proj"] = torch.stack([t.pop(f"{p}{e}.down_proj.weight") for e in range(experts)])
+    save_file(t, dst / "model.safetensors")
+    return dst

@@ -1,6 +1,6 @@
 """Training cases on 2 CPU ranks (gloo) in one torchrun launch (on 1: the references); rank 0 writes results.json.
 
-``python -m torch.distributed.run --nproc_per_node 2 _training_dist_script.py WORKDIR HF_TOY``:
+``python -m torch.distributed.run --nproc_per_node 2 _training_dist_script.py WORKDIR HF_TOY HF_MOE_TOY``:
 ``{case: {"losses": {step: loss}, "error": str | None}}``; ``<case>_resumed[...]`` continues a copy
 of ``<case>`` cut at iteration 4 (``dp2_full_resumed`` and ``dp2_resumed_at_tp2`` at TP=2). The
 ``dp2``/``tp2`` cases start from the recipe's random initialisation; the pipeline cases from the
@@ -10,6 +10,7 @@ of ``<case>`` cut at iteration 4 (``dp2_full_resumed`` and ``dp2_resumed_at_tp2`
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import traceback
@@ -31,6 +32,7 @@ def cases(work: Path, world: int) -> list[tuple[str, str, list[str]]]:
         return [
             ("toy_pretrain", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'world1_pretrain'}"]),
             ("toy_sft", "toy_sft", [*COMMON, "data.kind=mock", f"checkpoint.save={work / 'world1_sft'}"]),
+            ("toy_moe_sft", "toy_moe_sft", [*COMMON, "data.kind=mock", f"checkpoint.save={work / 'world1_moe'}"]),
         ]
     return [
         ("dp2", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'dp2'}"]),
@@ -41,6 +43,7 @@ def cases(work: Path, world: int) -> list[tuple[str, str, list[str]]]:
         ("pp2", "toy_sft", [*PIPELINE, f"checkpoint.save={work / 'pp2'}"]),
         ("pp2_resumed", "toy_sft", [*PIPELINE, f"checkpoint.save={work / 'pp2_resumed'}"]),
         ("vpp2", "toy_sft", [*PIPELINE, "parallel.vpp=2", f"checkpoint.save={work / 'vpp2'}"]),
+        ("ep2", "toy_moe_sft", [*COMMON, "data.kind=mock", "parallel.ep=2", f"checkpoint.save={work / 'ep2'}"]),
         (
             "dp2_resumed_at_tp2",
             "toy_pretrain",
@@ -57,7 +60,7 @@ def interrupt(source: Path, target: Path, at: int) -> None:
     (target / "latest_checkpointed_iteration.txt").write_text(str(at))
 
 
-def main(work: Path, hf: Path) -> int:
+def main(work: Path, hf: Path, hf_moe: Path) -> int:
     import _training_plugin
     import torch.distributed as dist
 
@@ -68,13 +71,16 @@ def main(work: Path, hf: Path) -> int:
     ensure_process_group()
     _training_plugin.use()
     results = {}
+    only = os.environ.get("TRAINING_CASES")  # a comma-separated subset, for debugging one case
     for name, recipe, overrides in cases(work, dist.get_world_size()):
+        if only and name not in only.split(","):
+            continue
         try:
             source = name.split("_resumed")[0]
             if "_resumed" in name and dist.get_rank() == 0:
                 interrupt(work / source, work / name, at=4)
             dist.barrier()
-            weights = {"hf_model": hf} if recipe == "toy_sft" else {}
+            weights = {"hf_model": {"toy_sft": hf, "toy_moe_sft": hf_moe}[recipe]} if "sft" in recipe else {}
             result = train(load_recipe(recipe).with_overrides(overrides), **weights)
             results[name] = {"losses": result.losses, "error": None}
         except Exception:
@@ -90,4 +96,4 @@ def main(work: Path, hf: Path) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))

@@ -30,6 +30,23 @@ TOY = {
     "tie_word_embeddings": False,
 }
 
+MOE_TOY = {  # the test bridges' Qwen3-MoE layout (experts stacked on disk): 4 experts, top-2, no aux loss
+    "model_type": "qwen3_moe",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_hidden_layers": 2,
+    "intermediate_size": 96,
+    "moe_intermediate_size": 40,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "norm_topk_prob": True,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-6,
+}
+
 
 def _config() -> TrainingConfig:
     return TrainingConfig(
@@ -49,10 +66,15 @@ def toy_sft() -> Recipe:
     return Recipe("toy_sft", "toy", "sft", ModelSpec("LlamaForCausalLM"), _config(), SizedFor(gpus=1))
 
 
+def toy_moe_sft() -> Recipe:
+    return Recipe("toy_moe_sft", "toy", "sft", ModelSpec("Qwen3MoeForCausalLM"), _config(), SizedFor(gpus=1))
+
+
 @hookimpl
 def register_recipes(register):
     register(name="toy_pretrain", recipe="_training_plugin:toy_pretrain", family="toy", kind="pretrain")
     register(name="toy_sft", recipe="_training_plugin:toy_sft", family="toy", kind="sft")
+    register(name="toy_moe_sft", recipe="_training_plugin:toy_moe_sft", family="toy", kind="sft")
 
 
 def use() -> None:

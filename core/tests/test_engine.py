@@ -309,28 +309,10 @@ def test_tensor_parallel_that_does_not_divide_heads_is_refused(llama):
         provider.finalize()
 
 
-def stack_experts(src: Path, dst: Path, experts: int) -> Path:
-    """Rewrite a per-expert checkpoint with experts stacked per projection ([E, 2I, H] and [E, H, I])."""
-
-    def edit(t):
-        layers = {int(k.split(".")[2]) for k in t if ".mlp.experts." in k}
-        for layer in layers:
-            p = f"model.layers.{layer}.mlp.experts."
-            t[p + "gate_up_proj"] = torch.stack(
-                [
-                    torch.cat([t.pop(f"{p}{e}.gate_proj.weight"), t.pop(f"{p}{e}.up_proj.weight")])
-                    for e in range(experts)
-                ]
-            )
-            t[p + "down_proj"] = torch.stack([t.pop(f"{p}{e}.down_proj.weight") for e in range(experts)])
-
-    return rewrite_weights(src, dst, edit)
-
-
 @pytest.fixture(scope="module")
 def moe(tmp_path_factory) -> tuple[Path, Path]:
     per_expert = build_toy(ToyModel("Qwen3MoeForCausalLM", MOE), tmp_path_factory.mktemp("moe"))
-    return per_expert, stack_experts(per_expert, tmp_path_factory.mktemp("stacked"), MOE["num_experts"])
+    return per_expert, _test_bridges.stack_experts(per_expert, tmp_path_factory.mktemp("stacked"), MOE["num_experts"])
 
 
 def test_stacked_expert_checkpoint_converts_exactly(moe, tmp_path):

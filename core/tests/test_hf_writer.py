@@ -11,9 +11,10 @@ import _test_bridges
 import numpy as np
 import pytest
 import torch
+from _test_bridges import stack_experts
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_engine import LLAMA, MOE, convert, stack_experts
+from test_engine import LLAMA, MOE, convert
 
 from bridge_core import hf_writer
 from bridge_core.errors import CheckpointError

@@ -1,4 +1,4 @@
-"""On 2 CPU ranks (fp32): DP=2, TP=2, PP=2 and interleaved PP=2 follow the world-1 loss curve within 1e-5;
+"""On 2 CPU ranks (fp32): DP=2, TP=2, PP=2, interleaved PP=2 and EP=2 (MoE) follow the world-1 loss curve within 1e-5;
 DP=2 (distributed optimizer) and PP=2 resume bit-exactly; a fully_reshardable DP=2 checkpoint resumes at
 TP=2 within 1e-5, a dp_reshardable one is refused at TP=2 in one line."""
 
@@ -30,9 +30,20 @@ def hf_toy(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, hf_toy):
+def hf_moe_toy(tmp_path_factory):
+    from _test_bridges import stack_experts
+
+    from bridge_core.testing.toy import ToyModel, build_toy
+
+    per_expert = build_toy(ToyModel("Qwen3MoeForCausalLM", _training_plugin.MOE_TOY), tmp_path_factory.mktemp("moe"))
+    return stack_experts(per_expert, tmp_path_factory.mktemp("moe-stacked"), _training_plugin.MOE_TOY["num_experts"])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, hf_toy, hf_moe_toy):
     work = tmp_path_factory.mktemp("dist")
-    proc = torchrun([str(HERE / "_training_dist_script.py"), str(work), str(hf_toy)], nproc=2, timeout=600)
+    script = [str(HERE / "_training_dist_script.py"), str(work), str(hf_toy), str(hf_moe_toy)]
+    proc = torchrun(script, nproc=2, timeout=600)
     file = work / "results.json"
     assert file.exists(), f"torchrun exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     out = json.loads(file.read_text())
@@ -42,10 +53,11 @@ def results(tmp_path_factory, hf_toy):
 
 
 @pytest.fixture(scope="module")
-def world1(tmp_path_factory, hf_toy):
-    """The world-1 curves: from the recipe's initialisation, and from the HF toy's weights (one CPU rank)."""
+def world1(tmp_path_factory, hf_toy, hf_moe_toy):
+    """The world-1 curves: from the recipe's initialisation, and from the HF toys' weights (one CPU rank)."""
     work = tmp_path_factory.mktemp("world1")
-    proc = torchrun([str(HERE / "_training_dist_script.py"), str(work), str(hf_toy)], nproc=1, timeout=600)
+    script = [str(HERE / "_training_dist_script.py"), str(work), str(hf_toy), str(hf_moe_toy)]
+    proc = torchrun(script, nproc=1, timeout=600)
     file = work / "results.json"
     assert file.exists(), f"torchrun exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     out = json.loads(file.read_text())
@@ -55,7 +67,8 @@ def world1(tmp_path_factory, hf_toy):
 
 
 @pytest.mark.parametrize(
-    ("case", "recipe"), [("dp2", "toy_pretrain"), ("tp2", "toy_pretrain"), ("pp2", "toy_sft"), ("vpp2", "toy_sft")]
+    ("case", "recipe"),
+    [("dp2", "toy_pretrain"), ("tp2", "toy_pretrain"), ("pp2", "toy_sft"), ("vpp2", "toy_sft"), ("ep2", "toy_moe_sft")],
 )
 def test_parallel_loss_curve_equals_world_size_1(results, world1, case, recipe):
     world1 = world1[recipe]
