@@ -8,9 +8,10 @@ import pytest
 
 pytest.importorskip("megatron.core")
 
-from bridge_core.mcore_versions import mlp_submodules  # noqa: E402
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: E402
-from megatron.core.transformer.mlp import MLPSubmodules  # noqa: E402
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.mlp import MLPSubmodules
+
+from bridge_core.mcore_versions import mlp_submodules
 
 
 def test_mlp_submodules_of_the_local_spec_are_editable_in_place():
