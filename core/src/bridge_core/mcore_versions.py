@@ -117,3 +117,17 @@ CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {
     "moe_deepep_num_sms": {"0.16.1": 20, "0.19.2": None},
     "moe_hybridep_num_sms": {"0.16.1": 16, "0.19.2": None},
 }
+
+
+def mlp_submodules(mlp_spec: Any) -> Any:
+    """The ``MLPSubmodules`` of a layer spec's ``mlp`` entry, to edit in place (e.g. ``linear_fc2``).
+
+    megatron-core 0.16.1 gives a ``ModuleSpec`` (``.submodules``); 0.19.2 a
+    ``functools.partial(MLP.as_mlp_submodule, submodules=...)``.
+    """
+    submodules = getattr(mlp_spec, "submodules", None)
+    if submodules is None:
+        submodules = getattr(mlp_spec, "keywords", {}).get("submodules")
+    if submodules is None:
+        raise TypeError(f"cannot find the MLP submodules of the layer spec's mlp entry {mlp_spec!r}")
+    return submodules

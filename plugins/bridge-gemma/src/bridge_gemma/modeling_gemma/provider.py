@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bridge_core.errors import ConfigError
+from bridge_core.mcore_versions import mlp_submodules
 from bridge_core.modeling.specs import install_core_attention
 from bridge_core.provider import GPTModelProvider
 from bridge_gemma.modeling_gemma.attention import DualRopeSelfAttention
@@ -77,7 +78,7 @@ class GemmaModelProvider(GPTModelProvider):
             subs.self_attention.module = DualRopeSelfAttention
         if self.sandwich_norms:
             subs.self_attention.submodules.linear_proj = PostNormRowParallelLinear
-            subs.mlp.submodules.linear_fc2 = PostNormRowParallelLinear
+            mlp_submodules(subs.mlp).linear_fc2 = PostNormRowParallelLinear
         options = {} if self.attn_logit_softcap is None else {"logit_softcap": float(self.attn_logit_softcap)}
         layer = install_core_attention(layer, **options)
         layers = get_num_layers_to_build(self, vp_stage=vp_stage)

@@ -3,7 +3,7 @@
 The stock module builds ``q_layernorm``/``k_layernorm`` per head (``[head_dim]``); this one builds
 ``FullWidthQKNorm`` over all of a rank's heads, summing squares across the tensor-parallel group, and
 applies them where the stock one does (after the QKV projection, before RoPE). The spec's
-``q_layernorm``/``k_layernorm`` must be None (they are replaced here).
+``q_layernorm``/``k_layernorm`` are placeholders (``IdentityOp``), replaced here.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from bridge_core.mcore_versions import mlp_submodules
 from megatron.core.models.gpt import gpt_layer_specs
 from megatron.core.transformer.identity_op import IdentityOp
 
@@ -21,8 +22,9 @@ def _full_width_qk_norm(layer: Any, weight_first: bool) -> None:
     attention = layer.submodules.self_attention
     attention.module = FullWidthQKSelfAttention
     attention.params = {**attention.params, "weight_first": weight_first}
-    attention.submodules.q_layernorm = None  # built by FullWidthQKSelfAttention
-    attention.submodules.k_layernorm = None
+    # placeholders, replaced by FullWidthQKSelfAttention (megatron-core 0.19 refuses None with qk_layernorm)
+    attention.submodules.q_layernorm = IdentityOp
+    attention.submodules.k_layernorm = IdentityOp
 
 
 def olmo2_layer_spec(provider: Any) -> Any:
@@ -32,7 +34,7 @@ def olmo2_layer_spec(provider: Any) -> Any:
     subs.input_layernorm = IdentityOp
     subs.pre_mlp_layernorm = IdentityOp
     subs.self_attention.submodules.linear_proj = PostNormRowParallelLinear
-    subs.mlp.submodules.linear_fc2 = PostNormRowParallelLinear
+    mlp_submodules(subs.mlp).linear_fc2 = PostNormRowParallelLinear
     _full_width_qk_norm(layer, weight_first=True)
     return layer
 
