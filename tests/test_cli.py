@@ -155,7 +155,7 @@ def test_unknown_architecture_names_the_plugin(toy, tmp_path):
     folder = with_config(toy, tmp_path / "hf", architectures=["DeepseekV3ForCausalLM"])
     assert_one_line_error(
         bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "o")),
-        "DeepseekV3ForCausalLM: bridge-deepseek is not published yet (write it with 'bridgectl new-plugin')",
+        "DeepseekV3ForCausalLM: no plugin for it is published yet (write one with 'bridgectl new-plugin')",
     )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from conftest import plugins_json, run_bridgectl
 
 from bridge_core import CONTRACT_VERSION
 
+REPO = Path(__file__).resolve().parents[1]
 CORE = version("bridge-core")  # the installed distribution's own metadata
 
 REAL_PLUGINS = pytest.mark.needs_dists("bridge-llama", "bridge-qwen")
@@ -17,7 +19,13 @@ REAL_PLUGINS = pytest.mark.needs_dists("bridge-llama", "bridge-qwen")
 @REAL_PLUGINS
 def test_every_plugin_is_listed_with_its_status():
     plugins = plugins_json()
-    assert plugins["fixture-good"]["status"] == "loaded" or plugins["fixture-duplicate"]["status"] == "loaded"
+    # fixture-good and fixture-duplicate register one architecture: the one discovered second fails
+    # (entry points are sorted by name), and fixture-override then takes the architecture from the first
+    assert plugins["fixture-duplicate"]["status"] == "loaded"
+    assert plugins["fixture-good"]["status"] == "failed"
+    assert "registered by both" in plugins["fixture-good"]["reason"]
+    assert plugins["fixture-override"]["architectures"] == ["GoodForCausalLM"]
+    assert plugins["fixture-duplicate"]["overridden"] == {"GoodForCausalLM": "bridge-fixture-override"}
     assert plugins["fixture-lazy"]["status"] == "loaded"
     assert plugins["fixture-broken"]["status"] == "failed"
     assert plugins["fixture-incompatible"]["status"] == "incompatible"
@@ -81,10 +89,33 @@ def test_duplicate_architecture_names_both_distributions():
 
 def test_override_wins_without_error():
     plugins = plugins_json(BRIDGE_PLUGINS="fixture-good,fixture-override")
-    assert plugins["fixture-good"]["status"] == "loaded"
-    assert plugins["fixture-override"]["status"] == "loaded"
-    proc = run_bridgectl("plugins", "--json", BRIDGE_PLUGINS="fixture-good,fixture-override")
-    assert proc.returncode == 0
+    good, override = plugins["fixture-good"], plugins["fixture-override"]
+    assert (good["status"], good["reason"]) == ("loaded", "")
+    assert (override["status"], override["reason"]) == ("loaded", "")
+    # the winner serves the architecture; the overridden plugin no longer lists it as served
+    assert override["architectures"] == ["GoodForCausalLM"]
+    assert good["architectures"] == [] and good["overridden"] == {"GoodForCausalLM": "bridge-fixture-override"}
+    proc = run_bridgectl("plugins", BRIDGE_PLUGINS="fixture-good,fixture-override")
+    assert "overridden: GoodForCausalLM (served by bridge-fixture-override)" in proc.stdout
+
+
+def test_override_serves_the_architecture_in_process(clean_plugin_env, monkeypatch):
+    from bridge_core.registry import get_registry
+
+    monkeypatch.setenv("BRIDGE_PLUGINS", "fixture-good,fixture-override")
+    served = get_registry().bridge_for("GoodForCausalLM")
+    assert (served.bridge, served.distribution) == ("fixture_override.bridge:BetterBridge", "bridge-fixture-override")
+
+
+@REAL_PLUGINS
+def test_known_plugins_name_only_the_shipped_plugins_and_what_they_serve():
+    from bridge_core.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
+
+    assert SHIPPED == {p.name for p in (REPO / "plugins").iterdir() if (p / "pyproject.toml").is_file()}
+    plugins = plugins_json(BRIDGE_PLUGINS=",".join(sorted(SHIPPED)))
+    served = {arch: p["distribution"] for p in plugins.values() for arch in p["architectures"]}
+    assert served == KNOWN_ARCHITECTURES
+    assert not NOT_PUBLISHED & set(served)
 
 
 @REAL_PLUGINS

@@ -87,7 +87,7 @@ def test_unknown_architecture_names_the_package_to_install(clean_plugin_env, mon
     assert "loaded: bridge-fixture-good 0.3.1" in msg
     # a family this project does not ship yet gets no pip line (anyone could register the name)
     assert msg.endswith(
-        "DeepseekV3ForCausalLM: bridge-deepseek is not published yet (write it with 'bridgectl new-plugin')"
+        "DeepseekV3ForCausalLM: no plugin for it is published yet (write one with 'bridgectl new-plugin')"
     )
 
 

@@ -5,22 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bridge_core.testing.toys import TINY_LLAMA
+
 CHATML = (
     "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}{% endif %}"
 )
 
 TOY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    **TINY_LLAMA,
     "vocab_size": 384,  # 256 bytes + 3 special tokens, rounded up to a multiple of 128 (no Megatron padding)
-    "max_position_embeddings": 128,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from _test_bridges import register_bridges  # noqa: F401  (the Llama-shaped test bridge)
 
 from bridge_core import hookimpl
+from bridge_core.testing.toys import TINY_LLAMA
 from bridge_core.training.config import (
     CheckpointConfig,
     OptimizerConfig,
@@ -17,18 +18,7 @@ from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
 
 BRIDGE_CONTRACT = ">=1.1,<2"
 
-TOY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 256,
-    "max_position_embeddings": 128,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
+TOY = TINY_LLAMA
 
 MOE_TOY = {  # the test bridges' Qwen3-MoE layout (experts stacked on disk): 4 experts, top-2, no aux loss
     "model_type": "qwen3_moe",

@@ -77,6 +77,22 @@ def test_override_replaces_and_later_plain_registration_is_shadowed():
     assert reg.bridges["AForCausalLM"].bridge == "x.y:Z"
     rec = reg.add_plugin(make_plugin(bridges=[A]), name="c", distribution="bridge-c")
     assert rec.status == "loaded" and reg.bridges["AForCausalLM"].distribution == "bridge-o"
+    first, winner = reg.plugins[0], reg.plugins[1]
+    assert (first.architectures, first.overridden) == ([], {"AForCausalLM": "bridge-o"})
+    assert (winner.architectures, winner.overridden) == (["AForCausalLM"], {})
+    assert (rec.architectures, rec.overridden) == ([], {"AForCausalLM": "bridge-o"})
+
+
+def test_two_overrides_of_an_architecture_are_one_line_error_naming_both():
+    reg = Registry()
+    first, second = (make_plugin(bridges=[{**A, "override": True}]) for _ in range(2))
+    reg.add_plugin(first, name="o", distribution="bridge-o", version="1.0")
+    rec = reg.add_plugin(second, name="p", distribution="bridge-p", version="2.0")
+    expected = "AForCausalLM is registered with override=True by both bridge-o 1.0 and bridge-p 2.0; uninstall one"
+    assert (rec.status, rec.reason, rec.architectures) == ("failed", expected, [])
+    with pytest.raises(PluginError) as err:
+        reg.bridge_for("AForCausalLM")
+    assert str(err.value) == expected
 
 
 def test_strict_mode_raises():
@@ -149,3 +165,21 @@ def test_selection_variables():
     assert "not selected" in _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_PLUGINS": ""})
     assert _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_PLUGINS": "llama, BRIDGE_QWEN"}) is None
     assert "blocked by" in _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_DISABLE_PLUGINS": "qwen"})
+
+
+@pytest.mark.parametrize("architecture", ["DeepseekV3ForCausalLM", "GptOssForCausalLM"])
+def test_an_architecture_no_published_plugin_serves_gets_no_pip_line(architecture):
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        Registry().bridge_for(architecture)
+    assert str(err.value) == (
+        f"{architecture} is not supported by any loaded plugin (loaded: none); "
+        f"{architecture}: no plugin for it is published yet (write one with 'bridgectl new-plugin')"
+    )
+    assert "pip install" not in str(err.value) and "bridge-deepseek" not in str(err.value)
+
+
+def test_known_plugins_map_only_to_shipped_distributions():
+    from bridge_core.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
+
+    assert set(KNOWN_ARCHITECTURES.values()) <= SHIPPED
+    assert not NOT_PUBLISHED & set(KNOWN_ARCHITECTURES)

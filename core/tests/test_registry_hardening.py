@@ -53,7 +53,7 @@ def test_an_override_settles_the_conflict_and_two_overrides_conflict():
     reg.add_plugin(plugin({**LLAMA, "bridge": "mine:Better", "override": True}), name="o", distribution="bridge-o")
     assert reg.bridge_for("LlamaForCausalLM").bridge == "mine:Better"
     reg.add_plugin(plugin({**LLAMA, "bridge": "theirs:Best", "override": True}), name="p", distribution="bridge-p")
-    with pytest.raises(PluginError, match="registered by both bridge-o .* and bridge-p"):
+    with pytest.raises(PluginError, match="registered with override=True by both bridge-o .* and bridge-p"):
         reg.bridge_for("LlamaForCausalLM")
 
 

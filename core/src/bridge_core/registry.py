@@ -22,7 +22,7 @@ from bridge_core.contract import (
     parse_contract_range,
 )
 from bridge_core.errors import BridgeError, PluginError, UnsupportedArchitectureError
-from bridge_core.known_plugins import KNOWN_ARCHITECTURES, install_hint
+from bridge_core.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, install_hint, not_published_hint
 
 LOADED, FAILED, INCOMPATIBLE, BLOCKED = "loaded", "failed", "incompatible", "blocked"
 RECIPE_KINDS = ("pretrain", "sft", "peft")
@@ -77,7 +77,8 @@ class PluginRecord:
     contract: str | None = None
     status: str = LOADED
     reason: str = ""
-    architectures: list[str] = field(default_factory=list)
+    architectures: list[str] = field(default_factory=list)  # the ones this plugin serves
+    overridden: dict[str, str] = field(default_factory=dict)  # architecture -> distribution serving it
     recipes: list[str] = field(default_factory=list)
     flops: list[str] = field(default_factory=list)
 
@@ -215,6 +216,7 @@ class Registry:
             record.status = FAILED
         record.reason = reason
         record.architectures, record.recipes, record.flops = [], [], []
+        record.overridden = {}
         if strict:
             raise PluginError(reason) from exc
         return record
@@ -242,17 +244,15 @@ class Registry:
     def _commit(self, staging: _Staging) -> None:
         record = staging.record
         accepted: list[BridgeRegistration] = []
+        shadowed: dict[str, str] = {}
         for reg in staging.bridges:
             existing = self.bridges.get(reg.architecture)
             if existing is None or (reg.override and not existing.override):
                 accepted.append(reg)
-            elif existing.override == reg.override:  # neither (or both) asked to win: no one serves it
-                conflict = (
-                    f"{reg.architecture} is registered by both {existing.distribution} {existing.version} "
-                    f"and {reg.distribution} {reg.version}; uninstall one, or register with override=True"
-                )
-                self.conflicts.setdefault(reg.architecture, conflict)
-                raise PluginError(conflict)
+            elif existing.override and not reg.override:
+                shadowed[reg.architecture] = existing.distribution
+            else:
+                self._conflict(existing, reg)
         for kind, new, table, key in (
             ("recipe", staging.recipes, self.recipes, "name"),
             ("FLOPs block", staging.flops, self.flops, "block"),
@@ -265,6 +265,9 @@ class Registry:
                         f"and {reg.distribution}"
                     )
         for reg in accepted:
+            previous = self.bridges.get(reg.architecture)
+            if previous is not None:
+                self._move_to_overridden(previous, reg.distribution)
             self.bridges[reg.architecture] = reg
             if reg.override:  # an explicit override settles an earlier conflict
                 self.conflicts.pop(reg.architecture, None)
@@ -272,9 +275,26 @@ class Registry:
             self.recipes[reg.name] = reg
         for reg in staging.flops:
             self.flops[reg.block] = reg
-        record.architectures = [r.architecture for r in staging.bridges]
+        record.architectures = [r.architecture for r in accepted]
+        record.overridden = shadowed
         record.recipes = [r.name for r in staging.recipes]
         record.flops = [r.block for r in staging.flops]
+
+    def _conflict(self, existing: BridgeRegistration, reg: BridgeRegistration) -> None:
+        """Two plain registrations, or two overrides, of one architecture: no one serves it."""
+        both = f"{existing.distribution} {existing.version} and {reg.distribution} {reg.version}"
+        if reg.override:
+            conflict = f"{reg.architecture} is registered with override=True by both {both}; uninstall one"
+        else:
+            conflict = f"{reg.architecture} is registered by both {both}; uninstall one, or register with override=True"
+        self.conflicts.setdefault(reg.architecture, conflict)
+        raise PluginError(conflict)
+
+    def _move_to_overridden(self, previous: BridgeRegistration, winner: str) -> None:
+        for record in self.plugins:
+            if record.name == previous.plugin and previous.architecture in record.architectures:
+                record.architectures.remove(previous.architecture)
+                record.overridden[previous.architecture] = winner
 
     # -- lookups --------------------------------------------------------------------------------
     def bridge_for(self, architecture: str) -> BridgeRegistration:
@@ -324,6 +344,8 @@ class Registry:
         loaded = [f"{p.distribution} {p.version}" for p in self.plugins if p.status == LOADED]
         installed = ", ".join(loaded) if loaded else "none"
         msg = f"{architecture} is not supported by any loaded plugin (loaded: {installed})"
+        if architecture in NOT_PUBLISHED:
+            return msg + "; " + not_published_hint(architecture)
         dist = KNOWN_ARCHITECTURES.get(architecture)
         if dist is None:
             return msg + "; no known plugin provides it: write one with 'bridgectl new-plugin'"

@@ -25,6 +25,7 @@ TOY = {
 
 class TestOlmo2Conformance(BridgeConformance):
     plugin = "olmo"
+    toys_elsewhere = frozenset({"OlmoeForCausalLM"})  # test_olmoe_conformance.py
     toys = {
         "olmo2": ToyModel("Olmo2ForCausalLM", TOY),
         "olmo2-tied-bf16": ToyModel("Olmo2ForCausalLM", {**TOY, "tie_word_embeddings": True}, dtype="bfloat16"),

@@ -36,6 +36,7 @@ FUSED_TOYS = {"olmoe-fused"}
 
 class TestOlmoeConformance(BridgeConformance):
     plugin = "olmo"
+    toys_elsewhere = frozenset({"Olmo2ForCausalLM"})  # test_olmo2_conformance.py
     toys = {
         "olmoe": ToyModel("OlmoeForCausalLM", TOY, tags=("moe",)),
         "olmoe-fused": ToyModel("OlmoeForCausalLM", TOY, seed=1, tags=("moe",)),

@@ -37,6 +37,9 @@ FUSED_TOYS = {"qwen2moe-renorm-dense0-fused"}
 
 class TestQwen2MoeConformance(BridgeConformance):
     plugin = "qwen"
+    toys_elsewhere = frozenset(
+        {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM"}
+    )  # test_qwen_conformance.py
     toys = {
         "qwen2moe-softmax": ToyModel("Qwen2MoeForCausalLM", {**TOY, "norm_topk_prob": False}, tags=("moe",)),
         "qwen2moe-renorm-dense0-fused": ToyModel(

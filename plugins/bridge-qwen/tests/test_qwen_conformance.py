@@ -28,6 +28,7 @@ MOE = {
 
 class TestQwenConformance(BridgeConformance):
     plugin = "qwen"
+    toys_elsewhere = frozenset({"Qwen2MoeForCausalLM"})  # test_qwen2_moe_conformance.py
     toys = {
         "qwen2-tied": ToyModel("Qwen2ForCausalLM", {"model_type": "qwen2", **BASE, "tie_word_embeddings": True}),
         "qwen2-gqa3": ToyModel("Qwen2ForCausalLM", {"model_type": "qwen2", **BASE, "num_key_value_heads": 3}),

@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         print(fmt.format(*row).rstrip())
         if plugin.architectures:
             print(f"    architectures: {', '.join(plugin.architectures)}")
+        for arch, winner in plugin.overridden.items():
+            print(f"    overridden: {arch} (served by {winner})")
         if plugin.recipes:
             print(f"    recipes: {', '.join(plugin.recipes)}")
         if plugin.flops:
