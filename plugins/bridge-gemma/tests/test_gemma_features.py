@@ -151,6 +151,7 @@ def test_embedding_scale_is_rounded_to_the_weight_dtype(tmp_path, cleanup):
     """As transformers: sqrt(72) = 8.485 is 8.5 in bf16; a Python-float scale gives other products."""
     folder = build_toy(ToyModel("GemmaForCausalLM", {**GEMMA, "hidden_size": 72}, dtype="bfloat16"), tmp_path)
     _, _, model = build(folder)
+    model[0].cpu()  # the ids and the expected products are on the CPU
     embedding = model[0].embedding
     ids = sample_ids(1000, batch=1, seq=64)
     got = embedding(ids, position_ids=None)[:, 0]  # [s, b, h] -> [s, h]
@@ -165,6 +166,7 @@ def test_sandwich_norms_and_zero_centred_weights_roundtrip_exactly(gemma2, clean
     from bridge_core.testing.compare import compare_hf_weights
 
     bridge, _, model = build(gemma2)
+    model[0].cpu()  # compared with the file's tensors (a GPU, when visible, holds the model)
     hf = load_file(gemma2 / "model.safetensors")
     layer = model[0].decoder.layers[1]
     post = layer.self_attention.linear_proj.post_layernorm.weight

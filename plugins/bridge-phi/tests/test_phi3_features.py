@@ -83,6 +83,7 @@ def test_fused_tensors_split_into_megatron_and_fuse_back_exactly(folder, cleanup
     from bridge_core.testing.compare import compare_hf_weights
 
     bridge, provider, model = build(folder)
+    model[0].cpu()  # compared with the file's tensors (a GPU, when visible, holds the model)
     hf = load_file(folder / "model.safetensors")
     layer = model[0].decoder.layers[0]
     qkv, d = hf["model.layers.0.self_attn.qkv_proj.weight"], 16
