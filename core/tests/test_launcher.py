@@ -113,5 +113,13 @@ def test_more_ranks_than_visible_gpus_are_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(ConfigError, match="2 ranks on this machine need one GPU each but 1 CUDA device is visible"):
         parallel.ensure_process_group()
+    # Ranks bound to a GPU each (SLURM sets CUDA_VISIBLE_DEVICES per rank): each one uses its only device.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(parallel.dist, "init_process_group", lambda *a, **k: None)
+    parallel.ensure_process_group()
+    assert chosen == [0]

@@ -36,13 +36,16 @@ def ensure_process_group() -> None:
     if "WORLD_SIZE" in os.environ:  # torchrun, or bridgectl's own rank processes
         if cuda_available():
             local_world, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
-            if gpus < local_world:  # NCCL refuses two ranks on one GPU ("Duplicate GPU detected")
+            # Every rank sees all of the machine's GPUs (no per-rank CUDA_VISIBLE_DEVICES, as SLURM's
+            # GPU binding sets): fewer than ranks would put two on one GPU, which NCCL refuses
+            # ("Duplicate GPU detected").
+            if gpus < local_world and "CUDA_VISIBLE_DEVICES" not in os.environ:
                 raise ConfigError(
                     f"{local_world} ranks on this machine need one GPU each but {gpus} CUDA device"
                     f"{'s are' if gpus > 1 else ' is'} visible: use fewer ranks, or run on the CPU (gloo) "
                     "with CUDA_VISIBLE_DEVICES=''"
                 )
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
         dist.init_process_group(backend)
         return
     # One process, on a free port. The environment is left alone, so that a process started later
