@@ -157,7 +157,8 @@ def test_import_summary_names_units_totals_and_the_parts_of_the_wall_time(import
     total = re.search(r"import: wrote .*; total (\d+\.\d) s \((.*)\)", out)
     assert total, out
     parts = dict(re.findall(r"([a-z][a-z -]+?) (\d+\.\d) s", total.group(2)))
-    assert {"start-up", "rank start-up", "loading libraries", "writing"} <= set(parts), parts
+    # (parts under 0.05 s are left out of the summary: writing this toy can be one of them)
+    assert {"start-up", "rank start-up", "loading libraries"} <= set(parts), parts
     assert sum(float(v) for v in parts.values()) <= float(total.group(1)) + 0.5
     assert "import: building the Megatron model" in out  # stage lines on stdout (a log: no bars)
     assert "\r" not in out

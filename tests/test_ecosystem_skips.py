@@ -45,4 +45,6 @@ def test_the_real_plugin_tests_skip_without_the_real_plugins(pytester):
     for module in ("test_discovery.py", "test_isolation.py"):
         pytester.makepyfile(**{module[:-3]: (Path(__file__).parent / module).read_text()})
     result = pytester.runpytest_subprocess("-m", "needs_dists", "-p", "no:cacheprovider")
-    result.assert_outcomes(skipped=9)
+    outcomes = result.parseoutcomes()  # every needs_dists test skips (no count to keep up to date)
+    assert outcomes.get("skipped", 0) > 0, outcomes
+    assert not any(outcomes.get(k) for k in ("passed", "failed", "errors", "error")), outcomes
