@@ -24,7 +24,7 @@ TEMPLATE = REPO / "cookiecutter-plugin"
 CONTEXT = {"family": "pkgtest", "architectures": "PkgTestForCausalLM", "model_type": "llama", "kind": "LLM"}
 
 
-def core_wheel(folder: Path, version: str = "1.0.0") -> Path:
+def core_wheel(folder: Path, version: str = "1.1.0") -> Path:
     """A minimal installable ``bridge-core`` wheel (metadata only) standing in for the real one."""
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / f"bridge_core-{version}-py3-none-any.whl"

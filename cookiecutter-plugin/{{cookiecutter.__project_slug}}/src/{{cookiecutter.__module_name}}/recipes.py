@@ -58,7 +58,7 @@ def {{ cookiecutter.family }}_pretrain() -> Recipe:
 
 
 def {{ cookiecutter.family }}_sft() -> Recipe:
-    """Full fine-tuning of the ``--hf-model`` folder (``data.sft_prefix=PREFIX`` of ``bridgectl data prepare --format sft``)."""
+    """Full fine-tuning of the ``--hf-model`` folder on ``data.sft_prefix`` (from ``bridgectl data prepare``)."""
     return Recipe(
         name=f"{FAMILY}_sft",
         family=FAMILY,
