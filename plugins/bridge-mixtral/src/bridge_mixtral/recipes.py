@@ -8,11 +8,9 @@ seq 4096, GBS 512 / MBS 1 for pretraining).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from bridge_core.training.defaults import pretrain_config, sft_config
-from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
+from bridge_core.training.recipe_tables import define_recipes
 
 FAMILY = "mixtral"
 
@@ -66,36 +64,5 @@ SFT: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {
 MODEL_OVERRIDES: dict[str, dict[str, Any]] = {}
 
 
-def _recipe(model: str, kind: str) -> Recipe:
-    title, values = MODELS[model]
-    hf_config = {k: v for k, v in values.items() if k != "architecture"}
-    gpus, parallel, train = (PRETRAIN if kind == "pretrain" else SFT)[model]
-    config = (pretrain_config if kind == "pretrain" else sft_config)(**parallel)
-    config.train = dataclasses.replace(config.train, **train)
-    config.model.update(MODEL_OVERRIDES.get(model, {}))
-    what = "pretraining from scratch on mock data" if kind == "pretrain" else "full fine-tuning of --hf-model"
-    return Recipe(
-        name=f"{model}_{kind}",
-        family=FAMILY,
-        kind=kind,
-        model=ModelSpec(values["architecture"], hf_config if kind == "pretrain" else None),
-        config=config,
-        sized_for=SizedFor(gpus=gpus),
-        description=f"{title}: {what}",
-    )
-
-
-def _define(model: str, kind: str):
-    def recipe() -> Recipe:
-        return _recipe(model, kind)
-
-    recipe.__name__ = recipe.__qualname__ = f"{model}_{kind}"
-    recipe.__doc__ = f"The {kind} recipe of {MODELS[model][0]}."
-    return recipe
-
-
 # One zero-argument function per recipe, named as the recipe (the targets plugin.py registers).
-NAMES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in MODELS)
-for _model in MODELS:
-    for _kind in ("pretrain", "sft"):
-        globals()[f"{_model}_{_kind}"] = _define(_model, _kind)
+NAMES = define_recipes(globals(), FAMILY, MODELS, PRETRAIN, SFT, model_overrides=MODEL_OVERRIDES)
