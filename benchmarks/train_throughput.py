@@ -39,19 +39,11 @@ import sys
 import time
 from pathlib import Path
 
+from gpu_export import LLAMA3_8B  # the same Llama-3-8B widths as the export benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "TRAIN_THROUGHPUT_RESULT "
 
-LLAMA3_8B = {
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
 LLAMA32_1B = {
     "hidden_size": 2048,
     "intermediate_size": 8192,
