@@ -37,16 +37,27 @@ def plugin():
     reset_registry()
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def _toy_and_set(work, **config):
     """An HF toy with the byte tokenizer, and its SFT set (6 examples: 5 train, 1 validation)."""
     from bridge_core.testing.toy import ToyModel, build_toy
 
-    work = tmp_path_factory.mktemp("sft")
-    hf = build_toy(ToyModel("LlamaForCausalLM", _sft_toys.TOY), work / "hf")
+    hf = build_toy(ToyModel("LlamaForCausalLM", {**_sft_toys.TOY, **config}), work / "hf")
     _sft_toys.save_tokenizer(hf)
     prepare(hf, _sft_toys.write_jsonl(work / "train.jsonl", ROWS), work / "data" / "sft", "sft")
     return hf, work / "data" / "sft"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return _toy_and_set(tmp_path_factory.mktemp("sft"))
+
+
+def _train(hf, prefix, save, packing: bool, gbs: int):
+    recipe = load_recipe("toy_sft").with_overrides(_overrides(prefix, save, packing, gbs))
+    try:
+        return train(recipe, hf_model=hf)
+    finally:
+        destroy_model_parallel()
 
 
 def _overrides(prefix, save, packing: bool, gbs: int) -> list[str]:
@@ -105,11 +116,7 @@ def test_sft_loss_equals_transformers_masked_cross_entropy(toy, tmp_path, packin
         a, b = starts[1], starts[2]
         masked = sample["attention_mask"][0]
         assert masked[a, a - 1] and masked[a, 0] and not masked[a, a] and not masked[b - 1, a]  # block-diagonal
-    recipe = load_recipe("toy_sft").with_overrides(_overrides(prefix, tmp_path / "run", packing, samples))
-    try:
-        result = train(recipe, hf_model=hf)
-    finally:
-        destroy_model_parallel()
+    result = _train(hf, prefix, tmp_path / "run", packing, samples)
     want = _reference_loss(hf, prefix, range(5))
     assert abs(result.losses[1] - want) < 1e-5, (result.losses[1], want)
     import json
@@ -120,16 +127,7 @@ def test_sft_loss_equals_transformers_masked_cross_entropy(toy, tmp_path, packin
 
 def test_a_vocabulary_megatron_pads_trains_with_transformers_loss(tmp_path):
     """272 tokens, allocated as 384: the padded rows' logits must take no probability."""
-    from bridge_core.testing.toy import ToyModel, build_toy
-
-    hf = build_toy(ToyModel("LlamaForCausalLM", {**_sft_toys.TOY, "vocab_size": 272}), tmp_path / "hf")
-    _sft_toys.save_tokenizer(hf)
-    prefix = tmp_path / "data" / "sft"
-    prepare(hf, _sft_toys.write_jsonl(tmp_path / "train.jsonl", ROWS), prefix, "sft")
-    recipe = load_recipe("toy_sft").with_overrides(_overrides(prefix, tmp_path / "run", False, 5))
-    try:
-        result = train(recipe, hf_model=hf)
-    finally:
-        destroy_model_parallel()
+    hf, prefix = _toy_and_set(tmp_path, vocab_size=272)
+    result = _train(hf, prefix, tmp_path / "run", False, 5)
     want = _reference_loss(hf, prefix, range(5))
     assert abs(result.losses[1] - want) < 1e-5, (result.losses[1], want)
