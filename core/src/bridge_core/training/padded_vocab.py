@@ -33,10 +33,12 @@ def mask_padded_vocabulary(chunks: list, vocab_size: int) -> list:
 
 
 def _masking_hook(first: int, shard: int):
-    padded = torch.arange(shard) >= first
+    masks: dict[torch.device, torch.Tensor] = {}  # built once per device (no host copy every forward)
 
     def hook(module: Any, inputs: Any, output: Any) -> Any:
         logits, bias = output
-        return logits.masked_fill(padded.to(logits.device), float("-inf")), bias
+        if logits.device not in masks:
+            masks[logits.device] = torch.arange(shard, device=logits.device) >= first
+        return logits.masked_fill(masks[logits.device], float("-inf")), bias
 
     return hook
