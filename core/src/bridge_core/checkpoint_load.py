@@ -238,6 +238,16 @@ def _load_in_place(sharded: dict) -> dict:
     return dict_list_map_inplace(patch, sharded)
 
 
+def _refuse_adapters_only(path: Path) -> None:
+    from bridge_core.peft.document import PEFT_FILE
+
+    if (path / PEFT_FILE).is_file():
+        raise CheckpointError(
+            f"{path}: holds PEFT adapters only ({PEFT_FILE}), not a model; use 'bridgectl peft export' (the adapter) "
+            "or 'bridgectl peft merge' (a merged HF model)"
+        )
+
+
 def load_weights_into(model_chunks: Any, checkpoint: str | os.PathLike | CheckpointInfo) -> CheckpointInfo:
     """Load the checkpoint's weights into this rank's model chunks (every rank calls it).
 
@@ -247,6 +257,7 @@ def load_weights_into(model_chunks: Any, checkpoint: str | os.PathLike | Checkpo
     checkpoint's pickles are read safely; an unsafe or corrupt file raises ``CheckpointError``.
     """
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else load_megatron_checkpoint(checkpoint)
+    _refuse_adapters_only(info.path)
     weights = info.weights_dir
     chunks = unwrap_chunks(model_chunks)
     read_dcp_metadata(weights / ".metadata")  # refuse an unsafe index before anything else reads it

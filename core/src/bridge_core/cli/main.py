@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "bridge_core.cli.data_cmd",
         "tokenize a JSONL file for training (data prepare)",
     ),
+    "peft": ("bridge_core.cli.peft_cmd", "PEFT checkpoint -> HF PEFT adapter (peft export) or merged model (merge)"),
     "train": ("bridge_core.cli.train_cmd", "train a recipe on megatron-core (pretrain or fine-tune; resumable)"),
     "diagnose": ("bridge_core.cli.diagnose_cmd", "name the first module where HF and Megatron activations differ"),
     "new-plugin": ("bridge_core.cli.new_plugin_cmd", "bake a new bridge-<family> plugin from the template"),

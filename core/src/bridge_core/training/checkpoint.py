@@ -39,6 +39,7 @@ from bridge_core.errors import CheckpointError
 from bridge_core.megatron_checkpoint import _shared_atomic_dir, _SyncSaveStrategy
 from bridge_core.output_dir import fsync_path
 from bridge_core.parallel import rank
+from bridge_core.peft.document import PEFT_FILE, read_peft_document
 
 TRAINING_CONFIG = "training_config.json"
 
@@ -76,11 +77,16 @@ def _set_rng(objects: list) -> None:
         get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
 
 
-def _state(model: list, optimizer: Any, metadata: dict, loading: bool) -> dict:
+def _state(model: list, optimizer: Any, metadata: dict, loading: bool, adapters_only: bool = False) -> dict:
+    """The sharded state to save or load; ``adapters_only``: of the model, the PEFT adapters alone."""
+    from bridge_core.peft.apply import adapter_state
+
     chunks = unwrap_chunks(model)
     state = {
         key: chunk.sharded_state_dict(metadata=dict(metadata)) for key, chunk in zip(model_keys(len(chunks)), chunks)
     }
+    if adapters_only:
+        state = {key: adapter_state(value) for key, value in state.items()}
     model_state = dict(state)  # the optimizer maps its parameters through the model's sharded tensors
     kwargs = {"is_loading": True} if loading else {}
     state["optimizer"] = optimizer.sharded_state_dict(model_state, metadata=dict(metadata), **kwargs)
@@ -111,8 +117,12 @@ def save_training_checkpoint(
     tokenizer_files: list[Path],
     sharding: str,
     keep_last_n: int | None,
+    peft: dict | None = None,
 ) -> Path:
-    """Write ``<save>/iter_<iteration>`` and point the tracker at it (every rank calls it)."""
+    """Write ``<save>/iter_<iteration>`` and point the tracker at it (every rank calls it).
+
+    ``peft`` (a ``peft.json`` document): the model part holds the adapters only.
+    """
     save = Path(save)
     target = iter_dir(save, iteration)
     metadata = _metadata(sharding)
@@ -128,7 +138,9 @@ def save_training_checkpoint(
         "world_size": world,
         "recipe": recipe,
     }
-    state = _state(model, optimizer, metadata, loading=False)
+    state = _state(model, optimizer, metadata, loading=False, adapters_only=peft is not None)
+    if peft is not None:
+        documents[PEFT_FILE] = json.dumps(peft, indent=2) + "\n"
     args = megatron_args(provider, world, tokenizer=bool(tokenizer_files))
     args.iteration, args.consumed_train_samples = iteration, consumed_samples
     args.no_save_optim, args.no_save_rng = False, False
@@ -171,6 +183,23 @@ def _prune(save: Path, keep: int) -> None:
     folders = sorted(p for p in save.glob("iter_*") if p.is_dir() and p.name[5:].isdigit())
     for old in folders[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_same_kind(load: str | os.PathLike, peft: Any) -> None:
+    """A PEFT run resumes a PEFT checkpoint with the same adapter shape; a full run a full one."""
+    saved = read_peft_document(load)
+    if saved is None and peft is not None:
+        raise CheckpointError(
+            f"{load}: holds a full fine-tuning run, not adapters; resume it without peft.scheme, or start "
+            "from its weights with --megatron-path"
+        )
+    if saved is not None and peft is None:
+        raise CheckpointError(f"{load}: holds PEFT adapters ({PEFT_FILE}); resume it with its peft.* settings")
+    if saved is not None:
+        mine = {"scheme": peft.scheme, "rank": peft.rank, "targets": list(peft.targets)}
+        theirs = {k: saved[k] for k in mine}
+        if mine != theirs:
+            raise CheckpointError(f"{load}: its adapters are {theirs}, this run's {mine}; resume with the same peft.*")
 
 
 def saved_iteration(save: str | os.PathLike | None) -> int | None:
@@ -294,7 +323,7 @@ def _saved_param_groups(loaded: dict) -> list[dict]:
 
 
 def load_training_checkpoint(
-    load: str | os.PathLike, *, model: list, optimizer: Any, scheduler: Any, sharding: str
+    load: str | os.PathLike, *, model: list, optimizer: Any, scheduler: Any, sharding: str, peft: Any = None
 ) -> dict:
     """Restore model, optimizer, scheduler and RNG from ``load``'s latest iteration (every rank).
 
@@ -310,6 +339,7 @@ def load_training_checkpoint(
             "(use --megatron-path to start from its weights)"
         )
     training = json.loads(config_file.read_text())
+    _check_same_kind(load, peft)
     common = read_common_state(weights)
     saved_args = common.get("args")
     metadata = common.get("content_metadata") or _metadata(sharding)
@@ -326,7 +356,8 @@ def load_training_checkpoint(
             "resume at those sizes, or save with optimizer.dist_ckpt_sharding=fully_reshardable to change them"
         )
     dist_opts = _prepare_distributed_optimizer(optimizer)
-    state = _state(model, optimizer, {**metadata, "distrib_optim_sharding_type": saved_sharding}, loading=True)
+    layout = {**metadata, "distrib_optim_sharding_type": saved_sharding}
+    state = _state(model, optimizer, layout, loading=True, adapters_only=peft is not None)
     if not same_layout:
         state.pop("rng_state")  # stored per (pipeline, tensor) rank: not restorable at another layout
     try:
@@ -340,7 +371,9 @@ def load_training_checkpoint(
         ) from exc
     chunks = unwrap_chunks(model)
     for key, chunk in zip(model_keys(len(chunks)), chunks):
-        chunk.load_state_dict(loaded[key], strict=True)
+        result = chunk.load_state_dict(loaded[key], strict=peft is None)
+        if peft is not None and result.unexpected_keys:
+            raise CheckpointError(f"{weights}: unexpected adapter tensors {result.unexpected_keys[:3]}")
     _load_optimizer(optimizer, loaded["optimizer"], dist_opts)
     scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if "rng_state" in loaded:

@@ -137,6 +137,22 @@ class CheckpointConfig:
     load: str | None = None
 
 
+PEFT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning: ``lora`` or ``dora`` adapters on the ``targets`` linears of every
+    layer (megatron-core names: ``linear_qkv``, ``linear_proj``, ``linear_fc1``, ``linear_fc2``); the base
+    stays frozen and checkpoints hold the adapters only. ``alpha / rank`` scales the update."""
+
+    scheme: Literal["lora", "dora"] | None = None  # None: full fine-tuning
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(PEFT_TARGETS))
+
+
 @dataclass
 class LoggingConfig:
     log_interval: int = 1
@@ -156,6 +172,7 @@ class TrainingConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,5 +386,27 @@ def _check(c: TrainingConfig, world: int | None, run: bool) -> None:
         )
     if c.data.packing and c.data.kind != "sft":
         raise ConfigError(f"data.packing=true packs SFT examples; it needs data.kind=sft, not {c.data.kind}")
+    _check_peft(c)
     if c.recompute.granularity == "full" and c.recompute.method is None:
         raise ConfigError("recompute.granularity=full needs recompute.method (uniform | block)")
+
+
+def _check_peft(c: TrainingConfig) -> None:
+    f = c.peft
+    if f.scheme is None:
+        return
+    _positive("peft.rank", f.rank)
+    if f.alpha <= 0:
+        raise ConfigError(f"peft.alpha must be positive, got {f.alpha}")
+    if not 0 <= f.dropout < 1:
+        raise ConfigError(f"peft.dropout must lie in [0, 1), got {f.dropout}")
+    unknown = [t for t in f.targets if t not in PEFT_TARGETS]
+    if unknown or not f.targets:
+        raise ConfigError(
+            f"peft.targets: {', '.join(unknown) or 'empty'} not supported; choose from {', '.join(PEFT_TARGETS)}"
+        )
+    if c.parallel.sequence_parallel:
+        raise ConfigError(
+            f"peft.scheme={f.scheme} with parallel.sequence_parallel=true is not supported yet; "
+            "set parallel.sequence_parallel=false"
+        )

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from bridge_core.cpu_support import cuda_available, cuda_on_cpu
 from bridge_core.errors import ConfigError
 from bridge_core.parallel import ensure_process_group, rank
+from bridge_core.peft.document import peft_document
 from bridge_core.training.config import TrainingConfig
 from bridge_core.training.data import batches, build_datasets, check_dataset_helpers
 from bridge_core.training.flops import FlopsUnsupported, model_training_flops_per_token
@@ -241,6 +242,12 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     config, t = recipe.config, recipe.config.train
     world = dist.get_world_size()
     config.check(world, run=True)
+    peft = config.peft if config.peft.scheme is not None else None
+    if peft is not None and hf_model is None and megatron_path is None:
+        raise ConfigError(
+            f"peft.scheme={peft.scheme} trains adapters on an existing model: pass --hf-model HF_FOLDER or "
+            "--megatron-path CKPT (the base)"
+        )
     check_dataset_helpers()
     if config.checkpoint.save:
         ckpt.check_save_folder(config.checkpoint.save)
@@ -260,6 +267,10 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     hooks = []
     if source.load_weights is not None:
         hooks.append(lambda chunks: (source.load_weights(chunks), chunks)[1])
+    if peft is not None:
+        from bridge_core.peft.apply import apply_peft
+
+        hooks.append(lambda chunks: apply_peft(chunks, peft, t.seed))
     hooks.append(lambda chunks: mask_padded_vocabulary(chunks, provider.vocab_size))
     if provider.bf16:
         hooks.append(lambda chunks: half_precision(chunks, provider))
@@ -276,7 +287,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     iteration, consumed = 0, 0
     if load is not None:
         saved = ckpt.load_training_checkpoint(
-            load, model=model, optimizer=optimizer, scheduler=scheduler, sharding=o.dist_ckpt_sharding
+            load, model=model, optimizer=optimizer, scheduler=scheduler, sharding=o.dist_ckpt_sharding, peft=peft
         )
         iteration, consumed = int(saved["iteration"]), int(saved["consumed_train_samples"])
         say(f"train: resumed from {load} at iteration {iteration} ({consumed} samples consumed)")
@@ -323,6 +334,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
             tokenizer_files=source.tokenizer_files,
             sharding=o.dist_ckpt_sharding,
             keep_last_n=config.checkpoint.keep_last_n,
+            peft=None if peft is None else peft_document(peft, hf_model, megatron_path),
         )
         printer.show(f"train: saved {path}")
         if printer.tty:
