@@ -191,6 +191,13 @@ class AutoBridge(MegatronBridgeNames):
         plan.check_import_coverage(consumed, source.meta, allow_unused=allow_unmapped, companions_ok=dequantizes)
         return load_tasks(tasks, self.bridge, source, config, layout, hf_dtype(self.bridge.hf_config), progress)
 
+    def load_hf_adapter(self, model: Any, adapter_path: str | os.PathLike) -> Any:
+        """Load an HF PEFT (LoRA/DoRA) adapter folder into ``model`` (every rank; adapters are added and the
+        base frozen if the model has none); returns its ``PeftConfig``. See ``bridge_core.peft.load``."""
+        from bridge_core.peft.load import load_hf_adapter
+
+        return load_hf_adapter(self, model, adapter_path)
+
     # -- export ---------------------------------------------------------------------------------
     def export_hf_weights(
         self,

@@ -69,7 +69,7 @@ def apply_peft(chunks: list, peft: Any, seed: int) -> list:
                         dropout=peft.dropout,
                         dora=peft.scheme == "dora",
                         gated=gated,
-                        name=f"layers.{layer.layer_number - 1}.{owner_name}.{target}",
+                        name=adapter_name(layer.layer_number - 1, target),
                         seed=seed,
                     ),
                 )
@@ -77,6 +77,22 @@ def apply_peft(chunks: list, peft: Any, seed: int) -> list:
     if chunks and wrapped == 0 and any(_layers(c) for c in chunks):
         raise ConfigError(f"peft.targets={','.join(peft.targets)}: no such linear in the model's layers")
     return chunks
+
+
+def adapter_name(layer: int, target: str) -> str:
+    """``layers.<global layer>.<owner>.<target>``: names an adapter at every parallel layout."""
+    return f"layers.{layer}.{_PLACES[target][0]}.{target}"
+
+
+def lora_modules(chunks: list) -> list[tuple[int, str, LoRALinear]]:
+    """``(global layer, target, module)`` of every adapter in ``chunks``."""
+    out = []
+    for chunk in chunks:
+        for module in chunk.modules():
+            if isinstance(module, LoRALinear):
+                _, layer, _, target = module.name.split(".")
+                out.append((int(layer), target, module))
+    return out
 
 
 def adapter_state(state: dict) -> dict:

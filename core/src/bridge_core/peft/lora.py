@@ -63,7 +63,7 @@ class LoRALinear(torch.nn.Module):
 
         super().__init__()
         self.to_wrap = base
-        self.mode, self.gated, self.scale = mode, gated, alpha / rank
+        self.mode, self.gated, self.scale, self.name = mode, gated, alpha / rank, name
         self.tp, self.tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
         weight = base.weight
         out_local, in_local = weight.shape

@@ -1,0 +1,166 @@
+"""``AutoBridge.load_hf_adapter``: an HF PEFT adapter folder into a Megatron model (any TP), exactly.
+
+The adapter's projections are fused the way the bridge fuses their weights (``q/k/v_proj`` ->
+``linear_qkv``, ``gate/up_proj`` -> ``linear_fc1``): their ``B`` rows are merged by the bridge's
+mapping and they must share one ``A`` (as ``bridgectl peft export`` writes them). Settings the
+Megatron adapters cannot reproduce are refused, naming the ``adapter_config.json`` field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bridge_core.errors import ConfigError
+from bridge_core.peft import hf_adapter
+from bridge_core.peft.apply import apply_peft, lora_modules
+from bridge_core.training.config import PEFT_TARGETS, PeftConfig
+
+_MUST_BE = {  # field -> the values we can reproduce
+    "use_rslora": (False, None),
+    "fan_in_fan_out": (False, None),
+    "bias": ("none", None),
+    "lora_bias": (False, None),
+    "modules_to_save": (None,),
+    "layers_to_transform": (None,),
+    "layers_pattern": (None,),
+    "target_parameters": (None,),
+    "layer_replication": (None,),
+    "trainable_token_indices": (None,),
+}
+
+
+def _target_leaves(registry: Any) -> dict[str, str]:
+    """HF module leaf name (``q_proj``) -> the Megatron target it belongs to (``linear_qkv``)."""
+    out = {}
+    for target in PEFT_TARGETS:
+        mapping = registry.megatron_to_hf_lookup(hf_adapter.megatron_weight_name(0, target))
+        if mapping is not None:
+            for module in hf_adapter._modules(mapping).values():
+                out[module.rsplit(".", 1)[-1]] = target
+    return out
+
+
+def read_adapter_config(folder: Path, registry: Any) -> PeftConfig:
+    """The ``PeftConfig`` an HF adapter folder describes; a one-line error for what cannot be placed."""
+    file = folder / hf_adapter.ADAPTER_CONFIG
+    if not file.is_file():
+        raise ConfigError(f"{file}: missing; not an HF PEFT adapter folder")
+    config = json.loads(file.read_text())
+    where = f"{file}"
+    if config.get("peft_type") != "LORA":
+        raise ConfigError(f"{where}: peft_type={config.get('peft_type')!r}; only LORA (with use_dora) is supported")
+    for key, allowed in _MUST_BE.items():
+        if config.get(key, allowed[0]) not in allowed and config.get(key) not in ({}, []):
+            raise ConfigError(f"{where}: {key}={config.get(key)!r} is not supported (expected {allowed[0]!r})")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key):
+            raise ConfigError(f"{where}: {key} is not supported (one rank and alpha for every module)")
+    leaves = _target_leaves(registry)
+    modules = config.get("target_modules")
+    if isinstance(modules, str) or not modules:
+        raise ConfigError(f"{where}: target_modules={modules!r}; a list of module names is supported")
+    unknown = [m for m in modules if m not in leaves]
+    if unknown:
+        raise ConfigError(
+            f"{where}: target_modules {unknown[0]!r} cannot be placed on the Megatron model "
+            f"(placeable: {', '.join(sorted(leaves))})"
+        )
+    targets = [t for t in PEFT_TARGETS if t in {leaves[m] for m in modules}]
+    return PeftConfig(
+        scheme="dora" if config.get("use_dora") else "lora",
+        rank=int(config["r"]),
+        alpha=float(config["lora_alpha"]),
+        dropout=float(config.get("lora_dropout") or 0.0),
+        targets=targets,
+    )
+
+
+def load_hf_adapter(bridge: Any, model: Any, folder: str | Path, seed: int = 0) -> PeftConfig:
+    """Put the adapter of ``folder`` on this rank's ``model`` chunks (every rank calls it); returns its config.
+
+    A model without adapters gets them first (``apply_peft``: the base is frozen), one that has
+    them must have the same rank and targets.
+    """
+    from safetensors.torch import load_file
+
+    from bridge_core.checkpoint_format import unwrap_chunks
+
+    folder = Path(folder)
+    chunks = unwrap_chunks(model)
+    config = chunks[0].config
+    bridge.bridge.select_hf_layout(config, None)
+    registry = bridge.bridge.mapping_registry()
+    peft = read_adapter_config(folder, registry)
+    present = lora_modules(chunks)
+    if not present:
+        apply_peft(chunks, peft, seed)
+        present = lora_modules(chunks)
+    weights = folder / hf_adapter.ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: missing")
+    tensors = load_file(str(weights))
+    used: set[str] = set()
+    for layer, target, module in present:
+        full = hf_adapter.from_hf(tensors, layer, target, registry, config, bridge.hf.config, str(weights))
+        if full is None:
+            raise ConfigError(f"{weights}: no adapter for layer {layer}'s {target}, which the model has")
+        used.update(k for k in tensors if _belongs(k, layer, target, registry))
+        _fill(module, full, weights, layer, target)
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise ConfigError(f"{weights}: {unused[0]} has no place in the Megatron model ({len(unused)} tensors unused)")
+    return peft
+
+
+def _belongs(key: str, layer: int, target: str, registry: Any) -> bool:
+    mapping = registry.megatron_to_hf_lookup(hf_adapter.megatron_weight_name(layer, target))
+    return any(key.startswith(hf_adapter.PREFIX + m + ".") for m in hf_adapter._modules(mapping).values())
+
+
+def _fill(module: Any, full: dict[str, torch.Tensor], weights: Path, layer: int, target: str) -> None:
+    """Copy this rank's shard of each full adapter tensor into ``module.adapter``."""
+    from bridge_core.peft.lora import COLUMN
+
+    split = {"lora_B": 0, "magnitude": 0} if module.mode == COLUMN else {"lora_A": 1}
+    for part, value in full.items():
+        param = getattr(module.adapter, part)
+        if param is None:
+            raise ConfigError(f"{weights}: layer {layer} {target} has a DoRA magnitude but use_dora is false")
+        if part in split and module.tp > 1:
+            shards = value.chunk(module.tp, dim=split[part]) if not module.gated else _gated(value, module.tp)
+            value = shards[module.tp_rank]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ConfigError(
+                f"{weights}: layer {layer} {target} {part} has shape {tuple(value.shape)}, the model's shard "
+                f"{tuple(param.shape)}"
+            )
+        with torch.no_grad():
+            param.copy_(value)
+
+
+def _gated(value: torch.Tensor, n: int) -> list[torch.Tensor]:
+    from bridge_core.mappings.fused import split_gated
+
+    return split_gated(value, n)
+
+
+def hf_adapter_of_model(bridge: Any, model: Any) -> dict[str, torch.Tensor]:
+    """The PEFT tensors of a live model's adapters (one rank, no tensor parallelism)."""
+    from bridge_core.checkpoint_format import unwrap_chunks
+
+    chunks = unwrap_chunks(model)
+    present = lora_modules(chunks)
+    if any(m.tp > 1 for _, _, m in present):
+        raise ConfigError("hf_adapter_of_model reads one rank's adapters: tensor parallel size must be 1")
+    adapters = {
+        (layer, target): {k: v.detach().clone() for k, v in module.adapter.named_parameters()}
+        for layer, target, module in present
+    }
+    config = chunks[0].config
+    bridge.bridge.select_hf_layout(config, None)
+    tensors, _ = hf_adapter.to_hf(adapters, bridge.bridge.mapping_registry(), config, bridge.hf.config)
+    return tensors

@@ -1,0 +1,52 @@
+"""PEFT checks for test suites: a Megatron model with a checkpoint's adapters, and its logits vs ``peft``'s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def megatron_peft_logits(hf_folder: Path, checkpoint: Path, ids: torch.Tensor, tp: int = 1) -> torch.Tensor:
+    """Logits of the base ``hf_folder`` plus ``checkpoint``'s adapters at tensor parallel size ``tp``
+    (every rank of a ``tp``-rank group calls it), in fp32."""
+    import json
+
+    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.cpu_support import cuda_on_cpu
+    from bridge_core.inference import forward_logits
+    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel, ensure_process_group
+    from bridge_core.peft.apply import apply_peft
+    from bridge_core.peft.workflows import load_checkpoint_adapters
+    from bridge_core.training.config import PeftConfig
+
+    ensure_process_group()
+    document = json.loads((Path(checkpoint) / "peft.json").read_text())
+    peft = PeftConfig(document["scheme"], document["rank"], document["alpha"], 0.0, document["targets"])
+    with cuda_on_cpu():
+        ensure_model_parallel(ParallelSizes(tp=tp))
+        try:
+            bridge = AutoBridge.from_hf_pretrained(hf_folder, torch_dtype=torch.float32)
+            provider = bridge.to_megatron_provider(load_weights=True)
+            provider.tensor_model_parallel_size = tp
+            provider.finalize()
+            model = provider.provide_distributed_model(
+                wrap_with_ddp=False, pre_wrap_hook=[lambda chunks: apply_peft(chunks, peft, 0)]
+            )
+            load_checkpoint_adapters(model, checkpoint)
+            return forward_logits(model, ids).float().cpu()
+        finally:
+            destroy_model_parallel()
+
+
+def peft_logits(hf_folder: Path, adapter: Path, ids: torch.Tensor) -> Any:
+    """transformers' logits of ``hf_folder`` with ``peft`` loading ``adapter`` (fp32); the base's as well."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32)
+    with torch.no_grad():
+        base = model(ids).logits
+        adapted = PeftModel.from_pretrained(model, adapter)(ids).logits
+    return adapted, base
