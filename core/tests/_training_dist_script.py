@@ -20,6 +20,8 @@ COMMON = ["train.iters=8", "checkpoint.save_interval=4"]
 
 
 PIPELINE = [*COMMON, "data.kind=mock", "parallel.pp=2"]
+PEFT = {s: [*COMMON, "data.kind=mock", f"peft.scheme={s}", "peft.rank=4", "peft.alpha=8", "optimizer.lr=1e-2"]
+        for s in ("lora", "dora")}
 FULL = [*COMMON, "optimizer.dist_ckpt_sharding=fully_reshardable"]
 
 
@@ -33,6 +35,7 @@ def cases(work: Path, world: int) -> list[tuple[str, str, list[str]]]:
             ("toy_pretrain", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'world1_pretrain'}"]),
             ("toy_sft", "toy_sft", [*COMMON, "data.kind=mock", f"checkpoint.save={work / 'world1_sft'}"]),
             ("toy_moe_sft", "toy_moe_sft", [*COMMON, "data.kind=mock", f"checkpoint.save={work / 'world1_moe'}"]),
+            *[(s, "toy_sft", [*PEFT[s], f"checkpoint.save={work / f'world1_{s}'}"]) for s in PEFT],
         ]
     return [
         ("dp2", "toy_pretrain", [*COMMON, f"checkpoint.save={work / 'dp2'}"]),
@@ -44,6 +47,7 @@ def cases(work: Path, world: int) -> list[tuple[str, str, list[str]]]:
         ("pp2_resumed", "toy_sft", [*PIPELINE, f"checkpoint.save={work / 'pp2_resumed'}"]),
         ("vpp2", "toy_sft", [*PIPELINE, "parallel.vpp=2", f"checkpoint.save={work / 'vpp2'}"]),
         ("ep2", "toy_moe_sft", [*COMMON, "data.kind=mock", "parallel.ep=2", f"checkpoint.save={work / 'ep2'}"]),
+        *[(f"{s}_tp2", "toy_sft", [*PEFT[s], "parallel.tp=2", f"checkpoint.save={work / f'{s}_tp2'}"]) for s in PEFT],
         (
             "dp2_resumed_at_tp2",
             "toy_pretrain",
@@ -65,6 +69,7 @@ def main(work: Path, hf: Path, hf_moe: Path) -> int:
     import torch.distributed as dist
 
     from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.testing.peft import PEFT_IDS, megatron_peft_logits
     from bridge_core.training.recipe import load_recipe
     from bridge_core.training.trainer import train
 
@@ -83,6 +88,10 @@ def main(work: Path, hf: Path, hf_moe: Path) -> int:
             weights = {"hf_model": {"toy_sft": hf, "toy_moe_sft": hf_moe}[recipe]} if "sft" in recipe else {}
             result = train(load_recipe(recipe).with_overrides(overrides), **weights)
             results[name] = {"losses": result.losses, "error": None}
+            if name.endswith("_tp2"):  # the adapted model's logits at TP=2, for the test to compare with peft's
+                destroy_model_parallel()
+                logits = megatron_peft_logits(hf, result.save, PEFT_IDS, tp=2)
+                results[name]["logits"] = logits.tolist()
         except Exception:
             results[name] = {"losses": {}, "error": traceback.format_exc()}
         finally:

@@ -1,4 +1,5 @@
-"""On 2 CPU ranks (fp32): DP=2, TP=2, PP=2, interleaved PP=2 and EP=2 (MoE) follow the world-1 loss curve within 1e-5;
+"""On 2 CPU ranks (fp32): DP=2, TP=2, PP=2, interleaved PP=2, EP=2 (MoE) and LoRA/DoRA at TP=2 follow the world-1
+loss curve within 1e-5 (the TP=2 adapters, exported, are the same function in ``peft``);
 DP=2 (distributed optimizer) and PP=2 resume bit-exactly; a fully_reshardable DP=2 checkpoint resumes at
 TP=2 within 1e-5, a dp_reshardable one is refused at TP=2 in one line."""
 
@@ -49,6 +50,7 @@ def results(tmp_path_factory, hf_toy, hf_moe_toy):
     out = json.loads(file.read_text())
     for case in out.values():
         case["losses"] = {int(k): v for k, v in case["losses"].items()}
+    out["work"] = work
     return out
 
 
@@ -100,3 +102,22 @@ def test_fully_reshardable_checkpoint_resumes_at_another_tensor_parallel_size(re
 def test_dp_reshardable_checkpoint_at_another_tensor_parallel_size_is_refused(results):
     error = results["dp2_resumed_at_tp2"]["error"]
     assert error is not None and "saved with dp_reshardable at TP=1 PP=1; resume at those sizes" in error
+
+
+@pytest.mark.parametrize("scheme", ["lora", "dora"])
+def test_peft_at_tp2_follows_world_1_and_its_exported_adapter_equals_peft(results, world1, hf_toy, tmp_path, scheme):
+    from bridge_core.peft.workflows import export_adapter
+    from bridge_core.testing.compare import max_abs_diff
+    from bridge_core.testing.peft import PEFT_IDS, peft_logits
+
+    got = results[f"{scheme}_tp2"]
+    assert got["error"] is None, got["error"]
+    worst = max(abs(got["losses"][i] - world1[scheme][i]) for i in world1[scheme])
+    print(f"{scheme} TP=2: max |loss - world-1 loss| over 8 steps = {worst:.2e}")
+    assert worst < 1e-5, (got["losses"], world1[scheme])
+    adapter = export_adapter(results["work"] / f"{scheme}_tp2", tmp_path / "adapter")
+    theirs, base = peft_logits(hf_toy, adapter, PEFT_IDS)
+    ours = torch.tensor(got["logits"])
+    print(f"{scheme} TP=2: max |Megatron - peft| logits = {max_abs_diff(ours, theirs):.2e}")
+    assert max_abs_diff(ours, theirs) < 1e-4
+    assert max_abs_diff(ours, base) > 1e-2

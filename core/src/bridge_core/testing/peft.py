@@ -50,3 +50,6 @@ def peft_logits(hf_folder: Path, adapter: Path, ids: torch.Tensor) -> Any:
         base = model(ids).logits
         adapted = PeftModel.from_pretrained(model, adapter)(ids).logits
     return adapted, base
+
+
+PEFT_IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
