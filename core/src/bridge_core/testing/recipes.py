@@ -138,7 +138,7 @@ def layout_problems(recipe: Recipe, provider: Any, world: int) -> list[str]:
 
 def check_recipes(plugin: str, published: dict[str, float], rel: float = 0.02) -> dict[str, int]:
     """Check every recipe of ``plugin`` (see the module docstring); ``published``: model key (the recipe
-    name without ``_pretrain``/``_sft``) -> published parameter count. Returns the counts measured."""
+    name without ``_pretrain``/``_sft``/``_peft``) -> published parameter count. Returns the counts measured."""
     recipes = {r.name: r for r in family_recipes(plugin)}
     assert recipes, f"plugin {plugin!r} registers no recipes"
     providers: dict[str, Any] = {}
@@ -149,7 +149,9 @@ def check_recipes(plugin: str, published: dict[str, float], rel: float = 0.02) -
         twin = recipes.get(f"{model}_pretrain")
         assert twin is not None and twin.model.hf_config, f"{name}: no {model}_pretrain recipe with config values"
         assert recipe.model.architecture == twin.model.architecture, name
-        assert (recipe.model.hf_config is None) == (kind == "sft"), f"{name}: only pretrain recipes carry values"
+        assert (recipe.model.hf_config is None) == (kind != "pretrain"), f"{name}: only pretrain recipes carry values"
+        if kind == "peft":
+            assert recipe.config.peft.scheme is not None, f"{name}: a peft recipe without peft.scheme"
         world = recipe.sized_for.gpus
         doc = dry_run(name, world)
         assert doc["name"] == name and doc["run"]["data_parallel"] >= 1, name

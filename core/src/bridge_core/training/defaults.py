@@ -7,6 +7,7 @@ from bridge_core.training.config import (
     DataConfig,
     OptimizerConfig,
     ParallelConfig,
+    PeftConfig,
     SchedulerConfig,
     TrainingConfig,
     TrainLoopConfig,
@@ -39,3 +40,13 @@ def sft_config(**parallel: int) -> TrainingConfig:
         data=DataConfig(kind="sft"),
         checkpoint=CheckpointConfig(save_interval=100),
     )
+
+
+def peft_config(**parallel: int) -> TrainingConfig:
+    """LoRA fine-tuning: the SFT settings with AdamW 1e-4 (min 0, warmup 50, beta2 0.98) and LoRA rank 32,
+    alpha 32 on linear_qkv, linear_proj, linear_fc1, linear_fc2 (``peft.scheme=dora`` for DoRA); no
+    sequence parallelism (adapters do not support it yet)."""
+    config = sft_config(**{**parallel, "sequence_parallel": False})
+    config.optimizer = OptimizerConfig(lr=1e-4, min_lr=0.0, weight_decay=0.1, beta2=0.98)
+    config.peft = PeftConfig(scheme="lora", rank=32, alpha=32.0)
+    return config

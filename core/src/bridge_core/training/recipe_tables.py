@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bridge_core.training.config import TrainingConfig
-from bridge_core.training.defaults import pretrain_config, sft_config
+from bridge_core.training.defaults import peft_config, pretrain_config, sft_config
 from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
 
 # model -> (GPUs it was sized for, parallel sizes for the defaults, train-loop field values)
@@ -33,16 +33,21 @@ def table_recipe(
     model_overrides: Mapping[str, dict[str, Any]] | None = None,
     adjust: Callable[[str, TrainingConfig], None] | None = None,
 ) -> Recipe:
-    """The ``kind`` recipe of ``model``: pretrain recipes carry its config values, SFT ones train ``--hf-model``."""
+    """The ``kind`` recipe of ``model``: pretrain recipes carry its config values, SFT and PEFT ones train
+    ``--hf-model``."""
     title, values = models[model]
     hf_config = {k: v for k, v in values.items() if k != "architecture"}
     gpus, parallel, train = sizes[model]
-    config = (pretrain_config if kind == "pretrain" else sft_config)(**parallel)
+    config = {"pretrain": pretrain_config, "sft": sft_config, "peft": peft_config}[kind](**parallel)
     config.train = dataclasses.replace(config.train, **train)
     config.model.update((model_overrides or {}).get(model, {}))
     if adjust is not None:
         adjust(model, config)
-    what = "pretraining from scratch on mock data" if kind == "pretrain" else "full fine-tuning of --hf-model"
+    what = {
+        "pretrain": "pretraining from scratch on mock data",
+        "sft": "full fine-tuning of --hf-model",
+        "peft": "LoRA fine-tuning of --hf-model (peft.scheme=dora for DoRA)",
+    }[kind]
     return Recipe(
         name=f"{model}_{kind}",
         family=family,
@@ -63,8 +68,8 @@ def define_recipes(
     model_overrides: Mapping[str, dict[str, Any]] | None = None,
     adjust: Callable[[str, TrainingConfig], None] | None = None,
 ) -> tuple[str, ...]:
-    """Put ``<model>_pretrain`` (every model of ``pretrain``) and ``<model>_sft`` (of ``sft``) into
-    ``namespace`` as zero-argument functions; returns their names."""
+    """Put ``<model>_pretrain`` (every model of ``pretrain``), ``<model>_sft`` and ``<model>_peft`` (of ``sft``)
+    into ``namespace`` as zero-argument functions; returns their names."""
 
     def function(model: str, kind: str, sizes: SizeTable) -> Callable[[], Recipe]:
         def recipe() -> Recipe:
@@ -75,7 +80,7 @@ def define_recipes(
         return recipe
 
     names = []
-    for kind, sizes in (("pretrain", pretrain), ("sft", sft)):
+    for kind, sizes in (("pretrain", pretrain), ("sft", sft), ("peft", sft)):
         for model in sizes:
             namespace[f"{model}_{kind}"] = function(model, kind, sizes)
             names.append(f"{model}_{kind}")

@@ -19,7 +19,7 @@ def register_bridges(register):
 # Recipes in bridge_gemma.recipes (imported only when one is used); the kind is the name's suffix.
 _MODELS = ("gemma_2b", "gemma_7b", "gemma2_2b", "gemma2_9b", "gemma2_27b")
 _MODELS += ("gemma3_1b", "gemma3_4b", "gemma3_12b", "gemma3_27b")
-RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in _MODELS)
+RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft", "peft") for model in _MODELS)
 
 
 @hookimpl

@@ -29,6 +29,14 @@ RECIPES = (
     "smollm2_360m_sft",
     "smollm2_1p7b_sft",
     "mistral_7b_sft",
+    "llama32_1b_peft",
+    "llama32_3b_peft",
+    "llama31_8b_peft",
+    "llama31_70b_peft",
+    "smollm2_135m_peft",
+    "smollm2_360m_peft",
+    "smollm2_1p7b_peft",
+    "mistral_7b_peft",
 )
 
 

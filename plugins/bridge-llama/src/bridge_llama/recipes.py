@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bridge_core.training.defaults import pretrain_config, sft_config
+from bridge_core.training.defaults import peft_config, pretrain_config, sft_config
 from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
 
 ARCH = "LlamaForCausalLM"
@@ -148,16 +148,17 @@ def _pretrain(model: str) -> Recipe:
     )
 
 
-def _sft(model: str) -> Recipe:
+def _sft(model: str, kind: str = "sft") -> Recipe:
     gpus, parallel = SIZES[model]
+    what = "full fine-tuning" if kind == "sft" else "LoRA fine-tuning (peft.scheme=dora for DoRA)"
     return Recipe(
-        name=f"{model}_sft",
+        name=f"{model}_{kind}",
         family="llama",
-        kind="sft",
+        kind=kind,
         model=ModelSpec(_arch(model)),
-        config=sft_config(**parallel),
+        config=(sft_config if kind == "sft" else peft_config)(**parallel),
         sized_for=SizedFor(gpus=gpus),
-        description=f"{TITLES[model]}: full fine-tuning of --hf-model",
+        description=f"{TITLES[model]}: {what} of --hf-model",
     )
 
 
@@ -225,4 +226,36 @@ def mistral_7b_sft() -> Recipe:
     return _sft("mistral_7b")
 
 
-NAMES = tuple(name for name in dir() if name.endswith(("_pretrain", "_sft")) and not name.startswith("_"))
+def llama32_1b_peft() -> Recipe:
+    return _sft("llama32_1b", "peft")
+
+
+def llama32_3b_peft() -> Recipe:
+    return _sft("llama32_3b", "peft")
+
+
+def llama31_8b_peft() -> Recipe:
+    return _sft("llama31_8b", "peft")
+
+
+def llama31_70b_peft() -> Recipe:
+    return _sft("llama31_70b", "peft")
+
+
+def smollm2_135m_peft() -> Recipe:
+    return _sft("smollm2_135m", "peft")
+
+
+def smollm2_360m_peft() -> Recipe:
+    return _sft("smollm2_360m", "peft")
+
+
+def smollm2_1p7b_peft() -> Recipe:
+    return _sft("smollm2_1p7b", "peft")
+
+
+def mistral_7b_peft() -> Recipe:
+    return _sft("mistral_7b", "peft")
+
+
+NAMES = tuple(name for name in dir() if name.endswith(("_pretrain", "_sft", "_peft")) and not name.startswith("_"))

@@ -20,7 +20,8 @@ def register_flops(register):
 
 
 # Recipes in bridge_mixtral.recipes (imported only when one is used); the kind is the name's suffix.
-RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in ("mixtral_8x7b", "mixtral_8x22b"))
+_MODELS = ("mixtral_8x7b", "mixtral_8x22b")
+RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft", "peft") for model in _MODELS)
 
 
 @hookimpl

@@ -17,7 +17,7 @@ def register_bridges(register):
 
 # Recipes in bridge_olmo.recipes (imported only when one is used); the kind is the name's suffix.
 RECIPES = tuple(
-    f"{m}_{kind}" for kind in ("pretrain", "sft") for m in ("olmo2_1b", "olmo2_7b", "olmo2_13b", "olmoe_7b")
+    f"{m}_{kind}" for kind in ("pretrain", "sft", "peft") for m in ("olmo2_1b", "olmo2_7b", "olmo2_13b", "olmoe_7b")
 )
 
 

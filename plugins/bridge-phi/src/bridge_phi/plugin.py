@@ -20,7 +20,8 @@ def register_flops(register):
 
 
 # Recipes in bridge_phi.recipes (imported only when one is used); the kind is the name's suffix.
-RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in ("phi3_mini_4k", "phi3_medium_4k"))
+_MODELS = ("phi3_mini_4k", "phi3_medium_4k")
+RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft", "peft") for model in _MODELS)
 
 
 @hookimpl

@@ -17,7 +17,7 @@ def register_bridges(register):
 _DENSE = ("qwen25_500m", "qwen25_1p5b", "qwen25_3b", "qwen25_7b", "qwen25_14b", "qwen25_32b", "qwen25_72b")
 _DENSE += ("qwen3_600m", "qwen3_1p7b", "qwen3_4b", "qwen3_8b", "qwen3_14b", "qwen3_32b")
 _MOE = ("qwen15_moe_a2p7b", "qwen2_57b_a14b", "qwen3_30b_a3b", "qwen3_235b_a22b")
-RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in _DENSE + _MOE)
+RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft", "peft") for model in _DENSE + _MOE)
 
 
 @hookimpl
