@@ -74,6 +74,8 @@ def test_llama3_8b_forward_and_training_flops_per_token():
     p = llama3_8b()
     assert flops.forward_flops_per_token(p, SEQ) == forward
     assert flops.training_flops_per_token(p, SEQ) == 3 * forward
+    # PEFT: frozen weights take no weight gradient (2x) but the attention products still take both (3x)
+    assert flops.training_flops_per_token(p, SEQ, frozen_weights=True) == 2 * forward + layers * scores
     # the attention term grows with the sequence: doubling it adds the same score cost again
     assert flops.forward_flops_per_token(p, 2 * SEQ) - forward == layers * scores
 
@@ -92,6 +94,8 @@ def test_qwen3_30b_a3b_counts_router_and_the_top_k_experts_only():
     p = qwen3_30b_a3b()
     assert flops.forward_flops_per_token(p, SEQ) == forward
     assert flops.training_flops_per_token(p, SEQ) == 3 * forward
+    # PEFT: frozen weights take no weight gradient (2x) but the attention products still take both (3x)
+    assert flops.training_flops_per_token(p, SEQ, frozen_weights=True) == 2 * forward + layers * scores
 
 
 def test_shared_experts_dense_layers_and_ungated_mlp():
@@ -196,3 +200,9 @@ def test_the_progress_line_shows_tflops_per_gpu():
     record = {"step": 3, "loss": 5.0, "lr": 1e-4, "grad_norm": 1.0, "tokens_per_s": 28122.0, "tflops_per_gpu": 406.2}
     assert progress_line(record, 10, 3.0, 3).endswith("| 28,122 tok/s | 406.2 TFLOP/s/GPU | ETA 7s")
     assert "TFLOP/s" not in progress_line({**record, "tflops_per_gpu": None}, 10, 3.0, 3)
+
+
+def test_the_count_reproduces_the_fact_sheets_lora_figure():
+    """TRAINING.md (one H200): full Llama-3-8B, LoRA r16, seq 2048, 10,146 tok/s/GPU -> 321 TFLOP/s."""
+    frozen = flops.training_flops_per_token(llama3_8b(), 2048, frozen_weights=True)
+    assert frozen * 10_146 / 1e12 == pytest.approx(321, abs=1.5)

@@ -168,10 +168,21 @@ def recompute_flops_per_token(c: Any, seq_length: int, decoder_layer: BlockFlops
     return total
 
 
-def training_flops_per_token(c: Any, seq_length: int, decoder_layer: BlockFlops | None = None) -> float:
-    """3x forward plus the recomputed forward (what the GPUs execute per trained token)."""
+def training_flops_per_token(
+    c: Any, seq_length: int, decoder_layer: BlockFlops | None = None, frozen_weights: bool = False
+) -> float:
+    """3x forward plus the recomputed forward (what the GPUs execute per trained token).
+
+    ``frozen_weights`` (PEFT): the frozen matmuls compute no weight gradient, 2x forward, while the
+    attention's score/context products still take both gradients, 3x; the adapters' own small
+    matmuls are not counted (Megatron-Bridge's LoRA convention).
+    """
     forward = forward_flops_per_token(c, seq_length, decoder_layer)
-    return 3.0 * forward + recompute_flops_per_token(c, seq_length, decoder_layer)
+    recompute = recompute_flops_per_token(c, seq_length, decoder_layer)
+    if frozen_weights:
+        scores = sum(attention_score_flops(c, seq_length, n) for n in range(1, c.num_layers + 1))
+        return 2.0 * forward + scores + recompute
+    return 3.0 * forward + recompute
 
 
 def decoder_layer_block(bridge: Any, registry: Any = None) -> BlockFlops | None:
@@ -194,6 +205,9 @@ def decoder_layer_block(bridge: Any, registry: Any = None) -> BlockFlops | None:
         raise PluginError(f"FLOPs block {name!r} of {reg.distribution}: cannot import {reg.function} ({exc})") from exc
 
 
-def model_training_flops_per_token(provider: Any, seq_length: int, bridge: Any = None, registry: Any = None) -> float:
+def model_training_flops_per_token(
+    provider: Any, seq_length: int, bridge: Any = None, registry: Any = None, frozen_weights: bool = False
+) -> float:
     """``training_flops_per_token`` with the block the bridge (a ``MegatronModelBridge``) names, if any."""
-    return training_flops_per_token(provider, seq_length, decoder_layer_block(bridge, registry))
+    block = decoder_layer_block(bridge, registry)
+    return training_flops_per_token(provider, seq_length, block, frozen_weights)

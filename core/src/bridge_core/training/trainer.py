@@ -131,10 +131,10 @@ def _core_attention(provider: Any, config: TrainingConfig) -> str:
     return resolved
 
 
-def _flops_per_token(source: ModelSource, provider: Any, seq_length: int) -> float | None:
+def _flops_per_token(source: ModelSource, provider: Any, seq_length: int, frozen: bool) -> float | None:
     """Training FLOPs per token (``bridge_core.training.flops``), or None with a note when not countable."""
     try:
-        return model_training_flops_per_token(provider, seq_length, source.bridge.bridge)
+        return model_training_flops_per_token(provider, seq_length, source.bridge.bridge, frozen_weights=frozen)
     except FlopsUnsupported as exc:
         say(f"train: TFLOP/s not reported: {exc}")
         return None
@@ -254,7 +254,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     source = model_source(recipe, hf_model, megatron_path)
     provider = configure_provider(source, config)
     attention = _core_attention(provider, config)
-    flops_per_token = _flops_per_token(source, provider, t.seq_length)
+    flops_per_token = _flops_per_token(source, provider, t.seq_length, frozen=peft is not None)
     dtype = provider.params_dtype
     o = config.optimizer
     ddp_config = DistributedDataParallelConfig(
