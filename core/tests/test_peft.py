@@ -183,4 +183,4 @@ def test_unsupported_adapter_configs_are_one_line_errors(run, hf, tmp_path, chan
     (adapter / "adapter_config.json").write_text(json.dumps({**config, **change}))
     bridge = AutoBridge.from_hf_pretrained(hf)
     with pytest.raises(ConfigError, match=message):
-        read_adapter_config(adapter, bridge.bridge.mapping_registry())
+        read_adapter_config(adapter, bridge.bridge.mapping_registry(), 2)

@@ -23,7 +23,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 OWNERS = {"linear_qkv": "self_attention", "linear_proj": "self_attention", "linear_fc1": "mlp", "linear_fc2": "mlp"}
 ROW_TARGETS = ("linear_proj", "linear_fc2")
-_STACKED = re.compile(r"^decoder\.layers\.(self_attention|mlp)\.(linear_\w+)\.adapter\.(lora_A|lora_B|magnitude)$")
+# stacked over the layers (``decoder.layers.<...>``, a leading layer axis) or one key per layer (models
+# whose layers differ, e.g. dense and MoE ones: ``decoder.layers.<N>.<...>``)
+_ADAPTER_KEY = re.compile(
+    r"^decoder\.layers\.(?:(\d+)\.)?(self_attention|mlp)\.(linear_\w+)\.adapter\.(lora_A|lora_B|magnitude)$"
+)
 
 # One layer's adapter of one target: {"lora_A": [r, in], "lora_B": [out, r], "magnitude": [out]} (full tensors)
 Adapters = dict[tuple[int, str], dict[str, torch.Tensor]]
@@ -58,9 +62,9 @@ def _context(mapping: MegatronParamMapping, provider: Any, hf_config: Any, shape
 
 
 def to_hf(adapters: Adapters, registry: Any, provider: Any, hf_config: Any) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """PEFT tensors (``base_model.model.<module>.lora_A.weight`` ...) and the target module leaf names."""
+    """PEFT tensors (``base_model.model.<module>.lora_A.weight`` ...) and the HF modules they adapt."""
     tensors: dict[str, torch.Tensor] = {}
-    leaves: set[str] = set()
+    modules_out: set[str] = set()
     for (layer, target), parts in sorted(adapters.items()):
         mapping = _mapping(registry, layer, target)
         modules = _modules(mapping)
@@ -75,13 +79,13 @@ def to_hf(adapters: Adapters, registry: Any, provider: Any, hf_config: Any) -> t
                 for name, piece in split.items():
                     per_hf[name][part] = piece if value.dim() == 2 else piece.squeeze(1)
         for name, module in modules.items():
-            leaves.add(module.rsplit(".", 1)[-1])
+            modules_out.add(module)
             key = PREFIX + module
             tensors[f"{key}.lora_A.weight"] = parts["lora_A"].contiguous()
             tensors[f"{key}.lora_B.weight"] = per_hf[name]["lora_B"].contiguous()
             if "magnitude" in per_hf[name]:
                 tensors[f"{key}.lora_magnitude_vector"] = per_hf[name]["magnitude"].contiguous()
-    return tensors, leaves
+    return tensors, modules_out
 
 
 def from_hf(
@@ -144,7 +148,7 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
     metadata = dist_checkpointing.load_tensors_metadata(str(weights_dir))
     request = {}
     for key, meta in metadata.items():
-        if _STACKED.match(key):
+        if _ADAPTER_KEY.match(key):
             buffer = torch.empty(tuple(meta.global_shape), dtype=meta.dtype)
             request[key] = ShardedTensor.from_rank_offsets(key, buffer, replica_id=0)
     if not request:
@@ -155,14 +159,33 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
         )
     adapters: Adapters = {}
     for key in request:
-        stacked = loaded[key]
-        _, target, part = _STACKED.match(key).groups()
-        for layer in range(stacked.shape[0]):
-            adapters.setdefault((layer, target), {})[part] = stacked[layer].clone()
+        layer, _, target, part = _ADAPTER_KEY.match(key).groups()
+        if layer is not None:
+            adapters.setdefault((int(layer), target), {})[part] = loaded[key]
+            continue
+        for index, value in enumerate(loaded[key]):
+            adapters.setdefault((index, target), {})[part] = value.clone()
     return adapters
 
 
-def adapter_config(document: dict, leaves: set[str], base: str | None) -> dict:
+def target_pattern(modules: set[str]) -> str:
+    """A regex matching exactly ``modules`` (``peft`` full-matches a string ``target_modules``), compact:
+    ``model\\.layers\\.(?:0|1)\\.self_attn\\.q_proj|...``. Leaf names alone would also match what we did
+    not adapt (``peft`` places ``down_proj`` on transformers 5's fused MoE expert parameters too)."""
+    layers: dict[tuple[str, str], list[str]] = {}
+    for module in sorted(modules):
+        m = re.match(r"^(.*\.layers\.)(\d+)(\..*)$", module)
+        head, number, tail = m.groups() if m else (module, "", "")
+        layers.setdefault((head, tail), []).append(number)
+    parts = []
+    for (head, tail), numbers in sorted(layers.items()):
+        numbers = sorted(set(numbers), key=lambda n: int(n) if n else -1)
+        middle = f"(?:{'|'.join(numbers)})" if len(numbers) > 1 else numbers[0]
+        parts.append(re.escape(head) + middle + re.escape(tail))
+    return "|".join(parts)
+
+
+def adapter_config(document: dict, modules: set[str], base: str | None) -> dict:
     """``adapter_config.json`` of ``peft.json``'s settings, as ``peft.LoraConfig`` writes it."""
     return {
         "peft_type": "LORA",
@@ -171,7 +194,7 @@ def adapter_config(document: dict, leaves: set[str], base: str | None) -> dict:
         "r": document["rank"],
         "lora_alpha": document["alpha"],
         "lora_dropout": document.get("dropout", 0.0),
-        "target_modules": sorted(leaves),
+        "target_modules": target_pattern(modules),
         "use_dora": document["scheme"] == "dora",
         "use_rslora": False,
         "bias": "none",

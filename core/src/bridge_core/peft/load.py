@@ -9,6 +9,7 @@ Megatron adapters cannot reproduce are refused, naming the ``adapter_config.json
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,26 @@ _MUST_BE = {  # field -> the values we can reproduce
 }
 
 
-def _target_leaves(registry: Any) -> dict[str, str]:
-    """HF module leaf name (``q_proj``) -> the Megatron target it belongs to (``linear_qkv``)."""
+def _placeable(registry: Any, num_layers: int) -> dict[str, tuple[int, str]]:
+    """Every HF module an adapter can sit on (``model.layers.0.self_attn.q_proj``) -> (layer, Megatron target)."""
     out = {}
-    for target in PEFT_TARGETS:
-        mapping = registry.megatron_to_hf_lookup(hf_adapter.megatron_weight_name(0, target))
-        if mapping is not None:
-            for module in hf_adapter._modules(mapping).values():
-                out[module.rsplit(".", 1)[-1]] = target
+    for layer in range(num_layers):
+        for target in PEFT_TARGETS:
+            mapping = registry.megatron_to_hf_lookup(hf_adapter.megatron_weight_name(layer, target))
+            if mapping is not None:
+                for module in hf_adapter._modules(mapping).values():
+                    out[module] = (layer, target)
     return out
 
 
-def read_adapter_config(folder: Path, registry: Any) -> PeftConfig:
+def _matches(spec: str | list[str], module: str) -> bool:
+    """``peft``'s rule: a string full-matches as a regex; a list entry is the name or its dotted suffix."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, module) is not None
+    return any(module == entry or module.endswith("." + entry) for entry in spec)
+
+
+def read_adapter_config(folder: Path, registry: Any, num_layers: int) -> PeftConfig:
     """The ``PeftConfig`` an HF adapter folder describes; a one-line error for what cannot be placed."""
     file = folder / hf_adapter.ADAPTER_CONFIG
     if not file.is_file():
@@ -59,23 +68,24 @@ def read_adapter_config(folder: Path, registry: Any) -> PeftConfig:
     for key in ("rank_pattern", "alpha_pattern"):
         if config.get(key):
             raise ConfigError(f"{where}: {key} is not supported (one rank and alpha for every module)")
-    leaves = _target_leaves(registry)
-    modules = config.get("target_modules")
-    if isinstance(modules, str) or not modules:
-        raise ConfigError(f"{where}: target_modules={modules!r}; a list of module names is supported")
-    unknown = [m for m in modules if m not in leaves]
-    if unknown:
-        raise ConfigError(
-            f"{where}: target_modules {unknown[0]!r} cannot be placed on the Megatron model "
-            f"(placeable: {', '.join(sorted(leaves))})"
-        )
-    targets = [t for t in PEFT_TARGETS if t in {leaves[m] for m in modules}]
+    spec = config.get("target_modules")
+    if not spec or not isinstance(spec, (str, list)):
+        raise ConfigError(f"{where}: target_modules={spec!r}; a list of module names or a regex is supported")
+    placeable = _placeable(registry, num_layers)
+    entries = [spec] if isinstance(spec, str) else spec
+    for entry in entries:
+        if not any(_matches(entry if isinstance(spec, str) else [entry], m) for m in placeable):
+            raise ConfigError(
+                f"{where}: target_modules {entry!r} cannot be placed on the Megatron model (placeable: "
+                f"{', '.join(sorted({m.rsplit('.', 1)[-1] for m in placeable}))})"
+            )
+    targets = {target for module, (_, target) in placeable.items() if _matches(spec, module)}
     return PeftConfig(
         scheme="dora" if config.get("use_dora") else "lora",
         rank=int(config["r"]),
         alpha=float(config["lora_alpha"]),
         dropout=float(config.get("lora_dropout") or 0.0),
-        targets=targets,
+        targets=[t for t in PEFT_TARGETS if t in targets],
     )
 
 
@@ -94,7 +104,7 @@ def load_hf_adapter(bridge: Any, model: Any, folder: str | Path, seed: int = 0) 
     config = chunks[0].config
     bridge.bridge.select_hf_layout(config, None)
     registry = bridge.bridge.mapping_registry()
-    peft = read_adapter_config(folder, registry)
+    peft = read_adapter_config(folder, registry, config.num_layers)
     present = lora_modules(chunks)
     if not present:
         apply_peft(chunks, peft, seed)

@@ -50,9 +50,9 @@ def hf_adapter_tensors(megatron_path: str | Path) -> tuple[dict[str, torch.Tenso
     bridge, provider = _bridge_and_provider(info)
     adapters = hf_adapter.read_checkpoint_adapters(info.weights_dir)
     registry = bridge.bridge.mapping_registry()
-    tensors, leaves = hf_adapter.to_hf(adapters, registry, provider, bridge.hf.config)
+    tensors, modules = hf_adapter.to_hf(adapters, registry, provider, bridge.hf.config)
     base = document["base"].get("hf_model") or document["base"].get("megatron_path")
-    return tensors, hf_adapter.adapter_config(document, leaves, base), bridge
+    return tensors, hf_adapter.adapter_config(document, modules, base), bridge
 
 
 def export_adapter(megatron_path: str | Path, hf_path: str | Path, overwrite: bool = False) -> Path:

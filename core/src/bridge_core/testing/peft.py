@@ -53,3 +53,56 @@ def peft_logits(hf_folder: Path, adapter: Path, ids: torch.Tensor) -> Any:
 
 
 PEFT_IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def check_peft(recipe: str, hf_folder: Path, work: Path, scheme: str, overrides: list[str] = ()) -> dict[str, float]:
+    """Train ``recipe`` (a ``*_peft`` one) with ``scheme`` for 3 steps on ``hf_folder`` in this process
+    (one rank), export the adapter and merge it; return the max |logit differences| (fp32) of the Megatron
+    model with its adapters vs ``peft`` (``peft``), vs the merged HF model (``merged``), vs the base (``base``,
+    which must be large: the adapters changed the function). A plugin's tests assert on them."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from bridge_core.parallel import destroy_model_parallel
+    from bridge_core.peft.workflows import export_adapter, merge_adapter
+    from bridge_core.testing.compare import max_abs_diff
+    from bridge_core.training.recipe import load_recipe
+    from bridge_core.training.trainer import train
+
+    save = Path(work) / f"{scheme}-run"
+    settings = [
+        f"peft.scheme={scheme}",
+        "peft.rank=4",
+        "peft.alpha=8",
+        "data.kind=mock",
+        "train.iters=3",
+        "train.global_batch_size=2",
+        "train.micro_batch_size=1",
+        "train.seq_length=32",
+        "train.eval_interval=none",
+        "optimizer.lr=1e-2",
+        "scheduler.lr_warmup_iters=0",
+        "precision.dtype=fp32",
+        "parallel.tp=1",
+        "parallel.pp=1",
+        "parallel.ep=1",
+        "parallel.etp=none",
+        f"checkpoint.save={save}",
+        *overrides,
+    ]
+    try:
+        train(load_recipe(recipe).with_overrides(settings), hf_model=hf_folder)
+    finally:
+        destroy_model_parallel()
+    vocab = AutoConfig.from_pretrained(hf_folder).vocab_size
+    ids = torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    adapter = export_adapter(save, Path(work) / f"{scheme}-adapter")
+    merged = merge_adapter(save, Path(work) / f"{scheme}-merged")
+    ours = megatron_peft_logits(hf_folder, save, ids)
+    theirs, base = peft_logits(hf_folder, adapter, ids)
+    with torch.no_grad():
+        merged_logits = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)(ids).logits
+    return {
+        "peft": max_abs_diff(ours, theirs),
+        "merged": max_abs_diff(ours, merged_logits),
+        "base": max_abs_diff(ours, base),
+    }
