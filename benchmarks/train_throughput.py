@@ -12,7 +12,10 @@ optimizer, no checkpoints), each with ``attention.core_attention`` ``sdpa`` and 
   tied embeddings), seq 2048, micro-batch 2, global 16;
 - ``qwen3_30b_a3b_layers``: Qwen3-30B-A3B layer shapes (128 experts, top-8), ``--layers-moe`` layers
   (default 4), seq 4096, micro-batch 1, global 8, ``sdpa`` only (megatron-core's experts run one by one
-  without Transformer Engine's grouped GEMM).
+  without Transformer Engine's grouped GEMM);
+- ``llama3_8b_lora16`` (``--peft``): the full Llama-3-8B (32 layers) with LoRA rank 16, alpha 32 on
+  linear_qkv, linear_proj, linear_fc1, linear_fc2, seq 2048, micro-batch 1, global 8, ``sdpa``; its base is
+  a random bf16 HF folder written first (PEFT needs a base), and its FLOPs count the frozen matmuls 2x.
 
 Per case: tokens/s, model TFLOP/s per GPU (``bridge_core.training.flops``: Megatron-LM's count, 3x
 forward), the fraction of the measured matmul rate, peak memory (CUDA allocations), the last loss, over
@@ -101,7 +104,7 @@ def cases(args: argparse.Namespace) -> list[dict]:
         if args.layers_moe:
             moe = {**QWEN3_30B_A3B, "num_hidden_layers": args.layers_moe}
             shapes.append(("qwen3_30b_a3b_layers", ("Qwen3MoeForCausalLM", "qwen3_moe"), moe, 4096, 1, 8, ["sdpa"]))
-    return [
+    out = [
         {
             "shape": s,
             "architecture": arch,
@@ -115,6 +118,59 @@ def cases(args: argparse.Namespace) -> list[dict]:
         for s, (arch, model_type), c, seq, mbs, gbs, attentions in shapes
         for a in attentions
     ]
+    if args.peft:
+        config = {"model_type": "llama", **(TOY if args.toy else {**LLAMA3_8B, "num_hidden_layers": 32})}
+        seq, gbs = (64, 4) if args.toy else (2048, 8)
+        out.append(
+            {
+                "shape": "toy_lora16" if args.toy else "llama3_8b_lora16",
+                "architecture": "LlamaForCausalLM",
+                "hf_config": config,
+                "seq": seq,
+                "mbs": 1,
+                "gbs": gbs,
+                "attention": "sdpa",
+                "iters": args.iters,
+                "peft": {"scheme": "lora", "rank": 16, "alpha": 32.0},
+            }
+        )
+    return out
+
+
+def random_hf_folder(architecture: str, values: dict, folder: Path) -> Path:
+    """An HF folder of ``values``' model with random bf16 weights (std 0.02), written tensor by tensor
+    from the meta-device model's names and shapes (drawn on the GPU where there is one)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = dict(values)
+    config = AutoConfig.for_model(values.pop("model_type"), architectures=[architecture], dtype="bfloat16", **values)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(device).manual_seed(0)
+    index, shard, size, n = {}, {}, 0, 0
+    for name, meta in model.state_dict().items():
+        if "norm" in name:
+            tensor = torch.ones(meta.shape, dtype=torch.bfloat16)
+        else:
+            tensor = (torch.randn(meta.shape, generator=generator, device=device) * 0.02).to(torch.bfloat16).cpu()
+        shard[name] = tensor
+        size += tensor.numel() * 2
+        if size > 4 * 2**30:
+            n += 1
+            save_file(shard, str(folder / f"model-{n:05d}.safetensors"))
+            index.update({k: f"model-{n:05d}.safetensors" for k in shard})
+            shard, size = {}, 0
+    if shard:
+        n += 1
+        save_file(shard, str(folder / f"model-{n:05d}.safetensors"))
+        index.update({k: f"model-{n:05d}.safetensors" for k in shard})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    config.save_pretrained(folder)
+    return folder
 
 
 # -- worker (one process per case) ------------------------------------------------------------------
@@ -150,6 +206,7 @@ def run_case(case: dict, warmup: int) -> dict:
     from bridge_core.training.config import (
         AttentionConfig,
         CheckpointConfig,
+        PeftConfig,
         SchedulerConfig,
         TrainingConfig,
         TrainLoopConfig,
@@ -173,8 +230,21 @@ def run_case(case: dict, warmup: int) -> dict:
         checkpoint=CheckpointConfig(save=None, save_interval=None),
     )
     model = ModelSpec(case["architecture"], case["hf_config"])
-    recipe = Recipe("train_throughput", "bench", "pretrain", model, config, SizedFor(gpus=1))
-    result = train(recipe)
+    base = None
+    if case.get("peft"):
+        import tempfile
+
+        config.peft = PeftConfig(**case["peft"])
+        config.precision.dtype = "bf16" if torch.cuda.is_available() else "fp32"
+        folder = Path(os.environ.get("BENCH_BASE_DIR") or tempfile.mkdtemp(prefix="bench-base-")) / case["shape"]
+        started = time.perf_counter()
+        base = folder if (folder / "config.json").is_file() else random_hf_folder(
+            case["architecture"], case["hf_config"], folder
+        )
+        print(f"base HF folder {base} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    kind = "peft" if base is not None else "pretrain"
+    recipe = Recipe("train_throughput", "bench", kind, model, config, SizedFor(gpus=1))
+    result = train(recipe, hf_model=base)
     steps = result.records[warmup:] or result.records[-1:]
     step_time = statistics.median(r["step_time_s"] for r in steps)
     tokens = case["gbs"] * case["seq"]
@@ -270,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers-moe", type=int, default=4, help="Qwen3-30B-A3B layers (default 4; 0: none)")
     parser.add_argument("--iters", type=int, default=8, help="training steps per case (default 8)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the figures (default 3)")
+    parser.add_argument("--peft", action="store_true", help="also the LoRA r16 case on the full Llama-3-8B")
+    parser.add_argument("--only-peft", action="store_true", help="the LoRA case alone (implies --peft)")
     parser.add_argument("--attention", nargs="+", default=["sdpa", "local"], choices=["sdpa", "local", "auto"])
     parser.add_argument("--matmul-size", type=int, default=None, help="default 8192 (GPU), 256 (--toy)")
     parser.add_argument("--case-timeout", type=float, default=150.0, help="seconds per case (default 150)")
@@ -278,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(MARK + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
+    args.peft = args.peft or args.only_peft
     if args.warmup >= args.iters:
         parser.error(f"--warmup {args.warmup} must be below --iters {args.iters}")
     import torch  # no CUDA context here: each case's process has the GPU to itself
@@ -290,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"matmul {size}^3: {matmul.get('tflops', matmul.get('error'))} TFLOP/s", file=sys.stderr, flush=True)
     results = []
     for case in cases(args):
+        if args.only_peft and not case.get("peft"):
+            continue
         got = _spawn({"kind": "train", "case": case, "warmup": args.warmup}, args.case_timeout)
         row = {k: v for k, v in case.items() if k != "hf_config"}
         row["layers"] = case["hf_config"]["num_hidden_layers"]

@@ -167,7 +167,7 @@ def hf_adapter_of_model(bridge: Any, model: Any) -> dict[str, torch.Tensor]:
     if any(m.tp > 1 for _, _, m in present):
         raise ConfigError("hf_adapter_of_model reads one rank's adapters: tensor parallel size must be 1")
     adapters = {
-        (layer, target): {k: v.detach().clone() for k, v in module.adapter.named_parameters()}
+        (layer, target): {k: v.detach().to("cpu", copy=True) for k, v in module.adapter.named_parameters()}
         for layer, target, module in present
     }
     config = chunks[0].config
