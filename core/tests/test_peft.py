@@ -184,3 +184,64 @@ def test_unsupported_adapter_configs_are_one_line_errors(run, hf, tmp_path, chan
     bridge = AutoBridge.from_hf_pretrained(hf)
     with pytest.raises(ConfigError, match=message):
         read_adapter_config(adapter, bridge.bridge.mapping_registry(), 2)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "targets"),
+    [
+        ("lora", ["q_proj", "v_proj"]),  # peft's default for Llama: an A of its own each, k_proj not adapted
+        ("lora", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        ("dora", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    ],
+)
+def test_an_adapter_peft_trained_loads_exactly(hf, tmp_path, scheme, targets):
+    """``peft``'s own adapters (one A per projection) on fused Megatron linears: stacked A, block-diagonal B."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.cpu_support import cuda_on_cpu
+    from bridge_core.inference import forward_logits
+    from bridge_core.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=scheme == "dora", init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(tmp_path / "adapter")  # random A and B, as if trained
+    theirs, base = peft_logits(hf, tmp_path / "adapter", IDS)
+    ensure_process_group()
+    with cuda_on_cpu():
+        ensure_model_parallel(ParallelSizes())
+        try:
+            bridge = AutoBridge.from_hf_pretrained(hf)
+            megatron = bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)
+            loaded = bridge.load_hf_adapter(megatron, tmp_path / "adapter")
+            ours = forward_logits(megatron, IDS)
+        finally:
+            destroy_model_parallel()
+    assert loaded.rank == (8 if targets == ["q_proj", "v_proj"] else 12) and loaded.alpha / loaded.rank == 2.0
+    assert max_abs_diff(ours, theirs) < 1e-4
+    assert max_abs_diff(ours, base) > 1e-2
+
+
+def test_dora_on_part_of_a_fused_linear_is_refused(hf, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.cpu_support import cuda_on_cpu
+    from bridge_core.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
+
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True)
+    get_peft_model(model, config).save_pretrained(tmp_path / "adapter")
+    ensure_process_group()
+    with cuda_on_cpu():
+        ensure_model_parallel(ParallelSizes())
+        try:
+            bridge = AutoBridge.from_hf_pretrained(hf)
+            megatron = bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)
+            with pytest.raises(ConfigError, match="k_proj has no DoRA magnitude"):
+                bridge.load_hf_adapter(megatron, tmp_path / "adapter")
+        finally:
+            destroy_model_parallel()

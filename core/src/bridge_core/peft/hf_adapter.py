@@ -88,46 +88,113 @@ def to_hf(adapters: Adapters, registry: Any, provider: Any, hf_config: Any) -> t
     return tensors, modules_out
 
 
-def from_hf(
-    tensors: dict[str, torch.Tensor], layer: int, target: str, registry: Any, provider: Any, hf_config: Any, where: str
-) -> dict[str, torch.Tensor] | None:
-    """The full Megatron adapter of one layer's target from PEFT tensors; None when it has none."""
-    mapping = _mapping(registry, layer, target)
-    modules = _modules(mapping)
-    keys = {name: PREFIX + module for name, module in modules.items()}
-    present = [name for name, key in keys.items() if f"{key}.lora_A.weight" in tensors]
-    if not present:
-        return None
-    if len(present) != len(keys):
-        missing = sorted(set(keys) - set(present))
-        raise ConfigError(f"{where}: has adapters for {present[0]} but not for {missing[0]} (fused in Megatron)")
-    a = {name: tensors[f"{keys[name]}.lora_A.weight"] for name in keys}
-    first = next(iter(a.values()))
-    for name, value in a.items():
-        if value.shape != first.shape or not torch.equal(value, first):
-            raise ConfigError(
-                f"{where}: lora_A of {keys[name]} differs from that of {next(iter(keys.values()))}; Megatron's "
-                f"fused {target} holds one A for them"
-            )
-    out = {"lora_A": first}
-    for part, suffix in (("lora_B", "lora_B.weight"), ("magnitude", "lora_magnitude_vector")):
-        values = {name: tensors.get(f"{keys[name]}.{suffix}") for name in keys}
-        if all(v is None for v in values.values()):
+def _role_parts(tensors: dict[str, torch.Tensor], keys: dict[str, str], where: str) -> dict[str, dict]:
+    """HF weight name -> its module's ``lora_A``, ``lora_B`` (and ``magnitude``), for the modules adapted."""
+    out = {}
+    for name, key in keys.items():
+        if f"{key}.lora_A.weight" not in tensors:
             continue
-        if any(v is None for v in values.values()):
-            raise ConfigError(f"{where}: {suffix} is missing for some of {', '.join(keys.values())}")
-        if target in ROW_TARGETS:
-            out[part] = next(iter(values.values()))
-            continue
-        flat = {n: (v if v.dim() == 2 else v.unsqueeze(1)) for n, v in values.items()}
-        arg = mapping.hf_weights_arg(flat)
-        rows = sum(v.shape[0] for v in flat.values())
-        shape = (rows, next(iter(flat.values())).shape[1])
-        merged = mapping.hf_to_megatron(arg, _context(mapping, provider, hf_config, shape))
-        out[part] = merged if values[next(iter(values))].dim() == 2 else merged.squeeze(1)
-    if "lora_B" not in out:
-        raise ConfigError(f"{where}: lora_B.weight is missing for {next(iter(keys.values()))}")
+        if f"{key}.lora_B.weight" not in tensors:
+            raise ConfigError(f"{where}: {key}.lora_B.weight is missing")
+        parts = {"lora_A": tensors[f"{key}.lora_A.weight"], "lora_B": tensors[f"{key}.lora_B.weight"]}
+        if f"{key}.lora_magnitude_vector" in tensors:
+            parts["magnitude"] = tensors[f"{key}.lora_magnitude_vector"]
+        out[name] = parts
     return out
+
+
+def _keys(mapping: MegatronParamMapping) -> dict[str, str]:
+    return {name: PREFIX + module for name, module in _modules(mapping).items()}
+
+
+def _shares_a(parts: dict[str, dict], keys: dict[str, str]) -> bool:
+    """Every projection of the fused linear is adapted, with one and the same ``A``."""
+    a = [p["lora_A"] for p in parts.values()]
+    return len(parts) == len(keys) and all(x.shape == a[0].shape and torch.equal(x, a[0]) for x in a)
+
+
+def blocks_needed(tensors: dict[str, torch.Tensor], registry: Any, num_layers: int, where: str) -> int:
+    """How many rank-r blocks the Megatron adapters need to hold the HF ones exactly: 1 when every fused
+    linear's projections share one ``A`` (``bridgectl peft export``'s output); else the most adapted
+    projections of one fused linear (``peft``'s usual q_proj + v_proj with their own ``A``: 2)."""
+    blocks = 1
+    for layer in range(num_layers):
+        for target in OWNERS:
+            mapping = registry.megatron_to_hf_lookup(megatron_weight_name(layer, target))
+            if mapping is None:
+                continue
+            keys = _keys(mapping)
+            parts = _role_parts(tensors, keys, where)
+            if parts and not _shares_a(parts, keys):
+                blocks = max(blocks, len(parts))
+    return blocks
+
+
+def from_hf(
+    tensors: dict[str, torch.Tensor],
+    layer: int,
+    target: str,
+    registry: Any,
+    provider: Any,
+    hf_config: Any,
+    where: str,
+    blocks: int = 1,
+    full_rows: int | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """The full Megatron adapter of one layer's target from PEFT tensors; None when it has none.
+
+    ``blocks`` > 1 (see ``blocks_needed``): the adapter has rank ``blocks * r``; projection ``i``'s ``A``
+    fills rows ``i*r:(i+1)*r`` and its ``B`` the matching columns, zeros elsewhere (a projection without
+    an adapter has ``B = 0``), so that ``B A`` of each projection is exactly its own. ``full_rows``: the
+    base weight's (unsplit) rows, for the zero ``B`` of a projection without adapter.
+    """
+    mapping = _mapping(registry, layer, target)
+    keys = _keys(mapping)
+    parts = _role_parts(tensors, keys, where)
+    if not parts:
+        return None
+    first = next(iter(parts.values()))
+    rank, width = first["lora_A"].shape
+    dora = [name for name, p in parts.items() if "magnitude" in p]
+    if dora and (len(dora) != len(keys)):
+        missing = next(keys[n] for n in keys if n not in dora)
+        raise ConfigError(f"{where}: {missing} has no DoRA magnitude; Megatron fuses it with {keys[dora[0]]}")
+    if blocks == 1 and _shares_a(parts, keys):
+        a = first["lora_A"]
+        b = {name: p["lora_B"] for name, p in parts.items()}
+    else:
+        order = [name for name in keys if name in parts]
+        shared = _shares_a(parts, keys)
+        a = torch.zeros(blocks * rank, width, dtype=first["lora_A"].dtype)
+        b = {}
+        for i, name in enumerate(order):
+            block = 0 if shared else i
+            a[block * rank : (block + 1) * rank] = parts[name]["lora_A"]
+            lora_b = parts[name]["lora_B"]
+            b[name] = torch.zeros(lora_b.shape[0], blocks * rank, dtype=lora_b.dtype)
+            b[name][:, block * rank : (block + 1) * rank] = lora_b
+        if len(order) < len(keys):
+            if full_rows is None:
+                raise ConfigError(f"{where}: {target} of layer {layer} is adapted only in part")
+            zeros = torch.zeros(full_rows, blocks * rank, dtype=first["lora_B"].dtype)
+            context = _context(mapping, provider, hf_config, tuple(zeros.shape))
+            for name, value in mapping.megatron_to_hf(zeros, context).items():
+                b.setdefault(name, value)
+    out = {"lora_A": a, "lora_B": _to_megatron(mapping, b, target, provider, hf_config)}
+    if dora:
+        magnitude = {name: parts[name]["magnitude"] for name in keys}
+        out["magnitude"] = _to_megatron(mapping, magnitude, target, provider, hf_config)
+    return out
+
+
+def _to_megatron(mapping: Any, values: dict[str, torch.Tensor], target: str, provider: Any, hf_config: Any) -> Any:
+    """Per-projection rows (``B`` or a magnitude) -> the fused Megatron tensor, by the weight's mapping."""
+    if target in ROW_TARGETS or len(values) == 1:
+        return next(iter(values.values()))
+    flat = {n: (v if v.dim() == 2 else v.unsqueeze(1)) for n, v in values.items()}
+    shape = (sum(v.shape[0] for v in flat.values()), next(iter(flat.values())).shape[1])
+    merged = mapping.hf_to_megatron(mapping.hf_weights_arg(flat), _context(mapping, provider, hf_config, shape))
+    return merged if next(iter(values.values())).dim() == 2 else merged.squeeze(1)
 
 
 # -- checkpoint side ----------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 The adapter's projections are fused the way the bridge fuses their weights (``q/k/v_proj`` ->
 ``linear_qkv``, ``gate/up_proj`` -> ``linear_fc1``): their ``B`` rows are merged by the bridge's
-mapping and they must share one ``A`` (as ``bridgectl peft export`` writes them). Settings the
+mapping. Projections that share one ``A`` (``bridgectl peft export``'s output) keep rank r; ``peft``'s
+own adapters (an ``A`` per projection, often only ``q_proj`` and ``v_proj``) become rank ``k * r``
+adapters with ``A`` stacked and ``B`` block-diagonal: the same function, exactly. Settings the
 Megatron adapters cannot reproduce are refused, naming the ``adapter_config.json`` field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -105,17 +108,23 @@ def load_hf_adapter(bridge: Any, model: Any, folder: str | Path, seed: int = 0) 
     bridge.bridge.select_hf_layout(config, None)
     registry = bridge.bridge.mapping_registry()
     peft = read_adapter_config(folder, registry, config.num_layers)
-    present = lora_modules(chunks)
-    if not present:
-        apply_peft(chunks, peft, seed)
-        present = lora_modules(chunks)
     weights = folder / hf_adapter.ADAPTER_WEIGHTS
     if not weights.is_file():
         raise ConfigError(f"{weights}: missing")
     tensors = load_file(str(weights))
+    blocks = hf_adapter.blocks_needed(tensors, registry, config.num_layers, str(weights))
+    if blocks > 1:  # the same function at rank blocks * r: alpha scales with it, so alpha / r stays
+        peft = dataclasses.replace(peft, rank=blocks * peft.rank, alpha=blocks * peft.alpha)
+    present = lora_modules(chunks)
+    if not present:
+        apply_peft(chunks, peft, seed)
+        present = lora_modules(chunks)
     used: set[str] = set()
     for layer, target, module in present:
-        full = hf_adapter.from_hf(tensors, layer, target, registry, config, bridge.hf.config, str(weights))
+        rows = module.to_wrap.weight.shape[0] * (module.tp if module.mode == "column" else 1)
+        full = hf_adapter.from_hf(
+            tensors, layer, target, registry, config, bridge.hf.config, str(weights), blocks, rows
+        )
         if full is None:
             raise ConfigError(f"{weights}: no adapter for layer {layer}'s {target}, which the model has")
         used.update(k for k in tensors if _belongs(k, layer, target, registry))
