@@ -245,3 +245,24 @@ def test_dora_on_part_of_a_fused_linear_is_refused(hf, tmp_path):
                 bridge.load_hf_adapter(megatron, tmp_path / "adapter")
         finally:
             destroy_model_parallel()
+
+
+def test_training_starts_from_an_hf_adapter(hf, tmp_path):
+    """``peft.adapter``: a run continues an adapter peft trained; at lr 0 its export is the same function."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(tmp_path / "start")
+    save = tmp_path / "run"
+    overrides = [o for o in peft_overrides("lora", save) if not o.startswith(("peft.rank", "peft.alpha"))]
+    _train(hf, [*overrides, f"peft.adapter={tmp_path / 'start'}", "optimizer.lr=0", "optimizer.min_lr=0"])
+    document = json.loads((save / "peft.json").read_text())
+    assert (document["rank"], document["alpha"], document["targets"]) == (8, 16.0, ["linear_qkv"])
+    again = workflows.export_adapter(save, tmp_path / "again")
+    before, base = peft_logits(hf, tmp_path / "start", IDS)
+    after, _ = peft_logits(hf, again, IDS)
+    assert max_abs_diff(before, after) < 1e-5
+    assert max_abs_diff(before, base) > 1e-2

@@ -20,6 +20,7 @@ def peft_document(peft: Any, hf_model: str | os.PathLike | None, megatron_path: 
         "alpha": peft.alpha,
         "dropout": peft.dropout,
         "targets": list(peft.targets),
+        "initial_adapter": str(Path(peft.adapter).resolve()) if getattr(peft, "adapter", None) else None,
         "base": {
             "hf_model": str(Path(hf_model).resolve()) if hf_model is not None else None,
             "megatron_path": str(Path(megatron_path).resolve()) if megatron_path is not None else None,

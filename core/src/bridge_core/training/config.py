@@ -151,6 +151,7 @@ class PeftConfig:
     alpha: float = 32.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(PEFT_TARGETS))
+    adapter: str | None = None  # start from this HF PEFT folder (its r, alpha and targets replace the above)
 
 
 @dataclass

@@ -140,6 +140,21 @@ def _flops_per_token(source: ModelSource, provider: Any, seq_length: int, frozen
         return None
 
 
+def _add_adapters(chunks: list, source: ModelSource, peft: Any, seed: int, resolved: list) -> list:
+    """LoRA/DoRA on the loaded base (``peft.adapter``: an HF PEFT adapter's, with its weights)."""
+    from bridge_core.peft.apply import apply_peft
+    from bridge_core.peft.load import load_hf_adapter
+
+    if peft.adapter:
+        settings = load_hf_adapter(source.bridge, chunks, peft.adapter, seed)
+        resolved.append(dataclasses.replace(settings, adapter=peft.adapter))
+        say(f"train: adapters from {peft.adapter} ({settings.scheme}, rank {settings.rank}, alpha {settings.alpha:g})")
+    else:
+        apply_peft(chunks, peft, seed)
+        resolved.append(peft)
+    return chunks
+
+
 # -- optimizer and schedule ---------------------------------------------------------------------
 
 
@@ -265,12 +280,11 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
         check_for_nan_in_grad=True,
     )
     hooks = []
+    resolved: list = []  # the adapters' settings once they are on the model (an HF adapter brings its own)
     if source.load_weights is not None:
         hooks.append(lambda chunks: (source.load_weights(chunks), chunks)[1])
     if peft is not None:
-        from bridge_core.peft.apply import apply_peft
-
-        hooks.append(lambda chunks: apply_peft(chunks, peft, t.seed))
+        hooks.append(lambda chunks: _add_adapters(chunks, source, peft, t.seed, resolved))
     hooks.append(lambda chunks: mask_padded_vocabulary(chunks, provider.vocab_size))
     if provider.bf16:
         hooks.append(lambda chunks: half_precision(chunks, provider))
@@ -287,7 +301,12 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     iteration, consumed = 0, 0
     if load is not None:
         saved = ckpt.load_training_checkpoint(
-            load, model=model, optimizer=optimizer, scheduler=scheduler, sharding=o.dist_ckpt_sharding, peft=peft
+            load,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            sharding=o.dist_ckpt_sharding,
+            peft=resolved[0] if resolved else None,
         )
         iteration, consumed = int(saved["iteration"]), int(saved["consumed_train_samples"])
         say(f"train: resumed from {load} at iteration {iteration} ({consumed} samples consumed)")
@@ -334,7 +353,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
             tokenizer_files=source.tokenizer_files,
             sharding=o.dist_ckpt_sharding,
             keep_last_n=config.checkpoint.keep_last_n,
-            peft=None if peft is None else peft_document(peft, hf_model, megatron_path),
+            peft=None if peft is None else peft_document(resolved[0], hf_model, megatron_path),
         )
         printer.show(f"train: saved {path}")
         if printer.tty:
