@@ -118,6 +118,8 @@ def cases(args: argparse.Namespace) -> list[dict]:
         for s, (arch, model_type), c, seq, mbs, gbs, attentions in shapes
         for a in attentions
     ]
+    if args.fused:
+        out += [{**c, "fused": True} for c in out]
     if args.peft:
         config = {"model_type": "llama", **(TOY if args.toy else {**LLAMA3_8B, "num_hidden_layers": 32})}
         seq, gbs = (64, 4) if args.toy else (2048, 8)
@@ -229,6 +231,8 @@ def run_case(case: dict, warmup: int) -> dict:
         attention=AttentionConfig(core_attention=case["attention"]),
         checkpoint=CheckpointConfig(save=None, save_interval=None),
     )
+    if case.get("fused"):
+        _fused_kernels(config)
     model = ModelSpec(case["architecture"], case["hf_config"])
     base = None
     if case.get("peft"):
@@ -260,6 +264,15 @@ def run_case(case: dict, warmup: int) -> dict:
     if torch.cuda.is_available():
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     return out
+
+
+def _fused_kernels(config) -> None:
+    """Experiment: megatron-core's torch.compile'd bias-SwiGLU and bias-dropout-add, and a compiled RoPE."""
+    import torch
+    from megatron.core.models.common.embeddings import rope_utils
+
+    config.model.update(bias_activation_fusion=True, bias_dropout_fusion=True)
+    rope_utils._apply_rotary_pos_emb_bshd = torch.compile(rope_utils._apply_rotary_pos_emb_bshd, dynamic=False)
 
 
 def matmul_tflops(size: int, repeats: int = 20) -> dict:
@@ -340,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers-moe", type=int, default=4, help="Qwen3-30B-A3B layers (default 4; 0: none)")
     parser.add_argument("--iters", type=int, default=8, help="training steps per case (default 8)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the figures (default 3)")
+    parser.add_argument("--fused", action="store_true", help="experiment: each case also with fused kernels")
     parser.add_argument("--peft", action="store_true", help="also the LoRA r16 case on the full Llama-3-8B")
     parser.add_argument("--only-peft", action="store_true", help="the LoRA case alone (implies --peft)")
     parser.add_argument("--attention", nargs="+", default=["sdpa", "local"], choices=["sdpa", "local", "auto"])
@@ -367,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         got = _spawn({"kind": "train", "case": case, "warmup": args.warmup}, args.case_timeout)
         row = {k: v for k, v in case.items() if k != "hf_config"}
+        row["fused"] = bool(case.get("fused"))
         row["layers"] = case["hf_config"]["num_hidden_layers"]
         row.update(got)
         if row.get("tflops_per_gpu") and matmul.get("tflops"):
@@ -376,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{got['tokens_per_s']:,.0f} tok/s, {got['tflops_per_gpu']:.4g} TFLOP/s/GPU, "
             f"{got['peak_memory_gib']:.1f} GiB"
         )
-        print(f"{case['shape']} {case['attention']}: {summary}", file=sys.stderr, flush=True)
+        label = f"{case['shape']} {case['attention']}{' fused' if case.get('fused') else ''}"
+        print(f"{label}: {summary}", file=sys.stderr, flush=True)
     doc = {
         "benchmark": "train_throughput",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
