@@ -72,3 +72,18 @@ def test_an_os_error_about_a_path_is_a_one_line_error(tmp_path, errno_name, text
 def test_a_real_bug_is_still_an_internal_error(tmp_path):
     code, _, err = run_fake(tmp_path, "return {}['x']")
     assert code == 1 and err == ["bridgectl fake: internal error: KeyError: 'x' (rerun with --debug for the traceback)"]
+
+
+def test_library_log_warnings_stay_off_the_terminal():
+    """torch's CUDA build with the GPUs hidden logs "No CUDA runtime is found" when megatron-core imports
+    its C++ extension helper: with nothing configured, Python's last-resort handler printed it on stderr."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; from bridge_core.cli.main import quiet_libraries; quiet_libraries(); "
+        "[logging.getLogger(n).warning('No CUDA runtime is found') for n in "
+        "('torch.utils.cpp_extension', 'megatron.core.utils')]"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

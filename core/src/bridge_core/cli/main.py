@@ -155,6 +155,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # library bars; bridge_core.progress shows the GGUF dequantization
     logging.getLogger("megatron").setLevel(logging.ERROR)
+    # a CUDA build of torch with the GPUs hidden (CUDA_VISIBLE_DEVICES=""): "No CUDA runtime is found"
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def _report(line: str) -> None:
