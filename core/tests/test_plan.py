@@ -372,6 +372,15 @@ def test_export_parts_trim_vocab_and_apply_the_requested_dtype():
     ]
 
 
+def test_export_parts_keep_a_mapping_s_pinned_hf_dtype():
+    """A mapping with ``hf_dtype`` (an fp32 router in a bf16 checkpoint) is exported in it, whatever the export's."""
+    emb = by_name(tasks())[EMB]
+    emb.mapping.hf_dtype = torch.float32
+    assert plan.export_parts(emb, CONFIG, HF_CONFIG, torch.bfloat16) == [
+        ("model.embed_tokens.weight", None, (10, 8), torch.float32)
+    ]
+
+
 def test_export_parts_of_a_stacked_expert_give_the_transposed_slice_and_index():
     (task,) = expert_tasks(3)
     assert plan.export_parts(task, CONFIG, HF_CONFIG, None) == [

@@ -81,7 +81,7 @@ _DONE: dict[tuple[Path, bool], Path] = {}
 
 
 def with_expert_bias(folder: Path, mktemp, *, fused: bool = False, seed: int = 3) -> Path:
-    """A copy of ``folder`` whose ``e_score_correction_bias`` are random (N(0, 0.1)), optionally with stacked experts."""
+    """A copy of ``folder`` with random ``e_score_correction_bias`` (N(0, 0.1)), optionally with stacked experts."""
     key = (folder, fused)
     if key in _DONE:
         return _DONE[key]

@@ -234,4 +234,5 @@ def export_parts(
     """``(hf_name, slice index, shape, dtype)`` of what exporting ``task`` produces (meta dry-run)."""
     full = _meta(task.param.full_shape, task.param.dtype)
     out = task.mapping.megatron_to_hf(full, task.context(config, hf_config))
-    return [(name, task.mapping.index, tuple(t.shape), dtype or t.dtype) for name, t in out.items()]
+    want = task.mapping.hf_dtype or dtype
+    return [(name, task.mapping.index, tuple(t.shape), want or t.dtype) for name, t in out.items()]

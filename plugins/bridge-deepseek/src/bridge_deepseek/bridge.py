@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from bridge_core.bridge import MegatronModelBridge
-from bridge_core.config_translation import read_rope, rope_to_hf
+from bridge_core.config_translation import dtype_name, parse_dtype, read_rope, rope_to_hf
 from bridge_core.errors import ConfigError
 from bridge_core.mapping_registry import MegatronMappingRegistry
 from bridge_core.mappings import (
@@ -58,6 +58,12 @@ YARN_KEYS = ("factor", "original_max_position_embeddings", "beta_fast", "beta_sl
 def expert_layout(hf_names: Collection[str]) -> str:
     """``"fused"`` when the checkpoint stacks its experts (``mlp.experts.gate_up_proj``), else ``"per_expert"``."""
     return FUSED if any(name.endswith(FUSED_MARK) for name in hf_names) else PER_EXPERT
+
+
+def _pinned(mapping: MegatronParamMapping, dtype: torch.dtype) -> MegatronParamMapping:
+    """``mapping`` exported in ``dtype`` whatever the export's (the router's fp32 tensors of a bf16 checkpoint)."""
+    mapping.hf_dtype = dtype
+    return mapping
 
 
 def mla_rope_kwargs(hf_config: Any) -> dict[str, Any]:
@@ -189,7 +195,12 @@ class DeepseekBridge(MegatronModelBridge):
     HF_PREFIX: ClassVar[str] = "model."
     dequantizes_hf_weights: ClassVar[bool] = True
 
+    # set by select_hf_layout from the model's provider
     layout: str = PER_EXPERT
+    mtp_layers: int = 0
+    num_layers: int = 0
+    router_dtype: torch.dtype = torch.float32
+    expert_bias_dtype: torch.dtype = torch.float32
 
     # -- config ---------------------------------------------------------------------------------
     def provider_bridge(self, hf_pretrained: Any) -> DeepseekProvider:
@@ -198,7 +209,20 @@ class DeepseekBridge(MegatronModelBridge):
         if declared and not self._checkpoint_has_mtp(hf_pretrained, provider.num_layers):
             provider.mtp_num_layers = None  # transformers saves no MTP weights; the config still declares them
         provider.hf_num_nextn_predict_layers = declared
+        first_moe = provider.moe_layer_freq.index(1)
+        gate = f"{self.HF_PREFIX}layers.{first_moe}.mlp.gate."
+        provider.hf_router_dtype = self._source_dtype(hf_pretrained, gate + "weight")
+        provider.hf_expert_bias_dtype = self._source_dtype(hf_pretrained, gate + "e_score_correction_bias")
         return provider
+
+    @staticmethod
+    def _source_dtype(hf_pretrained: Any, name: str) -> str:
+        """The dtype name of ``name`` in the source; fp32 (transformers' choice for router tensors) if unknown."""
+        try:
+            dtype = hf_pretrained.weights.meta[name].dtype
+        except Exception:
+            return "float32"
+        return dtype_name(dtype) if isinstance(dtype, torch.dtype) and dtype.is_floating_point else "float32"
 
     @staticmethod
     def _checkpoint_has_mtp(hf_pretrained: Any, num_layers: int) -> bool:
@@ -255,6 +279,8 @@ class DeepseekBridge(MegatronModelBridge):
         self.layout = layout
         self.mtp_layers = getattr(model_config, "mtp_num_layers", None) or 0
         self.num_layers = model_config.num_layers
+        self.router_dtype = parse_dtype(getattr(model_config, "hf_router_dtype", "float32"))
+        self.expert_bias_dtype = parse_dtype(getattr(model_config, "hf_expert_bias_dtype", "float32"))
 
     def layer_mappings(self, mg: str, hf: str) -> list[MegatronParamMapping]:
         """One decoder layer's mappings: Megatron prefix ``mg`` (``decoder.layers.*.``), HF prefix ``hf``."""
@@ -277,8 +303,11 @@ class DeepseekBridge(MegatronModelBridge):
             GatedMLPMapping(f"{mg}mlp.linear_fc1.weight", f"{hf}mlp.gate_proj.weight", f"{hf}mlp.up_proj.weight"),
             RowParallelMapping(f"{mg}mlp.linear_fc2.weight", f"{hf}mlp.down_proj.weight"),
             # MoE layers: router, shared experts, routed experts
-            ReplicatedMapping(f"{mg}mlp.router.weight", f"{hf}mlp.gate.weight"),
-            ReplicatedMapping(f"{mg}mlp.router.expert_bias", f"{hf}mlp.gate.e_score_correction_bias"),
+            _pinned(ReplicatedMapping(f"{mg}mlp.router.weight", f"{hf}mlp.gate.weight"), self.router_dtype),
+            _pinned(
+                ReplicatedMapping(f"{mg}mlp.router.expert_bias", f"{hf}mlp.gate.e_score_correction_bias"),
+                self.expert_bias_dtype,
+            ),
             GatedMLPMapping(
                 f"{mg}mlp.shared_experts.linear_fc1.weight",
                 f"{hf}mlp.shared_experts.gate_proj.weight",

@@ -11,8 +11,12 @@ BRIDGE_CONTRACT = ">=1.1,<2"
 
 @hookimpl
 def register_bridges(register):
-    register(architecture="DeepseekV3ForCausalLM", bridge="bridge_deepseek.bridge:DeepseekV3Bridge", model_type="deepseek_v3")
-    register(architecture="DeepseekV2ForCausalLM", bridge="bridge_deepseek.bridge:DeepseekV2Bridge", model_type="deepseek_v2")
+    register(
+        architecture="DeepseekV3ForCausalLM", bridge="bridge_deepseek.bridge:DeepseekV3Bridge", model_type="deepseek_v3"
+    )
+    register(
+        architecture="DeepseekV2ForCausalLM", bridge="bridge_deepseek.bridge:DeepseekV2Bridge", model_type="deepseek_v2"
+    )
 
 
 @hookimpl

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron.core.transformer.transformer_config import MLATransformerConfig
-
 from bridge_core.cpu_support import tensor_cuda_is_identity
 from bridge_core.errors import ConfigError
 from bridge_core.provider import GPTModelProvider
+from megatron.core.transformer.transformer_config import MLATransformerConfig
 
 
 def own_spec(provider: GPTModelProvider) -> bool:
@@ -38,6 +37,9 @@ class DeepseekProvider(GPTModelProvider, MLATransformerConfig):
     hf_topk_group: int | None = None
     hf_topk_method: str | None = None
     hf_num_nextn_predict_layers: int = 0
+    # the source's dtypes of gate.weight / e_score_correction_bias (transformers keeps both in fp32)
+    hf_router_dtype: str = "float32"
+    hf_expert_bias_dtype: str = "float32"
 
     def uses_transformer_engine(self) -> bool:
         return False if own_spec(self) else super().uses_transformer_engine()

@@ -63,7 +63,9 @@ def mtp_block_spec(provider: Any, vp_stage: int | None = None) -> Any:
     if not provider.mtp_num_layers:
         return None
     _fix_mla_without_te()
-    layers = gpt_layer_specs.get_gpt_decoder_layer_specs(provider, use_transformer_engine=False, normalization="RMSNorm")
+    layers = gpt_layer_specs.get_gpt_decoder_layer_specs(
+        provider, use_transformer_engine=False, normalization="RMSNorm"
+    )
     last = copy.deepcopy(layers[-1])
     _patch_layer(last)
     return gpt_layer_specs.get_gpt_mtp_block_spec(provider, last, use_transformer_engine=False, vp_stage=vp_stage)
