@@ -98,3 +98,41 @@ def with_expert_bias(folder: Path, mktemp, *, fused: bool = False, seed: int = 3
     model.save_pretrained(out, save_original_format=not fused)
     _DONE[key] = out
     return out
+
+
+def with_mtp(folder: Path, out: Path, layers: int = 1, *, head_copies: bool = False, seed: int = 5) -> Path:
+    """``folder`` (a V3 toy saved by transformers, which keeps no MTP weights) with ``layers`` synthesised MTP
+    layers: HF layers ``L..L+layers-1`` as the released V3 holds them (``enorm``, ``hnorm``, ``eh_proj [H, 2H]``,
+    ``shared_head.norm`` and a full MoE decoder layer shaped as layer ``L-1``), random; ``head_copies`` adds the
+    per-MTP-layer ``embed_tokens``/``shared_head.head`` copies of the released index."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    n, hidden = config["num_hidden_layers"], config["hidden_size"]
+    gen = torch.Generator().manual_seed(seed)
+    last = f"model.layers.{n - 1}."
+    for i in range(layers):
+        mtp = f"model.layers.{n + i}."
+        for name, tensor in list(tensors.items()):
+            if name.startswith(last):
+                noise = torch.randn(tensor.shape, generator=gen).to(tensor.dtype) * 0.05
+                tensors[mtp + name[len(last) :]] = tensor + noise
+        dtype = tensors["model.norm.weight"].dtype
+        for norm in ("enorm", "hnorm", "shared_head.norm"):
+            tensors[f"{mtp}{norm}.weight"] = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(dtype)
+        tensors[f"{mtp}eh_proj.weight"] = (0.08 * torch.randn(hidden, 2 * hidden, generator=gen)).to(dtype)
+        if head_copies:
+            tensors[f"{mtp}embed_tokens.weight"] = tensors["model.embed_tokens.weight"].clone()
+            tensors[f"{mtp}shared_head.head.weight"] = tensors["lm_head.weight"].clone()
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    config["num_nextn_predict_layers"] = layers
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for extra in folder.iterdir():
+        if extra.name not in ("model.safetensors", "config.json", "model.safetensors.index.json"):
+            (out / extra.name).write_bytes(extra.read_bytes())
+    return out

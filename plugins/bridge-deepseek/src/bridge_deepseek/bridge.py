@@ -35,6 +35,7 @@ from bridge_core.mappings import (
 )
 from bridge_core.quantization import dequantize_fp8_blockwise
 
+from bridge_deepseek.mappings import MAIN, VocabCopiesMapping
 from bridge_deepseek.provider import DeepseekProvider
 
 PER_EXPERT, FUSED = "per_expert", "fused"
@@ -198,6 +199,7 @@ class DeepseekBridge(MegatronModelBridge):
     # set by select_hf_layout from the model's provider
     layout: str = PER_EXPERT
     mtp_layers: int = 0
+    head_copies: bool = False
     num_layers: int = 0
     router_dtype: torch.dtype = torch.float32
     expert_bias_dtype: torch.dtype = torch.float32
@@ -273,12 +275,15 @@ class DeepseekBridge(MegatronModelBridge):
     def select_hf_layout(self, model_config: Any, hf_names: Collection[str] | None) -> None:
         if hf_names is not None:
             model_config.hf_expert_layout = expert_layout(hf_names)
+            first_mtp = f"{self.HF_PREFIX}layers.{model_config.num_layers}."
+            model_config.hf_mtp_head_copies = f"{first_mtp}embed_tokens.weight" in hf_names
         layout = getattr(model_config, "hf_expert_layout", PER_EXPERT)
         if layout not in (PER_EXPERT, FUSED):
             raise ConfigError(f"hf_expert_layout={layout!r} in the model settings (expected 'per_expert' or 'fused')")
         self.layout = layout
         self.mtp_layers = getattr(model_config, "mtp_num_layers", None) or 0
         self.num_layers = model_config.num_layers
+        self.head_copies = bool(getattr(model_config, "hf_mtp_head_copies", False)) and self.mtp_layers > 0
         self.router_dtype = parse_dtype(getattr(model_config, "hf_router_dtype", "float32"))
         self.expert_bias_dtype = parse_dtype(getattr(model_config, "hf_expert_bias_dtype", "float32"))
 
@@ -346,12 +351,32 @@ class DeepseekBridge(MegatronModelBridge):
             ]
         return out
 
+    def vocab_mappings(self) -> list[MegatronParamMapping]:
+        """Embedding and output layer, with the MTP layers' copies of them when the source has those."""
+        p = self.HF_PREFIX
+        embedding, output = f"{p}embed_tokens.weight", "lm_head.weight"
+        if not self.head_copies:
+            return [
+                VocabParallelMapping("embedding.word_embeddings.weight", embedding),
+                VocabParallelMapping("output_layer.weight", output),
+            ]
+        mtp = [f"{p}layers.{self.num_layers + i}." for i in range(self.mtp_layers)]
+        return [
+            VocabCopiesMapping(
+                "embedding.word_embeddings.weight",
+                {MAIN: embedding, **{f"copy{i}": f"{m}embed_tokens.weight" for i, m in enumerate(mtp)}},
+            ),
+            VocabCopiesMapping(
+                "output_layer.weight",
+                {MAIN: output, **{f"copy{i}": f"{m}shared_head.head.weight" for i, m in enumerate(mtp)}},
+            ),
+        ]
+
     def mapping_registry(self) -> MegatronMappingRegistry:
         p = self.HF_PREFIX
         return MegatronMappingRegistry(
-            VocabParallelMapping("embedding.word_embeddings.weight", f"{p}embed_tokens.weight"),
+            *self.vocab_mappings(),
             ReplicatedMapping("decoder.final_layernorm.weight", f"{p}norm.weight"),
-            VocabParallelMapping("output_layer.weight", "lm_head.weight"),
             *self.layer_mappings("decoder.layers.*.", f"{p}layers.*."),
             *self.mtp_mappings(),
         )

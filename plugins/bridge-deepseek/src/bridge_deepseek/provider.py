@@ -37,6 +37,8 @@ class DeepseekProvider(GPTModelProvider, MLATransformerConfig):
     hf_topk_group: int | None = None
     hf_topk_method: str | None = None
     hf_num_nextn_predict_layers: int = 0
+    # whether the source's MTP layers hold copies of embed_tokens / lm_head (the released V3 does)
+    hf_mtp_head_copies: bool = False
     # the source's dtypes of gate.weight / e_score_correction_bias (transformers keeps both in fp32)
     hf_router_dtype: str = "float32"
     hf_expert_bias_dtype: str = "float32"
