@@ -71,7 +71,11 @@ def build_tasks(params: list[ParamInfo], registry: MegatronMappingRegistry, *, t
     """Bind every parameter to exactly one mapping; any parameter left over is an error naming it."""
     tasks, unmapped, problems = [], [], []
     for p in params:
-        copy = tied and p.global_name == TIED_OUTPUT
+        # the output layer of a tied model, or a duplicate of the embedding megatron-core keeps in sync with the
+        # first stage's (``shared``: the MTP stage's of a pipeline): loaded from the same HF tensor, never exported
+        copy = (tied and p.global_name == TIED_OUTPUT) or (
+            p.global_name == TIED_SOURCE and bool(getattr(p.tensor, "shared", False))
+        )
         try:
             mapping = registry.megatron_to_hf_lookup(TIED_SOURCE if copy else p.global_name)
         except ValueError as exc:
