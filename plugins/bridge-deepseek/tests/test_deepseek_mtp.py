@@ -139,3 +139,27 @@ def _tensor(folder: Path, name: str) -> torch.Tensor:
 
     with safe_open(folder / "model.safetensors", "pt") as f:
         return f.get_tensor(name)
+
+
+def test_mtp_roundtrip_dist_tp2_pp2_ep2(toy_model_factory, tmp_path_factory, tmp_path):
+    """4 layers, so that PP=2 puts 2 on each stage and the MTP block (with megatron-core's duplicate of the
+    embedding) on the second."""
+    from bridge_core.testing.pytest_plugin import CpuLauncher
+
+    four = with_expert_bias(
+        toy_model_factory(ToyModel("DeepseekV3ForCausalLM", {**V3.config, "num_hidden_layers": 4})),
+        tmp_path_factory.mktemp,
+    )
+    folder = with_mtp(four, tmp_path / "hf", head_copies=True)
+    cases = [{"name": "tp2", "tp": 2}, {"name": "pp2", "pp": 2}, {"name": "ep2", "ep": 2}]
+    spec = {"hf_path": str(folder), "out": str(tmp_path / "out"), "cases": cases}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {"BRIDGE_PLUGINS": "deepseek", "BRIDGE_STRICT_PLUGINS": "1"}
+    CpuLauncher(tmp_path_factory.mktemp, nproc=2).run_script(
+        Path(__file__).with_name("_deepseek_mtp_dist.py"), str(tmp_path / "spec.json"), env=env
+    )
+    errors = json.loads((tmp_path / "out" / "errors.json").read_text())
+    for case in cases:
+        assert errors[case["name"]] is None, errors[case["name"]]
+        assert compare_hf_weights(folder, tmp_path / "out" / case["name"]) == [], case["name"]
