@@ -21,12 +21,12 @@ WORLD, PP, EP = 128, 16, 8
 
 
 def probe(rank: int, recipe) -> dict:
-    from megatron.core import parallel_state as ps
-
     from bridge_core.conversion import plan
     from bridge_core.conversion.params import collect_params
     from bridge_core.cpu_support import apply_cpu_patches
     from bridge_core.testing.recipes import recipe_provider
+    from megatron.core import parallel_state as ps
+
     from bridge_deepseek.bridge import DeepseekV3Bridge
 
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=WORLD)
