@@ -347,7 +347,9 @@ class DeepseekBridge(MegatronModelBridge):
                 AutoMapping(f"{mg}hnorm.weight", f"{hf}hnorm.weight"),
                 AutoMapping(f"{mg}eh_proj.weight", f"{hf}eh_proj.weight"),
                 AutoMapping(f"{mg}final_layernorm.weight", f"{hf}shared_head.norm.weight"),
+                # the inner layer: megatron-core 0.16's name, and 0.19's
                 *self.layer_mappings(f"{mg}transformer_layer.", hf),
+                *self.layer_mappings(f"{mg}mtp_model_layer.", hf),
             ]
         return out
 
