@@ -12,10 +12,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from bridge_core.mcore_versions import mlp_submodules
 from megatron.core.models.gpt import gpt_layer_specs
 from megatron.core.transformer import multi_latent_attention
+from megatron.core.transformer.identity_op import IdentityOp
 
-from bridge_deepseek.modeling_deepseek.attention import MLADotProductAttention
+from bridge_deepseek.modeling_deepseek.attention import DeepseekMLASelfAttention, MLADotProductAttention
 from bridge_deepseek.modeling_deepseek.router import ExpertBiasRouter
 
 
@@ -34,12 +36,15 @@ def _te_importable() -> bool:
     return True
 
 
-def _patch_layer(layer: Any) -> None:
+def _patch_layer(layer: Any, provider: Any) -> None:
     attention = layer.submodules.self_attention
+    attention.module = DeepseekMLASelfAttention
     attention.submodules.core_attention = MLADotProductAttention
-    mlp = layer.submodules.mlp
-    if hasattr(mlp.submodules, "router"):
-        mlp.submodules.router = ExpertBiasRouter
+    if provider.q_lora_rank is None:  # no q norm without q-LoRA (megatron-core 0.19 refuses a norm it would not use)
+        attention.submodules.q_layernorm = IdentityOp
+    mlp = mlp_submodules(layer.submodules.mlp)  # a ModuleSpec in megatron-core 0.16, a partial in 0.19
+    if hasattr(mlp, "router"):
+        mlp.router = ExpertBiasRouter
 
 
 def decoder_block_spec(provider: Any, vp_stage: int | None = None) -> Any:
@@ -51,7 +56,7 @@ def decoder_block_spec(provider: Any, vp_stage: int | None = None) -> Any:
         )
     )
     for layer in block.layer_specs:
-        _patch_layer(layer)
+        _patch_layer(layer, provider)
     return block
 
 
@@ -67,5 +72,5 @@ def mtp_block_spec(provider: Any, vp_stage: int | None = None) -> Any:
         provider, use_transformer_engine=False, normalization="RMSNorm"
     )
     last = copy.deepcopy(layers[-1])
-    _patch_layer(last)
+    _patch_layer(last, provider)
     return gpt_layer_specs.get_gpt_mtp_block_spec(provider, last, use_transformer_engine=False, vp_stage=vp_stage)
