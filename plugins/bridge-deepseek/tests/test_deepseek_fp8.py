@@ -78,3 +78,20 @@ def test_fp8_import_equals_transformers_own_fp8_loading(bf16_v3, tmp_path):
     theirs.save_pretrained(tmp_path / "theirs")
     import_export(fp8, tmp_path / "export")
     assert compare_hf_weights(tmp_path / "theirs", tmp_path / "export") == []
+
+
+def test_an_fp8_weight_without_its_scale_is_a_one_line_error(bf16_v3, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from bridge_core.errors import ConfigError
+
+    fp8 = fp8_copy(bf16_v3, tmp_path / "fp8", (32, 32))
+    tensors = load_file(fp8 / "model.safetensors")
+    del tensors["model.layers.0.self_attn.o_proj.weight_scale_inv"]
+    save_file(tensors, fp8 / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError) as err:
+        import_export(fp8, tmp_path / "export")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "model.layers.0.self_attn.o_proj.weight is torch.float8_e4m3fn" in message
+    assert "model.layers.0.self_attn.o_proj.weight_scale_inv" in message
