@@ -108,6 +108,84 @@ def test_a_config_declaring_mtp_without_weights_builds_no_mtp_and_keeps_the_decl
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_nextn_predict_layers"] == 1
 
 
+def hf_mtp_loss(folder: Path, ids: torch.Tensor, padded_vocab: int) -> float:
+    """The MTP loss built from transformers' own modules, as megatron-core (and DeepSeek-V3) define it:
+    ``h`` = the main model's final-normed hidden state at position t, ``e`` = the embedding of token t+1,
+    ``x = eh_proj([enorm(e); hnorm(h)])`` through the MTP layer (an HF decoder layer holding HF layer L's
+    weights), ``shared_head.norm``, ``lm_head``; cross-entropy against token t+2, averaged over the
+    positions that have one (megatron-core's rolled labels)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3DecoderLayer, DeepseekV3RMSNorm
+
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    config, n, hidden = model.config, model.config.num_hidden_layers, model.config.hidden_size
+    prefix = f"model.layers.{n}."
+    from safetensors.torch import load_file
+
+    weights = {k[len(prefix) :]: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith(prefix)}
+    layer = DeepseekV3DecoderLayer(config, layer_idx=n).eval()
+    experts = range(config.n_routed_experts)
+    e = "mlp.experts."
+    weights[f"{e}gate_up_proj"] = torch.stack(
+        [torch.cat([weights.pop(f"{e}{i}.gate_proj.weight"), weights.pop(f"{e}{i}.up_proj.weight")]) for i in experts]
+    )
+    weights[f"{e}down_proj"] = torch.stack([weights.pop(f"{e}{i}.down_proj.weight") for i in experts])
+    layer.load_state_dict(
+        {
+            k: v
+            for k, v in weights.items()
+            if k.split(".")[0] in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+        }
+    )
+    norms = {
+        name: DeepseekV3RMSNorm(hidden, eps=config.rms_norm_eps) for name in ("enorm", "hnorm", "shared_head.norm")
+    }
+    for name, norm in norms.items():
+        norm.weight.data.copy_(weights[f"{name}.weight"])
+    eh_proj = torch.nn.Linear(2 * hidden, hidden, bias=False)
+    eh_proj.weight.data.copy_(weights["eh_proj.weight"])
+    batch, seq = ids.shape
+    with torch.no_grad():
+        h = model.model(ids).last_hidden_state
+        e = model.model.embed_tokens(torch.roll(ids, -1, dims=1))
+        x = eh_proj(torch.cat([norms["enorm"](e), norms["hnorm"](h)], dim=-1))
+        positions = torch.arange(seq).unsqueeze(0).expand(batch, -1)
+        mask = torch.full((seq, seq), float("-inf")).triu(1)[None, None]
+        x = layer(
+            x, attention_mask=mask, position_ids=positions, position_embeddings=model.model.rotary_emb(x, positions)
+        )
+        logits = model.lm_head(norms["shared_head.norm"](x))
+        logits = torch.nn.functional.pad(logits, (0, padded_vocab - logits.shape[-1]))
+    targets = ids[:, 2:]  # token t+2, for the positions that have one
+    ce = torch.nn.functional.cross_entropy(logits[:, : seq - 2].reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return ce.item()
+
+
+def test_mtp_loss_equals_the_one_built_from_transformers_modules(mtp):
+    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+    from bridge_core.cpu_support import causal_mask
+
+    bridge = AutoBridge.from_hf_pretrained(mtp)
+    provider = bridge.to_megatron_provider()
+    ids = sample_ids(1000, seq=32)
+    try:
+        model = provider.provide_distributed_model(wrap_with_ddp=False)
+        bridge.load_hf_weights(model)
+        gpt = model[0].train()  # megatron-core records the MTP loss in training mode (dropout is 0)
+        tracker = MTPLossLoggingHelper.tracker
+        tracker.pop("values", None), tracker.pop("loss_values", None)
+        labels, loss_mask = torch.roll(ids, -1, dims=1), torch.ones_like(ids)  # next-token labels,
+        loss_mask[:, -1] = 0  # the last position has none
+        with torch.no_grad():
+            gpt(ids, torch.arange(32).unsqueeze(0).expand(2, -1), causal_mask(32), labels=labels, loss_mask=loss_mask)
+        ours = tracker.get("values", tracker.get("loss_values"))[0].item()
+    finally:
+        destroy_model_parallel()
+    reference = hf_mtp_loss(mtp, ids, provider.vocab_size_with_padding)
+    assert abs(ours - reference) <= 1e-5 * reference, (ours, reference)
+
+
 def test_mtp_weights_drive_the_mtp_loss_only(mtp):
     """With labels, the MTP block adds its loss (megatron-core's tracker) and leaves the main logits alone."""
     from bridge_core.cpu_support import causal_mask
