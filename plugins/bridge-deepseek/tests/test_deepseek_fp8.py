@@ -81,9 +81,8 @@ def test_fp8_import_equals_transformers_own_fp8_loading(bf16_v3, tmp_path):
 
 
 def test_an_fp8_weight_without_its_scale_is_a_one_line_error(bf16_v3, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     from bridge_core.errors import ConfigError
+    from safetensors.torch import load_file, save_file
 
     fp8 = fp8_copy(bf16_v3, tmp_path / "fp8", (32, 32))
     tensors = load_file(fp8 / "model.safetensors")

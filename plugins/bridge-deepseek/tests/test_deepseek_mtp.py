@@ -162,9 +162,8 @@ def hf_mtp_loss(folder: Path, ids: torch.Tensor, padded_vocab: int) -> float:
 
 
 def test_mtp_loss_equals_the_one_built_from_transformers_modules(mtp):
-    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
-
     from bridge_core.cpu_support import causal_mask
+    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
     bridge = AutoBridge.from_hf_pretrained(mtp)
     provider = bridge.to_megatron_provider()
