@@ -152,10 +152,10 @@ def test_config_without_architectures(toy, tmp_path):
 
 
 def test_unknown_architecture_names_the_plugin(toy, tmp_path):
-    folder = with_config(toy, tmp_path / "hf", architectures=["DeepseekV3ForCausalLM"])
+    folder = with_config(toy, tmp_path / "hf", architectures=["NemotronHForCausalLM"])
     assert_one_line_error(
         bridgectl("import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "o")),
-        "DeepseekV3ForCausalLM: no plugin for it is published yet (write one with 'bridgectl new-plugin')",
+        "NemotronHForCausalLM: no plugin for it is published yet (write one with 'bridgectl new-plugin')",
     )
 
 

@@ -82,12 +82,12 @@ def test_unknown_architecture_names_the_package_to_install(clean_plugin_env, mon
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "fixture-good")
     with pytest.raises(UnsupportedArchitectureError) as err:
-        get_registry().bridge_for("DeepseekV3ForCausalLM")
+        get_registry().bridge_for("NemotronHForCausalLM")
     msg = str(err.value)
     assert "loaded: bridge-fixture-good 0.3.1" in msg
     # a family this project does not ship yet gets no pip line (anyone could register the name)
     assert msg.endswith(
-        "DeepseekV3ForCausalLM: no plugin for it is published yet (write one with 'bridgectl new-plugin')"
+        "NemotronHForCausalLM: no plugin for it is published yet (write one with 'bridgectl new-plugin')"
     )
 
 

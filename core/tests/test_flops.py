@@ -135,9 +135,17 @@ def test_recompute_adds_what_runs_again():
 
 
 def test_an_uncounted_block_is_a_one_line_error():
-    mtp = dataclasses.replace(llama3_8b(), mtp_num_layers=1)
-    with pytest.raises(flops.FlopsUnsupported, match=r"mtp_num_layers .* \(FLOPS_DECODER_LAYER\)"):
-        flops.forward_flops_per_token(mtp, SEQ)
+    mla = dataclasses.replace(llama3_8b(), multi_latent_attention=True)
+    with pytest.raises(flops.FlopsUnsupported, match=r"multi_latent_attention .* \(FLOPS_DECODER_LAYER\)"):
+        flops.forward_flops_per_token(mla, SEQ)
+
+
+def test_an_mtp_layer_adds_eh_proj_a_last_kind_layer_and_its_logits():
+    plain = llama3_8b()
+    mtp = dataclasses.replace(plain, mtp_num_layers=1)
+    layer = flops.standard_layer_flops(plain) + 2 * 2 * 32 * 128 * SEQ / 2
+    extra = 2 * 2 * 4096 * 4096 + layer + 2 * 4096 * 128256
+    assert flops.forward_flops_per_token(mtp, SEQ) == flops.forward_flops_per_token(plain, SEQ) + extra
 
 
 # -- plugin blocks ------------------------------------------------------------------------------

@@ -372,8 +372,28 @@ def test_export_parts_trim_vocab_and_apply_the_requested_dtype():
     ]
 
 
+def test_export_parts_keep_a_mapping_s_pinned_hf_dtype():
+    """A mapping with ``hf_dtype`` (an fp32 router in a bf16 checkpoint) is exported in it, whatever the export's."""
+    emb = by_name(tasks())[EMB]
+    emb.mapping.hf_dtype = torch.float32
+    assert plan.export_parts(emb, CONFIG, HF_CONFIG, torch.bfloat16) == [
+        ("model.embed_tokens.weight", None, (10, 8), torch.float32)
+    ]
+
+
 def test_export_parts_of_a_stacked_expert_give_the_transposed_slice_and_index():
     (task,) = expert_tasks(3)
     assert plan.export_parts(task, CONFIG, HF_CONFIG, None) == [
         ("model.layers.0.mlp.experts.down_proj", 3, (16, 8), torch.float32)
     ]
+
+
+def test_a_shared_duplicate_of_the_embedding_is_a_tied_copy():
+    """megatron-core's MTP stage of a pipeline holds a duplicate embedding (``shared=True``): loaded from the
+    same HF tensor, not consumed twice, not exported twice; the first stage's embedding is the real one."""
+    first, duplicate = info(EMB, (16, 8), tp_dim=0), info(EMB, (16, 8), tp_dim=0)
+    duplicate.tensor.shared = True
+    (real,) = plan.build_tasks([first], registry(), tied=False, owner="x")
+    (copy,) = plan.build_tasks([duplicate], registry(), tied=False, owner="x")
+    assert not real.tied_copy and copy.tied_copy
+    assert copy.hf_keys == ("model.embed_tokens.weight",) and plan.consumption([copy]) == []

@@ -167,7 +167,7 @@ def test_selection_variables():
     assert "blocked by" in _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_DISABLE_PLUGINS": "qwen"})
 
 
-@pytest.mark.parametrize("architecture", ["DeepseekV3ForCausalLM", "GptOssForCausalLM"])
+@pytest.mark.parametrize("architecture", ["NemotronHForCausalLM", "GptOssForCausalLM"])
 def test_an_architecture_no_published_plugin_serves_gets_no_pip_line(architecture):
     with pytest.raises(UnsupportedArchitectureError) as err:
         Registry().bridge_for(architecture)
@@ -175,7 +175,7 @@ def test_an_architecture_no_published_plugin_serves_gets_no_pip_line(architectur
         f"{architecture} is not supported by any loaded plugin (loaded: none); "
         f"{architecture}: no plugin for it is published yet (write one with 'bridgectl new-plugin')"
     )
-    assert "pip install" not in str(err.value) and "bridge-deepseek" not in str(err.value)
+    assert "pip install" not in str(err.value) and "bridge-nemotron" not in str(err.value)
 
 
 def test_known_plugins_map_only_to_shipped_distributions():

@@ -128,7 +128,8 @@ def _produce(
     full = task.mapping.merge(shards)
     hf = task.mapping.megatron_to_hf(full, task.context(config, bridge.hf_config))
     hf = bridge.maybe_modify_converted_hf_weight(task, hf, None)
-    return {name: (checked_cast(t, dtype, name) if dtype is not None else t).contiguous() for name, t in hf.items()}
+    want = task.mapping.hf_dtype or dtype
+    return {name: (checked_cast(t, want, name) if want is not None else t).contiguous() for name, t in hf.items()}
 
 
 def export_tasks(

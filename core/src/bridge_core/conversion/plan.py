@@ -71,7 +71,11 @@ def build_tasks(params: list[ParamInfo], registry: MegatronMappingRegistry, *, t
     """Bind every parameter to exactly one mapping; any parameter left over is an error naming it."""
     tasks, unmapped, problems = [], [], []
     for p in params:
-        copy = tied and p.global_name == TIED_OUTPUT
+        # the output layer of a tied model, or a duplicate of the embedding megatron-core keeps in sync with the
+        # first stage's (``shared``: the MTP stage's of a pipeline): loaded from the same HF tensor, never exported
+        copy = (tied and p.global_name == TIED_OUTPUT) or (
+            p.global_name == TIED_SOURCE and bool(getattr(p.tensor, "shared", False))
+        )
         try:
             mapping = registry.megatron_to_hf_lookup(TIED_SOURCE if copy else p.global_name)
         except ValueError as exc:
@@ -234,4 +238,5 @@ def export_parts(
     """``(hf_name, slice index, shape, dtype)`` of what exporting ``task`` produces (meta dry-run)."""
     full = _meta(task.param.full_shape, task.param.dtype)
     out = task.mapping.megatron_to_hf(full, task.context(config, hf_config))
-    return [(name, task.mapping.index, tuple(t.shape), dtype or t.dtype) for name, t in out.items()]
+    want = task.mapping.hf_dtype or dtype
+    return [(name, task.mapping.index, tuple(t.shape), want or t.dtype) for name, t in out.items()]

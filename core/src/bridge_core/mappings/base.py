@@ -57,6 +57,9 @@ class MegatronParamMapping:
     """
 
     tp_dim: int | None = None
+    # The dtype the HF tensor is exported in whatever the export's dtype (None: the export's): for
+    # tensors an HF model keeps in fp32 inside a bf16 checkpoint (routers, expert biases).
+    hf_dtype: torch.dtype | None = None
 
     def __init__(self, megatron_param: str, hf_param: HFParam):
         self.megatron_param = megatron_param

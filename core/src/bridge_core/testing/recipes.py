@@ -58,6 +58,8 @@ def parameter_count(provider: Any) -> int:
     attention = h * (q + 2 * kv) + q * h
     if provider.add_qkv_bias or provider.add_bias_linear:
         attention += q + 2 * kv
+    if getattr(provider, "multi_latent_attention", False):
+        attention = mla_parameter_count(provider)
     up = 2 if provider.gated_linear_unit else 1
 
     def mlp(ffn: int) -> int:
@@ -74,10 +76,24 @@ def parameter_count(provider: Any) -> int:
         shared = provider.moe_shared_expert_intermediate_size
         if shared:
             moe += mlp(shared) + (h if getattr(provider, "moe_shared_expert_gate", False) else 0)
-    norms = 2 * h + (2 * head_dim if provider.qk_layernorm else 0)
+    mla = getattr(provider, "multi_latent_attention", False)
+    norms = 2 * h + (2 * head_dim if provider.qk_layernorm and not mla else 0)
     blocks = layers * (attention + norms) + moe_layers * moe + (layers - moe_layers) * mlp(provider.ffn_hidden_size)
     embeddings = provider.vocab_size * h * (1 if provider.share_embeddings_and_output_weights else 2)
     return blocks + embeddings + h
+
+
+def mla_parameter_count(provider: Any) -> int:
+    """One multi-latent attention block (megatron-core's ``MLATransformerConfig``): the q projection (or its
+    low-rank down/norm/up), the kv down-projection with the shared rope key, its norm, the kv up-projection
+    and the output projection."""
+    h, heads = provider.hidden_size, provider.num_attention_heads
+    q_head = provider.qk_head_dim + provider.qk_pos_emb_head_dim
+    rank = provider.q_lora_rank
+    q = h * heads * q_head if rank is None else h * rank + rank + rank * heads * q_head
+    kv = h * (provider.kv_lora_rank + provider.qk_pos_emb_head_dim) + provider.kv_lora_rank
+    kv += provider.kv_lora_rank * heads * (provider.qk_head_dim + provider.v_head_dim)
+    return q + kv + heads * provider.v_head_dim * h
 
 
 def hf_parameter_count(recipe: Recipe) -> int:

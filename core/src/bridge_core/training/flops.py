@@ -14,11 +14,15 @@ Plugin blocks: a bridge whose decoder layers are not the standard ones names the
 with ``register_flops``. The registered function (``provider -> float``) then replaces the core's
 count of every decoder layer's matrix multiplications that do not depend on the sequence (projections,
 MLP or experts, router); the core still adds each layer's score/context term, the output logits and
-the recompute. A bridge that names no block gets the standard count.
+the recompute. A block function taking a second argument gets the 1-indexed layer number (dense and
+MoE layers of one model differ). Multi-token-prediction layers (``mtp_num_layers``) add ``eh_proj``, an
+inner layer and their own logits each (``mtp_flops``; not part of a recompute). A bridge that names no
+block gets the standard count.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -57,9 +61,13 @@ def attended_keys(c: Any, seq_length: int, layer_number: int) -> float:
 
 
 def attention_score_flops(c: Any, seq_length: int, layer_number: int = 1) -> float:
-    """``QK^T`` and ``PV`` per token: ``2 * 2 * heads * head_dim * keys``."""
+    """``QK^T`` and ``PV`` per token: ``2 * heads * (qk_dim + v_dim) * keys`` (``head_dim`` both; with
+    multi-latent attention the query/key heads are ``qk_head_dim + qk_pos_emb_head_dim``, values ``v_head_dim``)."""
     heads, _, d = _heads(c)
-    return 4.0 * heads * d * attended_keys(c, seq_length, layer_number)
+    qk, v = d, d
+    if getattr(c, "multi_latent_attention", False):
+        qk, v = c.qk_head_dim + c.qk_pos_emb_head_dim, c.v_head_dim
+    return 2.0 * heads * (qk + v) * attended_keys(c, seq_length, layer_number)
 
 
 def mlp_flops(c: Any, ffn_hidden_size: int) -> float:
@@ -103,7 +111,6 @@ def _check_standard(c: Any) -> None:
         ("multi_latent_attention", "multi-latent attention"),
         ("experimental_attention_variant", "an experimental attention variant"),
         ("moe_latent_size", "latent MoE"),
-        ("mtp_num_layers", "multi-token prediction layers"),
         ("heterogeneous_block_specs", "heterogeneous layers"),
     ):
         if getattr(c, name, None):
@@ -113,17 +120,38 @@ def _check_standard(c: Any) -> None:
             )
 
 
+def layer_flops(c: Any, layer_number: int, decoder_layer: BlockFlops | None = None) -> float:
+    """Layer ``layer_number``'s sequence-independent FLOPs: the plugin block's (called with the 1-indexed layer
+    number when it takes two arguments; MTP layers are numbered after the decoder's), else the standard count."""
+    if decoder_layer is None:
+        return standard_layer_flops(c, min(layer_number, c.num_layers))
+    if len(inspect.signature(decoder_layer).parameters) >= 2:
+        return float(decoder_layer(c, layer_number))
+    return float(decoder_layer(c))
+
+
+def mtp_flops(c: Any, seq_length: int, decoder_layer: BlockFlops | None = None) -> float:
+    """Each multi-token-prediction layer (``mtp_num_layers``): ``eh_proj`` (``2 * hidden -> hidden``), its inner
+    layer (the last decoder layer's kind, layer number ``num_layers + i + 1``) and its own output logits."""
+    total = 0.0
+    for i in range(getattr(c, "mtp_num_layers", None) or 0):
+        n = c.num_layers + i + 1
+        eh_proj = 2.0 * 2 * c.hidden_size * c.hidden_size
+        total += eh_proj + layer_flops(c, n, decoder_layer) + attention_score_flops(c, seq_length, c.num_layers)
+        total += logits_flops(c)
+    return total
+
+
 def forward_flops_per_token(c: Any, seq_length: int, decoder_layer: BlockFlops | None = None) -> float:
-    """Forward FLOPs per token of the whole model (every pipeline stage), at ``seq_length``.
+    """Forward FLOPs per token of the whole model (every pipeline stage, MTP layers included), at ``seq_length``.
 
     ``decoder_layer``: a plugin block's function, replacing ``standard_layer_flops`` for every layer.
     """
     if decoder_layer is None:
         _check_standard(c)
-    total = logits_flops(c)
-    block = float(decoder_layer(c)) if decoder_layer is not None else None
+    total = logits_flops(c) + mtp_flops(c, seq_length, decoder_layer)
     for n in range(1, c.num_layers + 1):
-        total += (block if block is not None else standard_layer_flops(c, n)) + attention_score_flops(c, seq_length, n)
+        total += layer_flops(c, n, decoder_layer) + attention_score_flops(c, seq_length, n)
     return total
 
 
@@ -144,10 +172,8 @@ def recompute_flops_per_token(c: Any, seq_length: int, decoder_layer: BlockFlops
     and for standard layers ``mlp``, ``moe`` and ``shared_experts``; other modules have no matmuls.
     """
     if c.recompute_granularity == "full":
-        block = float(decoder_layer(c)) if decoder_layer is not None else None
         return sum(
-            (block if block is not None else standard_layer_flops(c, n)) + attention_score_flops(c, seq_length, n)
-            for n in _recomputed_layers(c)
+            layer_flops(c, n, decoder_layer) + attention_score_flops(c, seq_length, n) for n in _recomputed_layers(c)
         )
     if c.recompute_granularity != "selective":
         return 0.0
