@@ -25,7 +25,8 @@ def register_flops(register):
 
 
 # Recipes in bridge_deepseek.recipes (imported only when one is used); the kind is the name's suffix.
-RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft") for model in ("deepseek_v2_lite", "deepseek_v3"))
+_MODELS = ("deepseek_v2_lite", "deepseek_v3")
+RECIPES = tuple(f"{model}_{kind}" for kind in ("pretrain", "sft", "peft") for model in _MODELS)
 
 
 @hookimpl
