@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("bridge_core.cli.export_cmd", "Megatron checkpoint -> complete HF folder"),
     "generate": ("bridge_core.cli.generate_cmd", "greedy generation with the Megatron model"),
     "verify": ("bridge_core.cli.verify_cmd", "compare a Megatron checkpoint with its HF source (logits, tensors)"),
+    "plan": ("bridge_core.cli.plan_cmd", "what each TP/PP/EP rank would hold and read, from config.json alone"),
     "roundtrip": ("bridge_core.cli.roundtrip_cmd", "import, export and compare in one command"),
     "recipes": ("bridge_core.cli.recipes_cmd", "list installed training recipes (name, family, kind, distribution)"),
     "recipe": ("bridge_core.cli.recipe_cmd", "show a recipe's resolved config: recipe show NAME [key=value ...]"),
