@@ -131,3 +131,16 @@ def mlp_submodules(mlp_spec: Any) -> Any:
     if submodules is None:
         raise TypeError(f"cannot find the MLP submodules of the layer spec's mlp entry {mlp_spec!r}")
     return submodules
+
+
+def reset_moe_metrics() -> None:
+    """Forget megatron-core's MoE per-layer metrics. They are sized by the first model's layer count, so
+    a later run in the same process with more layers indexes past them (IndexError in the router)."""
+    try:
+        from megatron.core.transformer.moe import moe_logging  # 0.19: a tracker object
+    except ImportError:
+        from megatron.core.transformer.moe import moe_utils  # 0.16: a module-level dict
+
+        moe_utils.get_moe_layer_wise_logging_tracker().clear()
+        return
+    moe_logging._MOE_METRICS_TRACKER = None

@@ -19,6 +19,9 @@ _PLACES = {  # target -> (owner attribute, expected parallel mode)
     "linear_proj": ("self_attention", ROW),
     "linear_fc1": ("mlp", COLUMN),
     "linear_fc2": ("mlp", ROW),
+    "linear_q_proj": ("self_attention", COLUMN),
+    "linear_q_up_proj": ("self_attention", COLUMN),
+    "linear_kv_up_proj": ("self_attention", COLUMN),
 }
 
 

@@ -21,7 +21,15 @@ from bridge_core.mappings.base import MappingContext, MegatronParamMapping
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-OWNERS = {"linear_qkv": "self_attention", "linear_proj": "self_attention", "linear_fc1": "mlp", "linear_fc2": "mlp"}
+OWNERS = {
+    "linear_qkv": "self_attention",
+    "linear_proj": "self_attention",
+    "linear_fc1": "mlp",
+    "linear_fc2": "mlp",
+    "linear_q_proj": "self_attention",
+    "linear_q_up_proj": "self_attention",
+    "linear_kv_up_proj": "self_attention",
+}
 ROW_TARGETS = ("linear_proj", "linear_fc2")
 # stacked over the layers (``decoder.layers.<...>``, a leading layer axis) or one key per layer (models
 # whose layers differ, e.g. dense and MoE ones: ``decoder.layers.<N>.<...>``)

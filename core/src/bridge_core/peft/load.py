@@ -21,7 +21,7 @@ import torch
 from bridge_core.errors import ConfigError
 from bridge_core.peft import hf_adapter
 from bridge_core.peft.apply import apply_peft, lora_modules
-from bridge_core.training.config import PEFT_TARGETS, PeftConfig
+from bridge_core.training.config import MLA_TARGETS, PEFT_TARGETS, PeftConfig
 
 _MUST_BE = {  # field -> the values we can reproduce
     "use_rslora": (False, None),
@@ -41,7 +41,7 @@ def _placeable(registry: Any, num_layers: int) -> dict[str, tuple[int, str]]:
     """Every HF module an adapter can sit on (``model.layers.0.self_attn.q_proj``) -> (layer, Megatron target)."""
     out = {}
     for layer in range(num_layers):
-        for target in PEFT_TARGETS:
+        for target in PEFT_TARGETS + MLA_TARGETS:
             mapping = registry.megatron_to_hf_lookup(hf_adapter.megatron_weight_name(layer, target))
             if mapping is not None:
                 for module in hf_adapter._modules(mapping).values():
@@ -88,7 +88,7 @@ def read_adapter_config(folder: Path, registry: Any, num_layers: int) -> PeftCon
         rank=int(config["r"]),
         alpha=float(config["lora_alpha"]),
         dropout=float(config.get("lora_dropout") or 0.0),
-        targets=[t for t in PEFT_TARGETS if t in targets],
+        targets=[t for t in PEFT_TARGETS + MLA_TARGETS if t in targets],
     )
 
 

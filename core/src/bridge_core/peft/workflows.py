@@ -39,7 +39,7 @@ def _bridge_and_provider(info: Any) -> tuple[Any, Any]:
     with tempfile.TemporaryDirectory(prefix="bridgectl-peft-") as tmp:
         bridge = AutoBridge.from_hf_pretrained(_hf_config_folder(info, Path(tmp)))
         _ = bridge.hf.config  # read while the folder exists
-    provider = bridge.bridge.PROVIDER_CLASS(**info.provider_kwargs())
+    provider = bridge.bridge.PROVIDER_CLASS(**info.provider_kwargs(bridge.bridge.PROVIDER_CLASS))
     bridge.bridge.select_hf_layout(provider, None)
     return bridge, provider
 

@@ -138,6 +138,8 @@ class CheckpointConfig:
 
 
 PEFT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+# multi-latent attention's up-projections (DeepSeek): column-parallel, their outputs split like linear_qkv's
+MLA_TARGETS = ("linear_q_proj", "linear_q_up_proj", "linear_kv_up_proj")
 
 
 @dataclass
@@ -401,11 +403,11 @@ def _check_peft(c: TrainingConfig) -> None:
         raise ConfigError(f"peft.alpha must be positive, got {f.alpha}")
     if not 0 <= f.dropout < 1:
         raise ConfigError(f"peft.dropout must lie in [0, 1), got {f.dropout}")
-    unknown = [t for t in f.targets if t not in PEFT_TARGETS]
+    known = PEFT_TARGETS + MLA_TARGETS
+    unknown = [t for t in f.targets if t not in known]
     if unknown or not f.targets:
-        raise ConfigError(
-            f"peft.targets: {', '.join(unknown) or 'empty'} not supported; choose from {', '.join(PEFT_TARGETS)}"
-        )
+        listed = ", ".join(unknown) or "empty"
+        raise ConfigError(f"peft.targets: {listed} not supported; choose from {', '.join(known)}")
     if c.parallel.sequence_parallel:
         raise ConfigError(
             f"peft.scheme={f.scheme} with parallel.sequence_parallel=true is not supported yet; "

@@ -93,7 +93,7 @@ def _from_megatron(recipe: Recipe, path: Path, hf_model: str | Path | None) -> M
         bridge = AutoBridge.from_hf_pretrained(reference)
         _ = bridge.hf.config  # read while the folder exists
     _check_architecture(recipe, bridge.hf.architecture, f"--megatron-path {path}")
-    provider = bridge.bridge.PROVIDER_CLASS(**info.provider_kwargs())
+    provider = bridge.bridge.PROVIDER_CLASS(**info.provider_kwargs(bridge.bridge.PROVIDER_CLASS))
     provider.perform_initialization = False
     tokenizer = sorted(info.tokenizer_dir.iterdir()) if info.tokenizer_dir else bridge.hf.side_files()
     provenance = {**info.provenance, "trained_from": str(path)}

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from bridge_core.cpu_support import cuda_available, cuda_on_cpu
 from bridge_core.errors import ConfigError
+from bridge_core.mcore_versions import reset_moe_metrics
 from bridge_core.parallel import ensure_process_group, rank
 from bridge_core.peft.document import peft_document
 from bridge_core.training.config import TrainingConfig
@@ -80,6 +81,8 @@ def configure_provider(source: ModelSource, config: TrainingConfig) -> Any:
         )
     provider.tensor_model_parallel_size = p.tp
     provider.pipeline_model_parallel_size = p.pp
+    if p.pp == 1:  # a recipe's uneven stage split (e.g. DeepSeek-V3's 4 + 14 x 4 + 1) means nothing on one stage
+        provider.num_layers_in_first_pipeline_stage = provider.num_layers_in_last_pipeline_stage = None
     provider.virtual_pipeline_model_parallel_size = p.vpp
     provider.expert_model_parallel_size = p.ep
     provider.expert_tensor_parallel_size = p.etp
@@ -264,6 +267,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
             "--megatron-path CKPT (the base)"
         )
     check_dataset_helpers()
+    reset_moe_metrics()
     if config.checkpoint.save:
         ckpt.check_save_folder(config.checkpoint.save)
     source = model_source(recipe, hf_model, megatron_path)

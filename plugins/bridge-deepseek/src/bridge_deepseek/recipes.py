@@ -109,4 +109,15 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 # One zero-argument function per recipe, named as the recipe (the targets plugin.py registers).
-NAMES = define_recipes(globals(), FAMILY, MODELS, PRETRAIN, SFT, model_overrides=MODEL_OVERRIDES)
+# LoRA on multi-latent attention: its up-projections and output projection, and the dense layers' MLPs
+PEFT_TARGETS = ["linear_q_proj", "linear_q_up_proj", "linear_kv_up_proj", "linear_proj", "linear_fc1", "linear_fc2"]
+
+
+def _peft_targets(model: str, config) -> None:
+    if config.peft.scheme is not None:
+        config.peft.targets = list(PEFT_TARGETS)
+
+
+NAMES = define_recipes(
+    globals(), FAMILY, MODELS, PRETRAIN, SFT, model_overrides=MODEL_OVERRIDES, adjust=_peft_targets
+)
