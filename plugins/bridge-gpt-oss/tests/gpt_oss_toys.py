@@ -73,3 +73,48 @@ def randomised_copy(folder: Path, mktemp, scale: float = CLAMP_SCALE, seed: int 
         model.save_pretrained(out)
         _MADE[key] = out
     return _MADE[key]
+
+
+MXFP4_QUANTIZATION = {
+    "quant_method": "mxfp4",
+    "modules_to_not_convert": [
+        "model.layers.*.self_attn",
+        "model.layers.*.mlp.router",
+        "model.embed_tokens",
+        "lm_head",
+    ],
+}
+
+
+def mxfp4_copy(folder: Path, mktemp, seed: int = 0) -> Path:
+    """``folder`` with its experts replaced by random MXFP4 ones: ``{gate_up,down}_proj_blocks`` (uint8,
+    two E2M1 codes a byte) and ``_scales`` (E8M0, 2^-7 .. 2^1), as the released checkpoints store them;
+    config.json gains their ``quantization_config``. Everything else is copied as it is."""
+    key = (folder, "mxfp4", seed)
+    if key not in _MADE:
+        import json
+
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        gen = torch.Generator().manual_seed(seed)
+        tensors, out = load_file(str(folder / "model.safetensors")), {}
+        for name, tensor in tensors.items():
+            if not name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                out[name] = tensor
+                continue
+            experts, rows = tensor.shape[0], tensor.shape[2]  # HF [E, in, out]: MXFP4 holds [E, out, in]
+            groups = tensor.shape[1] // 32
+            out[f"{name}_blocks"] = torch.randint(0, 256, (experts, rows, groups, 16), dtype=torch.uint8, generator=gen)
+            out[f"{name}_scales"] = torch.randint(120, 129, (experts, rows, groups), dtype=torch.uint8, generator=gen)
+        target = mktemp("gpt-oss-mxfp4") / "hf"
+        target.mkdir(parents=True, exist_ok=True)
+        save_file(out, str(target / "model.safetensors"), metadata={"format": "pt"})
+        for extra in folder.iterdir():
+            if extra.name not in ("model.safetensors", "config.json"):
+                (target / extra.name).write_bytes(extra.read_bytes())
+        config = json.loads((folder / "config.json").read_text())
+        config.update({"quantization_config": MXFP4_QUANTIZATION, "dtype": "bfloat16"})
+        (target / "config.json").write_text(json.dumps(config, indent=2))
+        _MADE[key] = target
+    return _MADE[key]
