@@ -37,7 +37,7 @@ from bridge_core.mappings import (
 )
 from bridge_core.mappings.base import MappingContext, Tensor
 from bridge_core.mappings.fused import merge_gated, split_gated
-from megatron.core.fusions.fused_bias_geglu import quick_gelu
+from megatron.core.activations import quick_gelu  # the one a Megatron checkpoint names (run_config.json)
 
 from bridge_gpt_oss.modeling_gpt_oss.provider import GptOssProvider
 from bridge_gpt_oss.mxfp4 import dequantize_mxfp4
