@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGINS = ("bridge-gemma", "bridge-llama", "bridge-mixtral", "bridge-olmo", "bridge-phi", "bridge-qwen")
+PLUGINS = (
+    "bridge-gemma",
+    "bridge-gpt-oss",
+    "bridge-llama",
+    "bridge-mixtral",
+    "bridge-olmo",
+    "bridge-phi",
+    "bridge-qwen",
+)
 
 
 def _script():
@@ -25,7 +33,7 @@ def _script():
 def test_recipe_tables_are_current_and_go_stale_when_a_recipe_changes(clean_plugin_env):
     gen = _script()
     recipes = gen.shipped_recipes()
-    assert {r.family for r in recipes} == {"gemma", "llama", "mixtral", "olmo", "phi", "qwen"}
+    assert {r.family for r in recipes} == {"gemma", "gpt_oss", "llama", "mixtral", "olmo", "phi", "qwen"}
     assert gen.stale(recipes) == [], "recipe tables out of date: run python scripts/gen_recipe_docs.py"
     training, qwen_page = ROOT / "docs" / "training.md", ROOT / "docs" / "families" / "qwen.md"
     assert (

@@ -10,7 +10,7 @@ from __future__ import annotations
 # Distributions whose source is in the bridge repository. None is on PyPI yet: they install from a
 # wheelhouse built in a checkout.
 SHIPPED: frozenset[str] = frozenset(
-    {"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral", "bridge-gemma", "bridge-olmo"}
+    {"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral", "bridge-gemma", "bridge-olmo", "bridge-gpt-oss"}
 )
 
 KNOWN_ARCHITECTURES: dict[str, str] = {
@@ -27,6 +27,7 @@ KNOWN_ARCHITECTURES: dict[str, str] = {
     "Phi3ForCausalLM": "bridge-phi",
     "Olmo2ForCausalLM": "bridge-olmo",
     "OlmoeForCausalLM": "bridge-olmo",
+    "GptOssForCausalLM": "bridge-gpt-oss",
 }
 
 # Popular architectures no plugin of this project serves yet.
@@ -35,7 +36,6 @@ NOT_PUBLISHED: frozenset[str] = frozenset(
         "Qwen2_5_VLForConditionalGeneration",
         "DeepseekV2ForCausalLM",
         "DeepseekV3ForCausalLM",
-        "GptOssForCausalLM",
         "NemotronHForCausalLM",
     }
 )
