@@ -3,8 +3,9 @@
 megatron-core 0.16 reads the YaRN settings with ``getattr`` from the config object but does not
 declare them as ``TransformerConfig`` fields: they are fields here, so they are set on every
 provider and travel with a Megatron checkpoint's run config. On the local layer spec the core
-attention is ``SinkCoreAttention``; Transformer Engine's attention computes the sinks itself
-(``softmax_type="learnable"``, TE >= 2.8).
+attention is ``SinkCoreAttention`` and the experts' ``linear_fc2`` is ``ExpertRowParallelLinear``
+(training steps); Transformer Engine's attention computes the sinks itself (``softmax_type="learnable"``,
+TE >= 2.8).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge_core.errors import ConfigError
+from bridge_core.mcore_versions import mlp_submodules
 from bridge_core.modeling.specs import install_core_attention
 from bridge_core.provider import GPTModelProvider
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from bridge_gpt_oss.modeling_gpt_oss.attention import SinkCoreAttention
+from bridge_gpt_oss.modeling_gpt_oss.experts import ExpertRowParallelLinear
 
 
 @dataclass
@@ -47,4 +50,7 @@ class GptOssProvider(GPTModelProvider):
         spec = super().layer_spec(vp_stage)
         if self.uses_transformer_engine() or not isinstance(self.transformer_layer_spec, str):
             return spec
-        return install_core_attention(spec, module=SinkCoreAttention, only_replace=DotProductAttention)
+        spec = install_core_attention(spec, module=SinkCoreAttention, only_replace=DotProductAttention)
+        for layer in spec.layer_specs:
+            mlp_submodules(layer.submodules.mlp.submodules.experts).linear_fc2 = ExpertRowParallelLinear
+        return spec
