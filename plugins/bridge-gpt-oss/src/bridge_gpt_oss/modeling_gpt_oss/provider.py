@@ -52,5 +52,8 @@ class GptOssProvider(GPTModelProvider):
             return spec
         spec = install_core_attention(spec, module=SinkCoreAttention, only_replace=DotProductAttention)
         for layer in spec.layer_specs:
-            mlp_submodules(layer.submodules.mlp.submodules.experts).linear_fc2 = ExpertRowParallelLinear
+            experts = mlp_submodules(
+                layer.submodules.mlp
+            ).experts  # MoESubmodules (0.16: a ModuleSpec; 0.19: a partial)
+            mlp_submodules(experts).linear_fc2 = ExpertRowParallelLinear
         return spec
