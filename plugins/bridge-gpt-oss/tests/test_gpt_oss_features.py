@@ -126,6 +126,8 @@ def test_the_format_follows_names_and_quantization_config():
         is_mxfp4(mxfp4, SimpleNamespace())
     with pytest.raises(ConfigError, match="holds no \\*_blocks tensors"):
         is_mxfp4(bf16, quantized)
+    with pytest.raises(ConfigError, match="holds model.layers.0.self_attn.q_proj.weight_scale_inv: only MXFP4"):
+        is_mxfp4({*bf16, "model.layers.0.self_attn.q_proj.weight_scale_inv"}, SimpleNamespace())
     with pytest.raises(ConfigError, match="quant_method='fp8' is not supported"):
         is_mxfp4(bf16, SimpleNamespace(quantization_config={"quant_method": "fp8"}))
 

@@ -43,6 +43,7 @@ from bridge_gpt_oss.modeling_gpt_oss.provider import GptOssProvider
 from bridge_gpt_oss.mxfp4 import dequantize_mxfp4
 
 MXFP4_MARK = "_blocks"
+OTHER_QUANT_SCALES = ("_scale_inv", ".weight_scale", ".input_scale", ".qweight", ".qzeros")
 QUICK_GELU_ALPHA = 1.702  # fixed inside megatron-core's quick_gelu
 LAYER_TYPES = {"sliding_attention": 1, "full_attention": 0}
 YARN_KEYS = {"rope_type", "factor", "beta_fast", "beta_slow", "original_max_position_embeddings", "truncate"}
@@ -139,6 +140,9 @@ def is_mxfp4(hf_names: Collection[str], hf_config: Any) -> bool:
     """Whether the source stores its experts as MXFP4 (``*_blocks`` tensors); a contradicting
     ``quantization_config`` is an error."""
     has_blocks = any(name.endswith(MXFP4_MARK) for name in hf_names)
+    other = sorted(n for n in hf_names if n.endswith(OTHER_QUANT_SCALES))
+    if other:  # the bridge declares that it dequantizes, so the engine leaves other formats to it
+        raise ConfigError(f"the checkpoint holds {other[0]}: only MXFP4 quantization (*_blocks/*_scales) is supported")
     qconfig = getattr(hf_config, "quantization_config", None)
     method = None
     if qconfig is not None:
