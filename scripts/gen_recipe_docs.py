@@ -92,7 +92,7 @@ def rendered(recipes: list) -> dict[Path, str]:
     training = ROOT / "docs" / "training.md"
     out[training] = _replace(training.read_text(), table(recipes))
     for family in sorted({r.family for r in recipes}):
-        page = ROOT / "docs" / "families" / f"{family}.md"
+        page = ROOT / "docs" / "families" / f"{family.replace('_', '-')}.md"  # gpt_oss -> gpt-oss.md
         if page.is_file():
             out[page] = with_training_section(page.read_text(), table([r for r in recipes if r.family == family]))
     return out

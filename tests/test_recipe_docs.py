@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = (
     "bridge-deepseek",
     "bridge-gemma",
+    "bridge-gpt-oss",
     "bridge-llama",
     "bridge-mixtral",
     "bridge-olmo",
@@ -33,7 +34,9 @@ def _script():
 def test_recipe_tables_are_current_and_go_stale_when_a_recipe_changes(clean_plugin_env):
     gen = _script()
     recipes = gen.shipped_recipes()
-    assert {r.family for r in recipes} == {"deepseek", "gemma", "llama", "mixtral", "olmo", "phi", "qwen"}
+    assert {r.family for r in recipes} == {
+        "deepseek", "gemma", "gpt_oss", "llama", "mixtral", "olmo", "phi", "qwen"
+    }
     assert gen.stale(recipes) == [], "recipe tables out of date: run python scripts/gen_recipe_docs.py"
     training, qwen_page = ROOT / "docs" / "training.md", ROOT / "docs" / "families" / "qwen.md"
     assert (

@@ -159,6 +159,15 @@ def test_unsupported_inputs_are_refused():
         build(SDPACoreAttention, config(softmax_type="learnable"))
 
 
+def test_a_subclass_declares_the_softmax_types_it_computes():
+    class Sinks(SDPACoreAttention):
+        SOFTMAX_TYPES = ("learnable",)
+
+    assert build(Sinks, config(softmax_type="learnable")).eager is False  # builds; the subclass does the softmax
+    with pytest.raises(ConfigError, match="softmax_type='vanilla'"):
+        build(Sinks, config())
+
+
 def test_install_into_local_and_moe_block_specs():
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_layer_local_spec
 

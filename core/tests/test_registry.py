@@ -167,7 +167,7 @@ def test_selection_variables():
     assert "blocked by" in _blocked_reason("qwen", "bridge-qwen", {"BRIDGE_DISABLE_PLUGINS": "qwen"})
 
 
-@pytest.mark.parametrize("architecture", ["NemotronHForCausalLM", "GptOssForCausalLM"])
+@pytest.mark.parametrize("architecture", ["NemotronHForCausalLM", "Qwen2_5_VLForConditionalGeneration"])
 def test_an_architecture_no_published_plugin_serves_gets_no_pip_line(architecture):
     with pytest.raises(UnsupportedArchitectureError) as err:
         Registry().bridge_for(architecture)

@@ -10,7 +10,16 @@ from __future__ import annotations
 # Distributions whose source is in the bridge repository. None is on PyPI yet: they install from a
 # wheelhouse built in a checkout.
 SHIPPED: frozenset[str] = frozenset(
-    {"bridge-llama", "bridge-qwen", "bridge-phi", "bridge-mixtral", "bridge-gemma", "bridge-olmo", "bridge-deepseek"}
+    {
+        "bridge-llama",
+        "bridge-qwen",
+        "bridge-phi",
+        "bridge-mixtral",
+        "bridge-gemma",
+        "bridge-olmo",
+        "bridge-deepseek",
+        "bridge-gpt-oss",
+    }
 )
 
 KNOWN_ARCHITECTURES: dict[str, str] = {
@@ -29,13 +38,13 @@ KNOWN_ARCHITECTURES: dict[str, str] = {
     "OlmoeForCausalLM": "bridge-olmo",
     "DeepseekV2ForCausalLM": "bridge-deepseek",
     "DeepseekV3ForCausalLM": "bridge-deepseek",
+    "GptOssForCausalLM": "bridge-gpt-oss",
 }
 
 # Popular architectures no plugin of this project serves yet.
 NOT_PUBLISHED: frozenset[str] = frozenset(
     {
         "Qwen2_5_VLForConditionalGeneration",
-        "GptOssForCausalLM",
         "NemotronHForCausalLM",
     }
 )

@@ -67,8 +67,11 @@ class SDPACoreAttention(MegatronModule):
     ``apply_query_key_layer_scaling`` changes nothing here (the local module divides the scores by the
     layer number and multiplies them back in an fp32 softmax). Not supported: context parallelism,
     packed (THD) sequences, an additive ``attention_bias``, ``softmax_type`` other than ``"vanilla"``
-    (sinks: subclass and override ``softmax``).
+    (sinks: subclass, list the type in ``SOFTMAX_TYPES`` and override ``softmax``).
     """
+
+    # ``config.softmax_type`` values this class computes; a subclass with sinks adds its own.
+    SOFTMAX_TYPES: tuple[str, ...] = ("vanilla",)
 
     def __init__(
         self,
@@ -85,7 +88,7 @@ class SDPACoreAttention(MegatronModule):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ConfigError("SDPACoreAttention: context_parallel_size > 1 is not supported")
-        if config.softmax_type != "vanilla":
+        if config.softmax_type not in self.SOFTMAX_TYPES:
             raise ConfigError(f"SDPACoreAttention: softmax_type={config.softmax_type!r} is not supported")
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type

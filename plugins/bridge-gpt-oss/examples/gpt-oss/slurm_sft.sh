@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=gpt-oss-sft
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=04:00:00
+#SBATCH --output=%x-%j.out
+# Supervised fine-tuning of an HF model with a recipe of this plugin (RECIPE, default gpt_oss_20b_sft) on megatron-core
+# ('bridgectl train' under torchrun, one launcher per node). The run writes Megatron-LM torch_dist
+# checkpoints and metrics.jsonl into SAVE; 'bridgectl export --megatron-path "$SAVE"' gives HF back.
+#   HF_MODEL  the HF folder to start from (its weights)
+#   DATA      the SFT data (JSONL: chat "messages", or "prompt"/"completion" pairs), tokenized first
+#             with HF_MODEL's tokenizer into "$SAVE-data/sft" ('bridgectl data prepare --format sft')
+#   SAVE      where checkpoints go; TP, PP: parallel sizes (default: the recipe's)
+#   EXTRA     more key=value overrides, e.g. "train.iters=200 optimizer.lr=1e-5"
+# Usage: HF_MODEL=... DATA=... SAVE=... sbatch slurm_sft.sh   (bridgectl recipes: the others; bridgectl recipe show "$RECIPE": the settings)
+set -euo pipefail
+RECIPE="${RECIPE:-gpt_oss_20b_sft}"
+: "${HF_MODEL:?set HF_MODEL to an HF model folder}"
+: "${DATA:?set DATA to an SFT JSONL file}"
+: "${SAVE:?set SAVE to an output folder}"
+bridgectl data prepare --tokenizer "$HF_MODEL" --input "$DATA" --output "$SAVE-data/sft" --format sft --overwrite
+OVERRIDES=("data.sft_prefix=$SAVE-data/sft" "checkpoint.save=$SAVE")
+if [[ -n "${TP:-}" ]]; then OVERRIDES+=("parallel.tp=$TP"); fi
+if [[ -n "${PP:-}" ]]; then OVERRIDES+=("parallel.pp=$PP"); fi
+GPUS="${SLURM_GPUS_ON_NODE:-8}"
+HEAD="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)"
+
+# shellcheck disable=SC2086  # EXTRA is a list of key=value overrides
+srun torchrun --nnodes "${SLURM_NNODES:-1}" --nproc-per-node "$GPUS" \
+    --rdzv-backend c10d --rdzv-endpoint "$HEAD:29500" \
+    -m bridge_core.cli.main train --recipe "$RECIPE" --hf-model "$HF_MODEL" \
+    "${OVERRIDES[@]}" ${EXTRA:-}
