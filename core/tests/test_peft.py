@@ -3,6 +3,7 @@ adapter is the same function in ``peft`` (logits within 1e-4), merged or not, an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -52,6 +53,23 @@ def hf(tmp_path_factory):
     from bridge_core.testing.toy import ToyModel, build_toy
 
     return build_toy(ToyModel("LlamaForCausalLM", _training_plugin.TOY), tmp_path_factory.mktemp("peft") / "hf")
+
+
+@contextlib.contextmanager
+def one_rank_model(hf):
+    """(AutoBridge, the HF toy's Megatron model on one CPU rank); model parallelism torn down after."""
+    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.cpu_support import cuda_on_cpu
+    from bridge_core.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
+
+    ensure_process_group()
+    with cuda_on_cpu():
+        ensure_model_parallel(ParallelSizes())
+        try:
+            bridge = AutoBridge.from_hf_pretrained(hf)
+            yield bridge, bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)
+        finally:
+            destroy_model_parallel()
 
 
 def _train(hf, overrides):
@@ -106,25 +124,15 @@ def test_merged_model_equals_the_unmerged_megatron_model(run, hf, tmp_path):
 def test_hf_adapter_loads_into_megatron_and_exports_bit_identical(run, hf, tmp_path):
     from safetensors.torch import load_file
 
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.cpu_support import cuda_on_cpu
     from bridge_core.inference import forward_logits
-    from bridge_core.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
     from bridge_core.peft.load import hf_adapter_of_model
 
     _, save, _ = run
     adapter = workflows.export_adapter(save, tmp_path / "adapter")
-    ensure_process_group()
-    with cuda_on_cpu():
-        ensure_model_parallel(ParallelSizes())
-        try:
-            bridge = AutoBridge.from_hf_pretrained(hf)
-            model = bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)
-            bridge.load_hf_adapter(model, adapter)
-            again = hf_adapter_of_model(bridge, model)
-            logits = forward_logits(model, IDS)
-        finally:
-            destroy_model_parallel()
+    with one_rank_model(hf) as (bridge, model):
+        bridge.load_hf_adapter(model, adapter)
+        again = hf_adapter_of_model(bridge, model)
+        logits = forward_logits(model, IDS)
     written = load_file(str(adapter / "adapter_model.safetensors"))
     assert again.keys() == written.keys()
     assert all(torch.equal(again[k], written[k]) for k in written)
@@ -199,26 +207,16 @@ def test_an_adapter_peft_trained_loads_exactly(hf, tmp_path, scheme, targets):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.cpu_support import cuda_on_cpu
     from bridge_core.inference import forward_logits
-    from bridge_core.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=scheme == "dora", init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(tmp_path / "adapter")  # random A and B, as if trained
     theirs, base = peft_logits(hf, tmp_path / "adapter", IDS)
-    ensure_process_group()
-    with cuda_on_cpu():
-        ensure_model_parallel(ParallelSizes())
-        try:
-            bridge = AutoBridge.from_hf_pretrained(hf)
-            megatron = bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)
-            loaded = bridge.load_hf_adapter(megatron, tmp_path / "adapter")
-            ours = forward_logits(megatron, IDS)
-        finally:
-            destroy_model_parallel()
+    with one_rank_model(hf) as (bridge, megatron):
+        loaded = bridge.load_hf_adapter(megatron, tmp_path / "adapter")
+        ours = forward_logits(megatron, IDS)
     assert loaded.rank == (8 if targets == ["q_proj", "v_proj"] else 12) and loaded.alpha / loaded.rank == 2.0
     assert max_abs_diff(ours, theirs) < 1e-4
     assert max_abs_diff(ours, base) > 1e-2
@@ -228,23 +226,12 @@ def test_dora_on_part_of_a_fused_linear_is_refused(hf, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
-
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True)
     get_peft_model(model, config).save_pretrained(tmp_path / "adapter")
-    ensure_process_group()
-    with cuda_on_cpu():
-        ensure_model_parallel(ParallelSizes())
-        try:
-            bridge = AutoBridge.from_hf_pretrained(hf)
-            megatron = bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)
-            with pytest.raises(ConfigError, match="k_proj has no DoRA magnitude"):
-                bridge.load_hf_adapter(megatron, tmp_path / "adapter")
-        finally:
-            destroy_model_parallel()
+    with one_rank_model(hf) as (bridge, megatron):
+        with pytest.raises(ConfigError, match="k_proj has no DoRA magnitude"):
+            bridge.load_hf_adapter(megatron, tmp_path / "adapter")
 
 
 def test_training_starts_from_an_hf_adapter(hf, tmp_path):
