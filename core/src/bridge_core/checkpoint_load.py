@@ -80,6 +80,14 @@ class _SafeLoadStrategy(TorchDistLoadShardedStrategy):
             return super().load(sharded_state_dict, checkpoint_dir, *args, **kwargs)
 
 
+def safe_dist_load(sharded_state_dict: dict, weights_dir: str | os.PathLike) -> dict:
+    """``dist_checkpointing.load`` with the restricted readers (safe unpickling) and the common kwargs."""
+    with _safe_readers():  # megatron-core 0.17+ reads the common state outside the strategy
+        return dist_checkpointing.load(
+            sharded_state_dict, str(weights_dir), sharded_strategy=_SafeLoadStrategy(), **_COMMON_KWARGS
+        )
+
+
 @contextlib.contextmanager
 def _safe_readers() -> Iterator[None]:
     """Point megatron's filesystem reader and load planner at the restricted ones while inside."""
@@ -271,10 +279,7 @@ def load_weights_into(model_chunks: Any, checkpoint: str | os.PathLike | Checkpo
         {key: chunk.sharded_state_dict(metadata=dict(metadata)) for key, chunk in zip(keys, chunks)}
     )
     try:
-        with _safe_readers():  # megatron-core 0.17+ reads the common state outside the strategy
-            loaded = dist_checkpointing.load(
-                sharded, str(weights), sharded_strategy=_SafeLoadStrategy(), **_COMMON_KWARGS
-            )
+        loaded = safe_dist_load(sharded, weights)
         for key, chunk in zip(keys, chunks):
             chunk.load_state_dict(loaded.pop(key), strict=True)
         del loaded

@@ -216,7 +216,7 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from bridge_core.checkpoint_load import _COMMON_KWARGS, _safe_readers, _SafeLoadStrategy
+    from bridge_core.checkpoint_load import safe_dist_load
     from bridge_core.parallel import ensure_process_group
 
     ensure_process_group()
@@ -228,10 +228,7 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
             request[key] = ShardedTensor.from_rank_offsets(key, buffer, replica_id=0)
     if not request:
         raise CheckpointError(f"{weights_dir}: holds no adapter tensors (decoder.layers.*.adapter.*)")
-    with _safe_readers():
-        loaded = dist_checkpointing.load(
-            request, str(weights_dir), sharded_strategy=_SafeLoadStrategy(), **_COMMON_KWARGS
-        )
+    loaded = safe_dist_load(request, weights_dir)
     adapters: Adapters = {}
     for key in request:
         layer, _, target, part = _ADAPTER_KEY.match(key).groups()

@@ -149,20 +149,15 @@ def load_checkpoint_adapters(model: Any, megatron_path: str | Path) -> dict:
 
     Returns its ``peft.json``. The base weights are left as they are (the caller loaded the base).
     """
-    from megatron.core import dist_checkpointing
-
     from bridge_core.checkpoint_format import CONTENT_METADATA, model_keys, unwrap_chunks
-    from bridge_core.checkpoint_load import _COMMON_KWARGS, _safe_readers, _SafeLoadStrategy
+    from bridge_core.checkpoint_load import safe_dist_load
     from bridge_core.peft.apply import adapter_state
 
     info, document = _peft_checkpoint(megatron_path)
     chunks = unwrap_chunks(model)
     keys = model_keys(len(chunks))
     state = {k: adapter_state(c.sharded_state_dict(metadata=dict(CONTENT_METADATA))) for k, c in zip(keys, chunks)}
-    with _safe_readers():
-        loaded = dist_checkpointing.load(
-            state, str(info.weights_dir), sharded_strategy=_SafeLoadStrategy(), **_COMMON_KWARGS
-        )
+    loaded = safe_dist_load(state, info.weights_dir)
     for key, chunk in zip(keys, chunks):
         result = chunk.load_state_dict(loaded[key], strict=False)
         if result.unexpected_keys:

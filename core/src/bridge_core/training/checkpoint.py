@@ -34,7 +34,7 @@ from bridge_core.checkpoint_format import (
     run_config_document,
     unwrap_chunks,
 )
-from bridge_core.checkpoint_load import _COMMON_KWARGS, _safe_readers, _SafeLoadStrategy, read_common_state
+from bridge_core.checkpoint_load import read_common_state, safe_dist_load
 from bridge_core.errors import CheckpointError
 from bridge_core.megatron_checkpoint import _shared_atomic_dir, _SyncSaveStrategy
 from bridge_core.output_dir import fsync_path
@@ -361,10 +361,7 @@ def load_training_checkpoint(
     if not same_layout:
         state.pop("rng_state")  # stored per (pipeline, tensor) rank: not restorable at another layout
     try:
-        with _safe_readers():
-            loaded = dist_checkpointing.load(
-                state, str(weights), sharded_strategy=_SafeLoadStrategy(), **_COMMON_KWARGS
-            )
+        loaded = safe_dist_load(state, weights)
     except Exception as exc:
         raise CheckpointError(
             f"{weights}: cannot resume from it: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
