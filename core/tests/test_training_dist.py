@@ -107,15 +107,20 @@ def test_dp_reshardable_checkpoint_at_another_tensor_parallel_size_is_refused(re
 @pytest.mark.parametrize("scheme", ["lora", "dora"])
 def test_peft_at_tp2_follows_world_1_and_its_exported_adapter_equals_peft(results, world1, hf_toy, tmp_path, scheme):
     from bridge_core.peft.workflows import export_adapter
+    from bridge_core.registry import reset_registry
     from bridge_core.testing.compare import max_abs_diff
     from bridge_core.testing.peft import PEFT_IDS, peft_logits
 
+    _training_plugin.use()  # the export needs the test bridges in this process too (the core env has no plugin)
     got = results[f"{scheme}_tp2"]
     assert got["error"] is None, got["error"]
     worst = max(abs(got["losses"][i] - world1[scheme][i]) for i in world1[scheme])
     print(f"{scheme} TP=2: max |loss - world-1 loss| over 8 steps = {worst:.2e}")
     assert worst < 1e-5, (got["losses"], world1[scheme])
-    adapter = export_adapter(results["work"] / f"{scheme}_tp2", tmp_path / "adapter")
+    try:
+        adapter = export_adapter(results["work"] / f"{scheme}_tp2", tmp_path / "adapter")
+    finally:
+        reset_registry()
     theirs, base = peft_logits(hf_toy, adapter, PEFT_IDS)
     ours = torch.tensor(got["logits"])
     print(f"{scheme} TP=2: max |Megatron - peft| logits = {max_abs_diff(ours, theirs):.2e}")

@@ -117,7 +117,6 @@ def ensure_model_parallel(sizes: ParallelSizes, seed: int = 1234) -> None:
                 "call bridge_core.parallel.destroy_model_parallel() first"
             )
         return
-    before = set(_process_groups())
     ps.initialize_model_parallel(
         tensor_model_parallel_size=sizes.tp,
         pipeline_model_parallel_size=sizes.pp,
@@ -125,7 +124,6 @@ def ensure_model_parallel(sizes: ParallelSizes, seed: int = 1234) -> None:
         expert_model_parallel_size=sizes.ep,
         expert_tensor_parallel_size=sizes.etp,
     )
-    _OWN_GROUPS[:] = [g for g in _process_groups() if g not in before]
     if cuda_available():
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
     else:
@@ -133,25 +131,7 @@ def ensure_model_parallel(sizes: ParallelSizes, seed: int = 1234) -> None:
 
 
 def destroy_model_parallel() -> None:
-    """Tear down megatron-core's model-parallel state (the process group stays).
-
-    The groups ``ensure_model_parallel`` created are destroyed too: megatron-core only forgets them,
-    and each gloo group keeps its threads and sockets (about 17 groups and 50 threads per
-    initialisation, which a test process doing it hundreds of times piles up)."""
+    """Tear down megatron-core's model-parallel state (the process group stays)."""
     from megatron.core import parallel_state as ps
 
     ps.destroy_model_parallel()
-    groups, _OWN_GROUPS[:] = list(_OWN_GROUPS), []
-    for group in groups:
-        if group in _process_groups():
-            dist.destroy_process_group(group)
-
-
-_OWN_GROUPS: list = []
-
-
-def _process_groups() -> list:
-    """Every process group torch.distributed holds now (none when it is not initialised)."""
-    if not dist.is_initialized():
-        return []
-    return list(dist.distributed_c10d._world.pg_map)
