@@ -106,8 +106,16 @@ def test_every_shipped_recipe_resolves_with_dry_run_without_torch(capsys, clean_
         assert doc["name"] == name and doc["sized_for"]["gpus"] >= parallel["tp"] * parallel["pp"]
         assert doc["run"]["data_parallel"] == world // (parallel["tp"] * parallel["pp"] * parallel["cp"])
         assert doc["model"]["architecture"] in ARCHITECTURES
-        assert (doc["model"]["hf_config"] is None) == (doc["kind"] == "sft")
-    assert "torch" not in sys.modules or True  # other tests of this session may have imported it
+        assert (doc["model"]["hf_config"] is None) == (doc["kind"] in ("sft", "peft")), name
+    code = (
+        "import sys, io, contextlib\nfrom bridge_core.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['train', '--recipe', 'qwen3_8b_peft', '--dry-run', '--nproc', '16']) == 0\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron', 'transformers'}))"
+    )
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}, "BRIDGE_PLUGINS": "llama,qwen"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", (proc.stdout, proc.stderr)
     assert main(["recipe", "show", "qwen3_8b_pretrain", "train.iters=600", "parallel.tp=2"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["config"]["train"]["iters"] == 600 and doc["config"]["parallel"]["tp"] == 2

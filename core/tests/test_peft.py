@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
-pytest.importorskip("peft")
+import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 
 import _training_plugin  # noqa: E402
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("peft")
+import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
 
 from _deepseek_toys import V2_TOY, V3_TOY  # noqa: E402

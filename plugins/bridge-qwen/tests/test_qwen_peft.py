@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("peft")
+import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
 
 from bridge_core.testing.peft import check_peft
