@@ -149,7 +149,14 @@ def test_baked_plugin_is_lint_clean_and_complete(installed_plugin):
     ]
     missing = [p for p in expected if not (project / p).is_file()]
     assert missing == []
-    assert all(os.access(project / f"examples/{slug}/{s}", os.X_OK) for s in ("conversion.sh", "slurm_sft.sh"))
+    scripts = ("conversion.sh", "slurm_sft.sh", "slurm_peft.sh")
+    assert all(os.access(project / f"examples/{slug}/{s}", os.X_OK) for s in scripts)
+    # slurm_peft.sh trains the peft recipe and exports the adapter; without HF_MODEL it stops before anything
+    peft_script = project / "examples" / slug / "slurm_peft.sh"
+    text = peft_script.read_text()
+    assert f"--recipe {family}_peft " in text and 'peft export --megatron-path "$SAVE"' in text
+    run = subprocess.run(["bash", str(peft_script)], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert run.returncode == 1 and "set HF_MODEL" in run.stderr, (run.returncode, run.stderr)
     pyproject = (project / "pyproject.toml").read_text()
     assert f'name = "bridge-{family.replace("_", "-")}"' in pyproject
     assert f'{family} = "{module}.plugin"' in pyproject

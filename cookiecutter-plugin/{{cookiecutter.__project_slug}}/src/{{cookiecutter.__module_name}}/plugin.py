@@ -22,7 +22,11 @@ def register_bridges(register):
 
 
 # Recipes in {{ cookiecutter.__module_name }}.recipes (imported only when one is used); the kind is the name's suffix.
-RECIPES = ("{{ cookiecutter.family }}_pretrain", "{{ cookiecutter.family }}_sft")
+RECIPES = (
+    "{{ cookiecutter.family }}_pretrain",
+    "{{ cookiecutter.family }}_sft",
+    "{{ cookiecutter.family }}_peft",
+)
 
 
 @hookimpl
