@@ -111,3 +111,18 @@ def test_megatron_validation_errors_become_config_errors():
 def test_heads_not_a_multiple_of_kv_groups_is_refused():
     with pytest.raises(ConfigError, match=r"num_attention_heads=4 is not a multiple of num_query_groups=3"):
         make(num_attention_heads=4, num_query_groups=3).finalize()
+
+
+def test_a_meta_model_stays_on_meta_where_a_gpu_is_visible(monkeypatch):
+    """A plan builds the model on the meta device; moving it to the GPU failed ('Cannot copy out of
+    meta tensor', found on the H200). The move is faked: this machine may have no CUDA."""
+    from bridge_core.parallel import destroy_model_parallel
+
+    monkeypatch.setattr(provider_module, "cuda_available", lambda: True)
+    p = make(num_layers=2, num_query_groups=2, ffn_hidden_size=128, perform_initialization=False)
+    try:
+        with torch.device("meta"):
+            (chunk,) = p.provide_distributed_model(wrap_with_ddp=False)
+    finally:
+        destroy_model_parallel()
+    assert any(param.is_meta for param in chunk.parameters())  # (CPU initialisation puts some on the CPU)

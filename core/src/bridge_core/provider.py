@@ -33,7 +33,7 @@ def transformer_engine_available() -> bool:
 
 
 @dataclass
-class GPTModelProvider(TransformerConfig):
+class GPTModelProvider(TransformerConfig):  # type: ignore[misc]  # megatron-core is untyped here (Any)
     """Builds megatron-core ``GPTModel`` chunks for this rank from a translated HF config.
 
     ``transformer_layer_spec`` is ``"local"`` (megatron-core's own modules; CPU-capable),
@@ -67,7 +67,7 @@ class GPTModelProvider(TransformerConfig):
         # The parameter dtype decides (megatron-core's softmax follows bf16/fp16 at build time).
         self.bf16, self.fp16 = self.params_dtype == torch.bfloat16, self.params_dtype == torch.float16
         if self.pipeline_model_parallel_size > 1 and self.pipeline_dtype is None:
-            self.pipeline_dtype = self.params_dtype
+            self.pipeline_dtype: torch.dtype | None = self.params_dtype  # TransformerConfig's field, typed here
         if not cuda_available():
             # Kernels that exist only on CUDA, and settings torch's own norms reject.
             self.use_cpu_initialization = True
@@ -128,7 +128,7 @@ class GPTModelProvider(TransformerConfig):
         spec = self.transformer_layer_spec
         return spec == "te" or (spec == "auto" and transformer_engine_available())
 
-    def layer_spec(self, vp_stage: int | None = None):
+    def layer_spec(self, vp_stage: int | None = None) -> Any:
         """The layer (or decoder block) spec for this rank's stage."""
         from megatron.core.models.gpt import gpt_layer_specs as specs
         from megatron.core.transformer.spec_utils import ModuleSpec
@@ -149,7 +149,9 @@ class GPTModelProvider(TransformerConfig):
             return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=self.qk_layernorm)
         return specs.get_gpt_layer_local_spec(qk_layernorm=self.qk_layernorm, normalization=self.normalization)
 
-    def provide(self, pre_process: bool | None = None, post_process: bool | None = None, vp_stage: int | None = None):
+    def provide(
+        self, pre_process: bool | None = None, post_process: bool | None = None, vp_stage: int | None = None
+    ) -> Any:
         """Build one ``GPTModel`` chunk (needs model parallelism initialised)."""
         from megatron.core import parallel_state as ps
         from megatron.core.models.gpt import GPTModel
@@ -188,10 +190,10 @@ class GPTModelProvider(TransformerConfig):
         self,
         ddp_config: Any = None,
         wrap_with_ddp: bool = False,
-        pre_wrap_hook: Callable[[list], list] | list[Callable[[list], list]] | None = None,
+        pre_wrap_hook: Callable[[list[Any]], list[Any]] | list[Callable[[list[Any]], list[Any]]] | None = None,
         seed: int = 1234,
         **unused: Any,
-    ) -> list:
+    ) -> list[Any]:
         """This rank's model chunks (one per virtual pipeline stage), on its device.
 
         Initialises ``torch.distributed`` (gloo on CPU, NCCL with CUDA) and megatron-core's
@@ -202,8 +204,8 @@ class GPTModelProvider(TransformerConfig):
         self.initialize_model_parallel(seed=seed)
         stages = self.virtual_pipeline_model_parallel_size
         chunks = [self.provide(vp_stage=i if stages else None) for i in range(stages or 1)]
-        if cuda_available():
-            chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
+        if cuda_available():  # a chunk built on the meta device (a plan, no weights) stays there
+            chunks = [c if _on_meta(c) else c.cuda(torch.cuda.current_device()) for c in chunks]
         hooks = pre_wrap_hook if isinstance(pre_wrap_hook, list) else [pre_wrap_hook] if pre_wrap_hook else []
         for hook in hooks:
             chunks = hook(chunks) or chunks
@@ -216,3 +218,7 @@ class GPTModelProvider(TransformerConfig):
                 for i, c in enumerate(chunks)
             ]
         return chunks
+
+
+def _on_meta(module: torch.nn.Module) -> bool:
+    return any(p.is_meta for p in module.parameters())

@@ -8,6 +8,7 @@ layout and the bytes each rank holds and reads are checked against hand arithmet
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ MTP = MLA + 2 * H + ROUTER + EXPERTS * EXPERT + SHARED + 2 * H * H + 3 * H  # + 
 def probes(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("plan") / "plan.json"
     script = Path(__file__).with_name("_deepseek_plan.py")
-    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a meta-device plan: megatron-core moves weights to a visible GPU
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
