@@ -69,11 +69,13 @@ def test_fp8_logits_match_the_dequantized_model(bf16_v3, tmp_path):
 
 
 def test_fp8_import_equals_transformers_own_fp8_loading(bf16_v3, tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, FineGrainedFP8Config
 
     block = (8, 8)  # divides every weight: transformers' loader needs that
     fp8 = fp8_copy(bf16_v3, tmp_path / "fp8", block)
-    theirs = AutoModelForCausalLM.from_pretrained(fp8, dtype=torch.bfloat16)
+    # dequantize as on a CPU also where a GPU is visible (transformers keeps FP8 weights there)
+    dequantize = FineGrainedFP8Config(weight_block_size=block, dequantize=True)
+    theirs = AutoModelForCausalLM.from_pretrained(fp8, dtype=torch.bfloat16, quantization_config=dequantize)
     assert theirs.model.layers[0].self_attn.q_a_proj.weight.dtype == torch.bfloat16
     theirs.save_pretrained(tmp_path / "theirs")
     import_export(fp8, tmp_path / "export")

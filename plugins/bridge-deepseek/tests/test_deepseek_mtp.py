@@ -45,7 +45,7 @@ def roundtrip(folder: Path, out: Path, **settings):
     for key, value in settings.items():
         setattr(provider, key, value)
     try:
-        model = provider.provide_distributed_model(wrap_with_ddp=False)
+        model = [c.cpu() for c in provider.provide_distributed_model(wrap_with_ddp=False)]  # CPU, as the references
         bridge.load_hf_weights(model)
         bridge.save_hf_pretrained(model, out)
         return provider, model
@@ -93,7 +93,7 @@ def test_mtp_weights_into_a_model_without_mtp_is_an_error_unless_skipped(mtp, tm
     provider.mtp_num_layers = None
     skipped = [name for name in bridge.hf.weights.meta if name.startswith("model.layers.3.")]
     try:
-        model = provider.provide_distributed_model(wrap_with_ddp=False)
+        model = [c.cpu() for c in provider.provide_distributed_model(wrap_with_ddp=False)]  # CPU, as the references
         bridge.load_hf_weights(model, allow_unmapped=skipped)
         ids = sample_ids(1000, seq=32)
         assert max_abs_diff(forward_logits(model, ids, vocab_size=1000), hf_logits(mtp, ids)) <= 1e-4
@@ -169,7 +169,7 @@ def test_mtp_loss_equals_the_one_built_from_transformers_modules(mtp):
     provider = bridge.to_megatron_provider()
     ids = sample_ids(1000, seq=32)
     try:
-        model = provider.provide_distributed_model(wrap_with_ddp=False)
+        model = [c.cpu() for c in provider.provide_distributed_model(wrap_with_ddp=False)]  # CPU, as the references
         bridge.load_hf_weights(model)
         gpt = model[0].train()  # megatron-core records the MTP loss in training mode (dropout is 0)
         tracker = MTPLossLoggingHelper.tracker
@@ -196,7 +196,7 @@ def test_mtp_weights_drive_the_mtp_loss_only(mtp):
     position_ids = torch.arange(32).unsqueeze(0).expand(2, -1)
     losses = []
     try:
-        model = provider.provide_distributed_model(wrap_with_ddp=False)
+        model = [c.cpu() for c in provider.provide_distributed_model(wrap_with_ddp=False)]  # CPU, as the references
         bridge.load_hf_weights(model)
         gpt = model[0].train()  # megatron-core records the MTP loss in training mode (dropout is 0)
         for scale in (1.0, 0.5):

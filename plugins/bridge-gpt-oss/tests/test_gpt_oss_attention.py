@@ -52,12 +52,13 @@ def build(cls, cfg):
 
 
 def test_equals_megatron_cores_learnable_softmax():
-    q, k, v, sinks = inputs()
-    ours, theirs = build(SinkCoreAttention, config()), build(DotProductAttention, config())
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # megatron-core's attention buffers live on a visible GPU
+    q, k, v, sinks = (t.to(device) for t in inputs())
+    ours, theirs = (build(cls, config()).to(device) for cls in (SinkCoreAttention, DotProductAttention))
     with torch.no_grad():
         ours.softmax_offset.copy_(sinks)
         theirs.softmax_offset.copy_(sinks)
-    mask = causal_mask(SEQ)
+    mask = causal_mask(SEQ).to(device)
     got, want = ours(q, k, v, mask), theirs(q, k, v, mask)
     assert (got - want).abs().max().item() < 1e-6
     with torch.no_grad():

@@ -40,7 +40,7 @@ def test_gradients_equal_transformers(gpt_oss):
     provider.finalize()
     try:
         (model,) = provider.provide_distributed_model(wrap_with_ddp=False)
-        model.eval()
+        model.cpu().eval()  # compared with transformers' gradients on the CPU (a visible GPU holds the model)
         positions = torch.arange(SEQ).unsqueeze(0).expand_as(ids)
         logits = model(input_ids=ids, position_ids=positions, attention_mask=causal_mask(SEQ))
         objective(logits[..., :VOCAB]).backward()
