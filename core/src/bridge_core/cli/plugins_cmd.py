@@ -1,20 +1,54 @@
-"""``bridgectl plugins``: one row per installed plugin (imports no torch)."""
+"""``bridgectl plugins``: one row per installed plugin (imports no torch); ``--mappings ARCH``: the
+architecture's tensor-name table (``bridge_core.mapping_table``; builds a meta model, so imports torch)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from bridge_core import CONTRACT_VERSION, __version__
+from bridge_core.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument(
+        "--mappings",
+        metavar="ARCH",
+        help="print ARCH's tensor names: Megatron and HF names, mapping class and TP split of each",
+    )
+    parser.add_argument(
+        "--hf-model",
+        metavar="DIR",
+        help="with --mappings: the table for this HF folder's config.json (default: the plugin's toy config)",
+    )
+
+
+def _mappings(args: argparse.Namespace) -> int:
+    from bridge_core.mapping_table import check_hf_model, format_table, mapping_table
+    from bridge_core.progress import LOADING_LIBRARIES, stage
+    from bridge_core.registry import get_registry
+
+    # an unknown architecture or a folder without config.json is refused before torch loads
+    get_registry().bridge_for(args.mappings)
+    folder = Path(args.hf_model) if args.hf_model else None
+    if folder is not None:
+        check_hf_model(args.mappings, folder)
+    if not args.json:  # stdout is the JSON document alone
+        stage("plugins", LOADING_LIBRARIES)
+    table = mapping_table(args.mappings, folder)
+    print(json.dumps(table.as_dict(), indent=2) if args.json else format_table(table))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from bridge_core.registry import get_registry
 
+    if args.mappings:
+        return _mappings(args)
+    if args.hf_model:
+        raise ConfigError("--hf-model goes with --mappings ARCH (the table for that folder's config.json)")
     registry = get_registry()
     if args.json:
         doc = {
