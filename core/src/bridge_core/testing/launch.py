@@ -20,21 +20,21 @@ CPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 def torchrun(
     args: list[str], nproc: int, timeout: float = 900, env: dict | None = None, cuda: bool = False
 ) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc_per_node nproc ...`` on this machine (CPU unless ``cuda``)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        *args,
-    ]
+    """``python -m torch.distributed.run --nproc_per_node nproc ...`` on this machine (CPU unless ``cuda``).
+
+    A port taken between ``free_port`` and the launcher's bind (parallel test workers) is retried
+    with another: the launcher fails before any rank starts then."""
     environ = {**os.environ, **(CPU_ENV if not cuda else {"OMP_NUM_THREADS": "1"}), **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
+    for _ in range(PORT_ATTEMPTS):
+        port = ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *port, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)
+        if proc.returncode == 0 or "EADDRINUSE" not in proc.stderr:
+            break
+    return proc
+
+
+PORT_ATTEMPTS = 3
 
 
 def run_cases(
