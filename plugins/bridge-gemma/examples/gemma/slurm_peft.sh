@@ -10,7 +10,7 @@
 # ('bridgectl train' under torchrun, one launcher per node). The base stays frozen: SAVE gets Megatron-LM
 # torch_dist checkpoints of the adapters only, peft.json and metrics.jsonl; then 'bridgectl peft export'
 # writes the HF PEFT adapter (adapter_config.json + adapter_model.safetensors) into "$SAVE-adapter", which
-# peft's PeftModel.from_pretrained (and vLLM) load on HF_MODEL. Merged HF weights instead:
+# peft's PeftModel.from_pretrained load on HF_MODEL. Merged HF weights instead:
 # 'bridgectl peft merge --megatron-path "$SAVE" --hf-path DIR'.
 #   HF_MODEL  the HF folder to start from (the frozen base)
 #   DATA      the SFT data (JSONL: chat "messages", or "prompt"/"completion" pairs), tokenized first
