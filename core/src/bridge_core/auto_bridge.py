@@ -89,7 +89,7 @@ class AutoBridge(MegatronBridgeNames):
     @classmethod
     def from_hf_pretrained(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         trust_remote_code: bool = False,
         torch_dtype: str | torch.dtype | None = None,
@@ -116,7 +116,7 @@ class AutoBridge(MegatronBridgeNames):
         return get_registry().supported_architectures()
 
     @classmethod
-    def can_handle(cls, path: str | os.PathLike, trust_remote_code: bool = False) -> bool:
+    def can_handle(cls, path: str | os.PathLike[str], trust_remote_code: bool = False) -> bool:
         """True when ``path`` is an HF folder whose architecture an installed plugin serves."""
         try:
             arch = architecture_of(read_config_json(Path(path)), str(path))
@@ -134,7 +134,7 @@ class AutoBridge(MegatronBridgeNames):
         return f"{type(self.bridge).__name__} ({r.distribution} {r.version})"
 
     # -- provider -------------------------------------------------------------------------------
-    def to_megatron_provider(self, load_weights: bool = False, hf_path: str | os.PathLike | None = None):
+    def to_megatron_provider(self, load_weights: bool = False, hf_path: str | os.PathLike[str] | None = None) -> Any:
         """The provider for this model. ``load_weights=True`` loads the HF weights while the model is
         built (random initialisation is then skipped: every parameter is coverage-checked instead)."""
         provider = self.bridge.provider_bridge(self.hf)
@@ -145,7 +145,7 @@ class AutoBridge(MegatronBridgeNames):
             provider.perform_initialization = False
             original = provider.provide_distributed_model
 
-            def provide_loaded(*args: Any, **kwargs: Any):
+            def provide_loaded(*args: Any, **kwargs: Any) -> Any:
                 hooks = kwargs.pop("pre_wrap_hook", None)
                 hooks = hooks if isinstance(hooks, list) else [hooks] if hooks else []
                 kwargs["pre_wrap_hook"] = [lambda chunks: (self.load_hf_weights(chunks, hf_path), chunks)[1], *hooks]
@@ -155,7 +155,7 @@ class AutoBridge(MegatronBridgeNames):
         return provider
 
     @property
-    def transformer_config(self):
+    def transformer_config(self) -> Any:
         return self.to_megatron_provider().finalize()
 
     # -- planning -------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class AutoBridge(MegatronBridgeNames):
     def load_hf_weights(
         self,
         model: Any,
-        hf_path: str | os.PathLike | None = None,
+        hf_path: str | os.PathLike[str] | None = None,
         allow_unmapped: Iterable[str] = (),
         progress: Any = None,
     ) -> LoadReport:
@@ -191,7 +191,7 @@ class AutoBridge(MegatronBridgeNames):
         plan.check_import_coverage(consumed, source.meta, allow_unused=allow_unmapped, companions_ok=dequantizes)
         return load_tasks(tasks, self.bridge, source, config, layout, hf_dtype(self.bridge.hf_config), progress)
 
-    def load_hf_adapter(self, model: Any, adapter_path: str | os.PathLike) -> Any:
+    def load_hf_adapter(self, model: Any, adapter_path: str | os.PathLike[str]) -> Any:
         """Load an HF PEFT (LoRA/DoRA) adapter folder into ``model`` (every rank; adapters are added and the
         base frozen if the model has none); returns its ``PeftConfig``. See ``bridge_core.peft.load``."""
         from bridge_core.peft.load import load_hf_adapter
@@ -260,7 +260,7 @@ class AutoBridge(MegatronBridgeNames):
     def save_hf_pretrained(
         self,
         model: Any,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         max_shard_size: str | int = "5GB",
         overwrite: bool = False,
         dtype: str | torch.dtype | None = None,

@@ -91,7 +91,7 @@ def safe_dist_load(sharded_state_dict: dict, weights_dir: str | os.PathLike) -> 
 @contextlib.contextmanager
 def _safe_readers() -> Iterator[None]:
     """Point megatron's filesystem reader and load planner at the restricted ones while inside."""
-    patches = [
+    patches: list[tuple[Any, str, Any]] = [  # (module, attribute, replacement)
         (module, "_get_filesystem_reader", lambda checkpoint_dir, *_, **__: _SafeReader(checkpoint_dir))
         for module in (mcore_torch_strategies, mcore_serialization)
         if hasattr(module, "_get_filesystem_reader")

@@ -8,7 +8,7 @@ helpers here also understand transformers 5's ``rope_parameters`` and transforme
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -219,9 +219,10 @@ def is_off_value(value: Any) -> bool:
 
 def _class_defaults(hf_config: Any) -> dict[str, Any]:
     try:
-        return type(hf_config)().to_dict()
+        defaults: dict[str, Any] = type(hf_config)().to_dict()
     except Exception:
         return {}
+    return defaults
 
 
 def check_hf_config(
@@ -259,7 +260,7 @@ def check_hf_config(
             continue
         if key in supported:
             check = supported[key]
-            ok = check(value, hf_config) if isinstance(check, Callable) else value == check
+            ok = check(value, hf_config) if callable(check) else value == check
             if not ok:
                 shown = " ".join((check.__doc__ or repr(check)).split()) if callable(check) else repr(check)
                 problems.append(f"{key}={value!r} (supported: {shown})")

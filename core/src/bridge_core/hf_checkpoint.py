@@ -80,6 +80,7 @@ class HFCheckpoint:
         """The transformers ``PretrainedConfig`` (remote code only with ``trust_remote_code``)."""
         from transformers import AutoConfig
 
+        assert self.path is not None, "from_config sets the config itself"
         if "auto_map" in self.config_dict and not self.trust_remote_code:
             raise ConfigError(
                 f"{self.path / 'config.json'}: the model needs remote code (auto_map); pass --trust-remote-code "

@@ -265,15 +265,16 @@ class ShardedSafetensorsWriter:
         """Unplanned mode: header + the data file's ranges in aligned order -> the shard file."""
         shard = self._shards[index]
         data_fd, shard.fd = shard.fd, None
+        assert data_fd is not None, "only an open shard is assembled"
         arrived = {n: (self._slots[n].begin, self._slots[n].end) for n in shard.names}
         self._lay_out(shard)
         header = self._header(shard)
         try:
-            shard.fd = os.open(self._path(index), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            _pwrite_all(shard.fd, memoryview(header), 0)
+            shard.fd = fd = os.open(self._path(index), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            _pwrite_all(fd, memoryview(header), 0)
             for name in shard.names:
                 (begin, end), slot = arrived[name], self._slots[name]
-                _copy_range(data_fd, shard.fd, begin, end - begin, len(header) + slot.begin)
+                _copy_range(data_fd, fd, begin, end - begin, len(header) + slot.begin)
         finally:
             os.close(data_fd)
             self._path(index, ".data").unlink(missing_ok=True)
@@ -281,6 +282,7 @@ class ShardedSafetensorsWriter:
 
     def _close_shard(self, shard: _Shard) -> None:
         fd, shard.fd = shard.fd, None
+        assert fd is not None, "only an open shard is closed"
         try:
             os.fsync(fd)
         finally:

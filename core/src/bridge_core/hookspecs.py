@@ -8,6 +8,8 @@ imports only when they are used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pluggy
 
 PROJECT_NAME = "bridge_core"
@@ -17,7 +19,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def register_bridges(register):
+def register_bridges(register: Callable[..., None]) -> None:
     """Register model bridges.
 
     ``register(architecture="Qwen2ForCausalLM", bridge="bridge_qwen.qwen2:Qwen2Bridge",
@@ -28,7 +30,7 @@ def register_bridges(register):
 
 
 @hookspec
-def register_recipes(register):
+def register_recipes(register: Callable[..., None]) -> None:
     """Register training recipes.
 
     ``register(name="qwen2_7b_sft", recipe="bridge_qwen.recipes:qwen2_7b_sft", family="qwen",
@@ -37,7 +39,7 @@ def register_recipes(register):
 
 
 @hookspec
-def register_flops(register):
+def register_flops(register: Callable[..., None]) -> None:
     """Register FLOPs contributions of model blocks.
 
     ``register(block="qwen3_moe_layer", function="bridge_qwen.flops:moe_layer_flops")``: the function

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from bridge_core.mappings.base import MegatronParamMapping, compile_pattern
 
 
@@ -20,7 +22,7 @@ class MegatronMappingRegistry:
         self.mappings = list(mappings)
         self._hf_regexes = [[compile_pattern(n) for n in m.hf_names] for m in self.mappings]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[MegatronParamMapping]:
         return iter(self.mappings)
 
     def __len__(self) -> int:

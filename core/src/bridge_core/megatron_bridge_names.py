@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bridge_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bridge_core.auto_bridge import AutoBridge
 
 # mp_overrides keys (Megatron-Bridge's ModelParallelKwargs) -> bridge-core's Parallelism fields
 _MP_KEYS = {
@@ -30,7 +33,7 @@ def _refuse(call: str, kwargs: dict[str, Any]) -> None:
         raise ConfigError(f"AutoBridge.{call}: not supported by bridge-core: {', '.join(sorted(kwargs))}")
 
 
-def _parallelism_of(model: list) -> Any:
+def _parallelism_of(model: list[Any]) -> Any:
     from bridge_core.conversion.params import unwrap
     from bridge_core.parallelism import Parallelism
 
@@ -44,13 +47,14 @@ def _parallelism_of(model: list) -> Any:
 
 
 class MegatronBridgeNames:
-    """The Megatron-Bridge spellings (see the module docstring); ``self`` is an ``AutoBridge``."""
+    """The Megatron-Bridge spellings (see the module docstring); ``self`` is an ``AutoBridge`` (hence the
+    ``cast``s, for the type checker only)."""
 
     @classmethod
     def import_ckpt(
         cls,
-        hf_model_id: str | os.PathLike,
-        megatron_path: str | os.PathLike,
+        hf_model_id: str | os.PathLike[str],
+        megatron_path: str | os.PathLike[str],
         *,
         trust_remote_code: bool = False,
         torch_dtype: str | None = None,
@@ -68,13 +72,19 @@ class MegatronBridgeNames:
 
         with hf_source(str(hf_model_id), "import") as folder:
             import_checkpoint(
-                folder, megatron_path, Parallelism(), torch_dtype, overwrite, trust_remote_code, source=str(hf_model_id)
+                folder,
+                os.fspath(megatron_path),
+                Parallelism(),
+                torch_dtype,
+                overwrite,
+                trust_remote_code,
+                source=str(hf_model_id),
             )
 
     def export_ckpt(
         self,
-        megatron_path: str | os.PathLike,
-        hf_path: str | os.PathLike,
+        megatron_path: str | os.PathLike[str],
+        hf_path: str | os.PathLike[str],
         show_progress: bool = True,
         *,
         overwrite: bool = False,
@@ -90,16 +100,17 @@ class MegatronBridgeNames:
         from bridge_core.progress import progress_enabled, set_progress
         from bridge_core.workflows import export_checkpoint
 
+        hf = cast("AutoBridge", self).hf
         was = progress_enabled()
         set_progress(show_progress and was)
         try:
             export_checkpoint(
-                megatron_path,
-                hf_path,
+                os.fspath(megatron_path),
+                os.fspath(hf_path),
                 Parallelism(),
-                self.hf.path,
+                hf.path,
                 overwrite=overwrite,
-                trust_remote_code=self.hf.trust_remote_code,
+                trust_remote_code=hf.trust_remote_code,
             )
         finally:
             set_progress(was)
@@ -107,42 +118,44 @@ class MegatronBridgeNames:
     @classmethod
     def from_auto_config(
         cls,
-        megatron_path: str | os.PathLike,
-        hf_model_id: str | os.PathLike | None = None,
+        megatron_path: str | os.PathLike[str],
+        hf_model_id: str | os.PathLike[str] | None = None,
         trust_remote_code: bool = False,
     ) -> Any:
         """A bridge for a Megatron checkpoint: from ``hf_model_id``'s config when given, else from the
         HF config the checkpoint stored at import (``AutoBridge.from_hf_config``)."""
+        auto = cast("type[AutoBridge]", cls)
         if hf_model_id is not None:
             from bridge_core.hub import resolve_model_path
 
-            return cls.from_hf_pretrained(resolve_model_path(str(hf_model_id)), trust_remote_code=trust_remote_code)
+            return auto.from_hf_pretrained(resolve_model_path(str(hf_model_id)), trust_remote_code=trust_remote_code)
         from bridge_core.megatron_checkpoint import load_megatron_checkpoint
         from bridge_core.workflows import _hf_config_folder
 
         info = load_megatron_checkpoint(megatron_path)
         with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
             folder = _hf_config_folder(info, Path(tmp))
-            bridge = cls.from_hf_pretrained(folder, trust_remote_code=trust_remote_code)
+            bridge = auto.from_hf_pretrained(folder, trust_remote_code=trust_remote_code)
             config = bridge.hf.config  # read while the folder exists
-        return cls.from_hf_config(config)
+        return auto.from_hf_config(config)
 
     def to_megatron_model(
-        self, load_weights: bool = True, hf_path: str | os.PathLike | None = None, **kwargs: Any
-    ) -> list:
+        self, load_weights: bool = True, hf_path: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> list[Any]:
         """This rank's model chunks, built at the provider's default TP=PP=1 with the HF weights loaded
         (``to_megatron_provider(load_weights, hf_path)``, ``finalize()``, then
         ``provide_distributed_model(**kwargs)``; ``wrap_with_ddp`` defaults to False)."""
-        provider = self.to_megatron_provider(load_weights=load_weights, hf_path=hf_path)
+        provider = cast("AutoBridge", self).to_megatron_provider(load_weights=load_weights, hf_path=hf_path)
         provider.finalize()
         kwargs.setdefault("wrap_with_ddp", False)
-        return provider.provide_distributed_model(**kwargs)
+        chunks: list[Any] = provider.provide_distributed_model(**kwargs)
+        return chunks
 
     def save_megatron_model(
         self,
-        model: list,
-        path: str | os.PathLike,
-        hf_tokenizer_path: str | os.PathLike | None = None,
+        model: list[Any],
+        path: str | os.PathLike[str],
+        hf_tokenizer_path: str | os.PathLike[str] | None = None,
         *,
         overwrite: bool = False,
         **kwargs: Any,
@@ -158,14 +171,15 @@ class MegatronBridgeNames:
         from bridge_core.megatron_checkpoint import save_megatron_checkpoint
         from bridge_core.workflows import provenance
 
+        bridge = cast("AutoBridge", self)
         chunks = model if isinstance(model, (list, tuple)) else [model]
         parallel = _parallelism_of(list(chunks))
         if hf_tokenizer_path is not None:
             tokenizer_files = HFCheckpoint(Path(hf_tokenizer_path)).side_files()
         else:
-            tokenizer_files = self.hf.side_files() if self.hf.path is not None else []
-        source = str(self.hf.path) if self.hf.path is not None else "python"
-        info = provenance(self, source, parallel)
+            tokenizer_files = bridge.hf.side_files() if bridge.hf.path is not None else []
+        source = str(bridge.hf.path) if bridge.hf.path is not None else "python"
+        info = provenance(bridge, source, parallel)
         save_megatron_checkpoint(
             list(chunks),
             unwrap(chunks[0]).config,
@@ -177,8 +191,8 @@ class MegatronBridgeNames:
         )
 
     def load_megatron_model(
-        self, path: str | os.PathLike, *, mp_overrides: dict[str, Any] | None = None, wrap_with_ddp: bool = False
-    ) -> list:
+        self, path: str | os.PathLike[str], *, mp_overrides: dict[str, Any] | None = None, wrap_with_ddp: bool = False
+    ) -> list[Any]:
         """This rank's model chunks loaded from a Megatron checkpoint at any TP/PP (``mp_overrides``:
         ``tensor_model_parallel_size``, ``pipeline_model_parallel_size``, ``expert_model_parallel_size``,
         ``expert_tensor_parallel_size``; default 1). ``bridge_core.workflows.load_checkpoint``.
@@ -194,5 +208,6 @@ class MegatronBridgeNames:
                 f"AutoBridge.load_megatron_model: unknown mp_overrides keys: {', '.join(sorted(unknown))}"
             )
         sizes = {_MP_KEYS[k]: v for k, v in (mp_overrides or {}).items() if v is not None}
-        reference = self.hf.path
-        return load_checkpoint(path, Parallelism(**sizes), reference, trust_remote_code=self.hf.trust_remote_code).model
+        hf = cast("AutoBridge", self).hf
+        loaded = load_checkpoint(os.fspath(path), Parallelism(**sizes), hf.path, trust_remote_code=hf.trust_remote_code)
+        return loaded.model

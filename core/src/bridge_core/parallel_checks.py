@@ -80,7 +80,7 @@ def _count(value: Any) -> int | None:
 
 def shape_from_hf_config(config: Mapping[str, Any]) -> ModelShape:
     """The shape in an HF ``config.json`` dict (its standard keys; others are not guessed)."""
-    found = {}
+    found: dict[str, Any] = {}
     for field, keys in HF_SHAPE_KEYS.items():
         found[field] = next((_count(config[k]) for k in keys if k in config), None)
     return ModelShape(**found)

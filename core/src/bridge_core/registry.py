@@ -257,12 +257,12 @@ class Registry:
             ("recipe", staging.recipes, self.recipes, "name"),
             ("FLOPs block", staging.flops, self.flops, "block"),
         ):
-            for reg in new:
-                other = table.get(getattr(reg, key))
+            for item in new:
+                other = table.get(getattr(item, key))
                 if other is not None:
                     raise PluginError(
-                        f"{kind} {getattr(reg, key)!r} is registered by both {other.distribution} "
-                        f"and {reg.distribution}"
+                        f"{kind} {getattr(item, key)!r} is registered by both {other.distribution} "
+                        f"and {item.distribution}"
                     )
         for reg in accepted:
             previous = self.bridges.get(reg.architecture)
@@ -271,10 +271,10 @@ class Registry:
             self.bridges[reg.architecture] = reg
             if reg.override:  # an explicit override settles an earlier conflict
                 self.conflicts.pop(reg.architecture, None)
-        for reg in staging.recipes:
-            self.recipes[reg.name] = reg
-        for reg in staging.flops:
-            self.flops[reg.block] = reg
+        for recipe in staging.recipes:
+            self.recipes[recipe.name] = recipe
+        for flops in staging.flops:
+            self.flops[flops.block] = flops
         record.architectures = [r.architecture for r in accepted]
         record.overridden = shadowed
         record.recipes = [r.name for r in staging.recipes]
@@ -314,7 +314,8 @@ class Registry:
         """Import and return the bridge class registered for ``architecture``."""
         reg = self.bridge_for(architecture)
         try:
-            return import_target(reg.bridge)
+            bridge_cls: type = import_target(reg.bridge)  # a class by the contract; not checked here
+            return bridge_cls
         except KeyboardInterrupt:
             raise
         except BaseException as exc:

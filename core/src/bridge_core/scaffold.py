@@ -263,7 +263,7 @@ def analyze_config(path: str | Path, *, probe: bool = True) -> ConfigReport:
         report.notes.append(f"cannot compare with the installed bridges ({exc}): pip install 'bridge-core[torch]'")
         return report
     report.unmapped = unmapped_keys(config, known)
-    report.refused = stock_refusals(config.get("text_config") if kind == "VLM" else config)
+    report.refused = stock_refusals(config["text_config"] if kind == "VLM" else config)
     if "auto_map" in config:
         report.notes.append("config.json names remote code (auto_map): its modeling code is not in transformers")
     elif probe and kind == "LLM" and model_type:

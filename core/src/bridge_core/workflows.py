@@ -54,7 +54,7 @@ def hf_tensors(count: int, nbytes: int) -> str:
     return f"{count} HF tensors ({nbytes / 1e9:.2f} GB)"
 
 
-def provenance(bridge: AutoBridge, source: str, parallel: Parallelism) -> dict[str, Any]:
+def provenance(bridge: AutoBridge, source: str | Path, parallel: Parallelism) -> dict[str, Any]:
     """Where a checkpoint came from and what made it."""
     import megatron.core
     import transformers

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import overload
 
 from bridge_core.errors import CheckpointError, ConfigError
 from bridge_core.parallelism import Parallelism
@@ -94,7 +95,13 @@ def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
     return out if done else [*out, flag, value]
 
 
-@contextlib.contextmanager
+@overload
+def hf_source(path: str, action: str = ...) -> contextlib.AbstractContextManager[Path]: ...
+@overload
+def hf_source(path: None, action: str = ...) -> contextlib.AbstractContextManager[None]: ...
+
+
+@contextlib.contextmanager  # type: ignore[misc]  # mypy cannot match a decorated body to the overloads
 def hf_source(path: str | None, action: str = "bridgectl") -> Iterator[Path | None]:
     """An HF folder for ``path``: the folder itself, the Hub snapshot of an ``org/name`` ID that is no
     local path, or a temporary folder dequantized from a GGUF file (timed as "decoding GGUF")."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bridge_core.cli.common import (
     add_common_args,
@@ -44,15 +45,17 @@ def encode(tokenizer, prompt: str, chat: bool):
     return tokenizer(prompt, return_tensors="pt").input_ids
 
 
-def check_tokenizer(folder, megatron_path: str | None) -> None:
+def check_tokenizer(folder: Path | None, megatron_path: str | None) -> None:
     """Refuse (before any model is built) when no tokenizer comes with --hf-model or the checkpoint."""
-    from pathlib import Path
-
     from bridge_core.checkpoint_format import TOKENIZER_DIR
     from bridge_core.errors import CheckpointError
     from bridge_core.tokenizer_check import VOCABULARY_FILES, has_tokenizer
 
-    where = Path(folder) if folder is not None else Path(megatron_path) / TOKENIZER_DIR
+    if folder is not None:
+        where = Path(folder)
+    else:
+        assert megatron_path is not None, "run() refuses neither --hf-model nor --megatron-path"
+        where = Path(megatron_path) / TOKENIZER_DIR
     if not has_tokenizer(where):
         raise CheckpointError(
             f"{where}: no tokenizer ({', '.join(VOCABULARY_FILES)}); give one with --hf-model <HF folder "

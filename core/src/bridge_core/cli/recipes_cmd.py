@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
 
     regs = recipe_registrations()
     if args.json:
-        rows = [
+        entries = [
             {
                 "name": r.name,
                 "family": r.family,
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
             }
             for r in regs
         ]
-        print(json.dumps({"recipes": rows}, indent=2))
+        print(json.dumps({"recipes": entries}, indent=2))
         return 0
     if not regs:
         print("no recipes installed (pip install bridge-<family>, e.g. bridge-llama)")

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, help="ranks to start on this machine (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.iters=20")
-    parser.parse_args = parser.parse_intermixed_args  # key=value may come before and after the options
+    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]  # key=value before and after options
 
 
 def _world(args: argparse.Namespace) -> int:

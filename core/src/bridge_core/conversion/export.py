@@ -117,6 +117,7 @@ def _produce(
     every member gets every shard and returns the tensors)."""
     split = layout.for_param(task.param)
     local = task.param.tensor.detach()
+    shards: list[torch.Tensor] | None
     if split.size == 1:
         shards = [local]
     elif everywhere:
@@ -125,6 +126,7 @@ def _produce(
         shards = gather_to_leader(local.contiguous(), split)
     if split.index != 0 and not everywhere:
         return None
+    assert shards is not None, "the leader holds every shard"
     full = task.mapping.merge(shards)
     hf = task.mapping.megatron_to_hf(full, task.context(config, bridge.hf_config))
     hf = bridge.maybe_modify_converted_hf_weight(task, hf, None)
@@ -151,7 +153,7 @@ def export_tasks(
     """
     units = global_units(tasks, layout, config, bridge.hf_config, dtype)
     by_name = {t.param.global_name: t for t in tasks if not t.tied_copy}
-    expected = defaultdict(int)
+    expected: defaultdict[str, int] = defaultdict(int)
     for unit in units:
         for name, index, _, _ in unit.parts:
             expected[name] += index is not None
@@ -196,6 +198,7 @@ def export_tasks(
                     dist.recv(tensor, src=unit.owner)
             if not receiving:
                 continue
+            assert tensor is not None, f"{name}: no tensor reached the receiving rank"
             if progress is not None:
                 progress.update(tensor.numel() * tensor.element_size())
             if index is None:

@@ -68,7 +68,8 @@ def load_general(
 ) -> int:
     """Read, format and split on the group's leader, scatter to the others; returns the bytes read here."""
     param = task.param.tensor
-    shards, nbytes = None, 0
+    shards: list[torch.Tensor] | None = None
+    nbytes = 0
     if split.index == 0:
         full = read_full(task, bridge, source, config)
         nbytes = full.numel() * full.element_size()
@@ -83,6 +84,7 @@ def load_general(
         shards = [s.contiguous() for s in task.mapping.split(full, split.size)]
     with torch.no_grad():
         if split.size == 1:
+            assert shards is not None, "one rank: it is the leader"
             param.copy_(shards[0])
         else:
             # Straight into the parameter when its memory allows: no temporary, no second copy.

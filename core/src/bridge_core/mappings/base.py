@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
-Tensor = torch.Tensor
-HFParam = str | dict[str, str]
+Tensor: TypeAlias = torch.Tensor
+HFParam: TypeAlias = str | dict[str, str]
 # (HF name, first HF row, first row of the full Megatron tensor, number of rows)
 RowPiece = tuple[str, int, int, int]
 
@@ -102,6 +102,8 @@ class MegatronParamMapping:
 
     def megatron_to_hf(self, weight: Tensor, ctx: MappingContext) -> dict[str, Tensor]:
         """The full Megatron tensor -> ``{hf_name: tensor}``. Default: the tensor itself."""
+        if not isinstance(self.hf_param, str):
+            raise TypeError(f"{type(self).__name__} reads several HF tensors: it must define megatron_to_hf")
         return {self.hf_param: weight}
 
     # -- row placement (optional; lets the loader read file rows straight into the parameter) ---

@@ -20,6 +20,7 @@ class FusedExpertMapping(MegatronParamMapping):
     """
 
     stacked = True
+    hf_param: str
 
     def __init__(self, megatron_param: str, hf_param: str, *, tp_dim: int | None = 1, transpose: bool = False):
         super().__init__(megatron_param, hf_param)

@@ -80,6 +80,7 @@ class QKVMapping(MegatronParamMapping):
     """``linear_qkv`` weight or bias <-> HF ``{"q", "k", "v"}`` projections (grouped-query aware)."""
 
     tp_dim = 0
+    hf_param: dict[str, str]
 
     def __init__(self, megatron_param: str, q: str, k: str, v: str):
         super().__init__(megatron_param, {"q": q, "k": k, "v": v})
@@ -93,8 +94,8 @@ class QKVMapping(MegatronParamMapping):
         return merge_qkv(hf_weights["q"], hf_weights["k"], hf_weights["v"], *self._dims(ctx))
 
     def hf_row_layout(self, hf_rows: dict[str, int], ctx: MappingContext) -> list[RowPiece] | None:
-        names = (self.hf_param["q"], self.hf_param["k"], self.hf_param["v"])
-        return qkv_row_layout(names, tuple(hf_rows[n] for n in names), *self._dims(ctx))
+        q, k, v = self.hf_param["q"], self.hf_param["k"], self.hf_param["v"]
+        return qkv_row_layout((q, k, v), (hf_rows[q], hf_rows[k], hf_rows[v]), *self._dims(ctx))
 
     def megatron_to_hf(self, weight: Tensor, ctx: MappingContext) -> dict[str, Tensor]:
         q, k, v = split_qkv(weight, *self._dims(ctx))
@@ -105,6 +106,7 @@ class GatedMLPMapping(MegatronParamMapping):
     """``linear_fc1`` of a gated MLP <-> HF ``{"gate", "up"}``; gate and up are split per TP rank."""
 
     tp_dim = 0
+    hf_param: dict[str, str]
 
     def __init__(self, megatron_param: str, gate: str, up: str):
         super().__init__(megatron_param, {"gate": gate, "up": up})

@@ -53,6 +53,8 @@ class VocabParallelMapping(ColumnParallelMapping):
     rows are zeros on import and are never written back to HF (trimmed to ``hf_config.vocab_size``).
     """
 
+    hf_param: str
+
     def hf_to_megatron(self, hf_weights: Tensor, ctx: MappingContext) -> Tensor:
         return pad_rows(hf_weights, ctx.megatron_shape[0])
 

@@ -24,13 +24,13 @@ from bridge_core.provider import GPTModelProvider
 CORE_ATTENTION_CHOICES = ("auto", "sdpa", "local")
 
 
-def _layers(spec: Any) -> list:
+def _layers(spec: Any) -> list[Any]:
     return list(spec.layer_specs) if hasattr(spec, "layer_specs") else [spec]
 
 
 def install_core_attention(
     spec: Any, module: type = SDPACoreAttention, only_replace: Any = None, skip_missing: bool = False, **options: Any
-):
+) -> Any:
     """A copy of ``spec`` whose self-attention uses ``module`` (``options`` bound to its constructor).
 
     ``only_replace``: replace only a core attention of this class (e.g. the local
@@ -51,7 +51,7 @@ def install_core_attention(
     return spec
 
 
-def sdpa_layer_spec(provider: GPTModelProvider, vp_stage: int | None = None):
+def sdpa_layer_spec(provider: GPTModelProvider, vp_stage: int | None = None) -> Any:
     """The provider's stock local layer spec with ``SDPACoreAttention`` (for ``transformer_layer_spec``)."""
     local = copy.copy(provider)
     local.transformer_layer_spec = "local"
@@ -71,7 +71,7 @@ class SDPAAttentionProvider(GPTModelProvider):
 
     core_attention: str = "auto"
 
-    def layer_spec(self, vp_stage: int | None = None):
+    def layer_spec(self, vp_stage: int | None = None) -> Any:
         spec = super().layer_spec(vp_stage)
         if self.core_attention not in CORE_ATTENTION_CHOICES:
             raise ConfigError(
@@ -140,8 +140,8 @@ def use_core_attention(provider: GPTModelProvider, choice: str) -> str:
     own = provider.layer_spec  # the bound method: whatever the provider's class builds
     strict = choice == "sdpa"
 
-    def layer_spec(vp_stage: int | None = None):
+    def layer_spec(vp_stage: int | None = None) -> Any:
         return _sdpa_spec(own(vp_stage), strict)
 
-    provider.layer_spec = layer_spec  # an instance attribute: not a dataclass field, never saved
+    provider.layer_spec = layer_spec  # type: ignore[method-assign]  # per instance: not a dataclass field, never saved
     return "sdpa"

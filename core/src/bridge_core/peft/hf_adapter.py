@@ -231,7 +231,9 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
     loaded = safe_dist_load(request, weights_dir)
     adapters: Adapters = {}
     for key in request:
-        layer, _, target, part = _ADAPTER_KEY.match(key).groups()
+        match = _ADAPTER_KEY.match(key)
+        assert match is not None, "request holds adapter keys only"
+        layer, _, target, part = match.groups()
         if layer is not None:
             adapters.setdefault((int(layer), target), {})[part] = loaded[key]
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def read_adapter_config(folder: Path, registry: Any, num_layers: int) -> PeftCon
     )
 
 
-def load_hf_adapter(bridge: Any, model: Any, folder: str | Path, seed: int = 0) -> PeftConfig:
+def load_hf_adapter(bridge: Any, model: Any, folder: str | os.PathLike[str], seed: int = 0) -> PeftConfig:
     """Put the adapter of ``folder`` on this rank's ``model`` chunks (every rank calls it); returns its config.
 
     A model without adapters gets them first (``apply_peft``: the base is frozen), one that has

@@ -64,7 +64,7 @@ def layout_fits(toy: ToyModel, layout: dict[str, Any]) -> bool:
         cfg["num_attention_heads"] % tp == 0
         and kv % tp == 0
         and cfg["num_hidden_layers"] % pp == 0
-        and (ep == 1 or (experts and experts % ep == 0))
+        and (ep == 1 or (bool(experts) and experts % ep == 0))
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ PEFT_IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_see
 
 
 def check_peft(
-    recipe: str, hf_folder: Path, work: Path, scheme: str, overrides: list[str] = (), with_peft: bool = True
+    recipe: str, hf_folder: Path, work: Path, scheme: str, overrides: Sequence[str] = (), with_peft: bool = True
 ) -> dict[str, float]:
     """Train ``recipe`` (a ``*_peft`` one) with ``scheme`` for 3 steps on ``hf_folder`` in this process
     (one rank), export the adapter and merge it; return the max |logit differences| (fp32) of the Megatron

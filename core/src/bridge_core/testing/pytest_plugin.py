@@ -108,7 +108,8 @@ def as_toy(config: Any, architecture: str | None = None, *, dtype: str | None = 
         toy = ToyModel(arch, values)
     else:
         raise TypeError(f"expected a config dict or a ToyModel, got {type(config).__name__}")
-    changes = {k: v for k, v in (("architecture", architecture), ("dtype", dtype), ("seed", seed)) if v is not None}
+    given = (("architecture", architecture), ("dtype", dtype), ("seed", seed))
+    changes: dict[str, Any] = {k: v for k, v in given if v is not None}
     return replace(toy, **changes) if changes else toy
 
 

@@ -349,7 +349,7 @@ def load_training_checkpoint(
         and getattr(saved_args, "pipeline_model_parallel_size", None) == ps.get_pipeline_model_parallel_world_size()
     )
     distributed = bool(getattr(saved_args, "use_distributed_optimizer", False))
-    if not same_layout and distributed and saved_sharding == "dp_reshardable":
+    if saved_args is not None and not same_layout and distributed and saved_sharding == "dp_reshardable":
         tp, pp = saved_args.tensor_model_parallel_size, saved_args.pipeline_model_parallel_size
         raise CheckpointError(
             f"{weights}: its distributed-optimizer state was saved with dp_reshardable at TP={tp} PP={pp}; "

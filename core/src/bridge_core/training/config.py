@@ -212,7 +212,7 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 # -- overrides ----------------------------------------------------------------------------------
 
 
-def _fields(obj: Any) -> dict[str, dataclasses.Field]:
+def _fields(obj: Any) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
 

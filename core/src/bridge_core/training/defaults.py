@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bridge_core.training.config import (
     CheckpointConfig,
     DataConfig,
@@ -14,7 +16,7 @@ from bridge_core.training.config import (
 )
 
 
-def pretrain_config(**parallel: int) -> TrainingConfig:
+def pretrain_config(**parallel: Any) -> TrainingConfig:
     """Pretraining: AdamW 3e-4 (min 3e-5, warmup 500, wd 0.1), cosine, 300k iters, GBS 32 / MBS 2,
     mock data at seq 4096, distributed optimizer, checkpoints every 500, seed 1234."""
     return TrainingConfig(
@@ -27,7 +29,7 @@ def pretrain_config(**parallel: int) -> TrainingConfig:
     )
 
 
-def sft_config(**parallel: int) -> TrainingConfig:
+def sft_config(**parallel: Any) -> TrainingConfig:
     """Full fine-tuning: AdamW 5e-6 (min 0, warmup 50, beta2 0.98), cosine, 1000 iters, GBS 128 / MBS 1,
     seq 2048, eval every 100 (32 iters), checkpoints every 100, seed 5678; data: an SFT JSONL file."""
     return TrainingConfig(
@@ -42,7 +44,7 @@ def sft_config(**parallel: int) -> TrainingConfig:
     )
 
 
-def peft_config(**parallel: int) -> TrainingConfig:
+def peft_config(**parallel: Any) -> TrainingConfig:
     """LoRA fine-tuning: the SFT settings with AdamW 1e-4 (min 0, warmup 50, beta2 0.98) and LoRA rank 32,
     alpha 32 on linear_qkv, linear_proj, linear_fc1, linear_fc2 (``peft.scheme=dora`` for DoRA); no
     sequence parallelism (adapters do not support it yet)."""

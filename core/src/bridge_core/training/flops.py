@@ -28,7 +28,7 @@ from typing import Any
 
 from bridge_core.errors import ConfigError, PluginError
 
-BlockFlops = Callable[[Any], float]
+BlockFlops = Callable[..., float]  # (provider) or (provider, 1-indexed layer number) -> FLOPs
 
 
 class FlopsUnsupported(ConfigError):

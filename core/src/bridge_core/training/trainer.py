@@ -285,8 +285,9 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     )
     hooks = []
     resolved: list = []  # the adapters' settings once they are on the model (an HF adapter brings its own)
-    if source.load_weights is not None:
-        hooks.append(lambda chunks: (source.load_weights(chunks), chunks)[1])
+    load_weights = source.load_weights
+    if load_weights is not None:
+        hooks.append(lambda chunks: (load_weights(chunks), chunks)[1])
     if peft is not None:
         hooks.append(lambda chunks: _add_adapters(chunks, source, peft, t.seed, resolved))
     hooks.append(lambda chunks: mask_padded_vocabulary(chunks, provider.vocab_size))
@@ -343,9 +344,9 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     started, first = time.perf_counter(), iteration
     tokens_per_step = t.global_batch_size * t.seq_length
 
-    def save_now() -> None:
+    def save_now(folder: Path) -> None:
         path = ckpt.save_training_checkpoint(
-            save,
+            folder,
             iteration,
             model=model,
             optimizer=optimizer,
@@ -405,7 +406,7 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
             iteration == t.iters
             or (config.checkpoint.save_interval and iteration % config.checkpoint.save_interval == 0)
         ):
-            save_now()
+            save_now(save)
     printer.close()
     destroy_num_microbatches_calculator()
     return TrainResult(losses, iteration, save, logged)
