@@ -11,9 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
-import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
-
 import _training_plugin  # noqa: E402
+import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 
 from bridge_core.errors import CheckpointError, ConfigError  # noqa: E402
 from bridge_core.parallel import destroy_model_parallel  # noqa: E402

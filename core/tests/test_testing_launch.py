@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bridge_core.ports import free_port  # noqa: E402
-from bridge_core.testing import launch  # noqa: E402
+from bridge_core.ports import free_port
+from bridge_core.testing import launch
 
 
 def test_a_taken_port_is_retried_with_another(tmp_path, monkeypatch):

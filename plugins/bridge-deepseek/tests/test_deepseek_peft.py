@@ -10,9 +10,9 @@ is right (the merged model, computed from it, matches); that comparison is left 
 
 from __future__ import annotations
 
+import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 import pytest
 
-import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
 
 from _deepseek_toys import V2_TOY, V3_TOY  # noqa: E402

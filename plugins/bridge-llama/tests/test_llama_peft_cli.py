@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
+
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
 
 from bridge_core.testing.compare import max_abs_diff  # noqa: E402

@@ -4,9 +4,9 @@ Megatron model's logits within 1e-4."""
 
 from __future__ import annotations
 
+import peft  # noqa: F401  (tox installs it: a missing peft must fail, not skip)
 import pytest
 
-import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 pytest.importorskip("megatron.core.datasets.helpers_cpp")
 
 from bridge_core.testing.peft import check_peft
