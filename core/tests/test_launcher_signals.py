@@ -70,6 +70,9 @@ def start_parent(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # its own process group, whose parent (pytest) is in this session: never an orphaned group, where
+        # the kernel discards SIGTSTP (pytest started in the background, as a CI script may, is in one)
+        preexec_fn=os.setpgrp,
     )
     return parent, out
 
