@@ -47,6 +47,14 @@ def test_one_wheel_per_distribution_named_by_its_package_version(wheelhouse):
     assert names == expected
 
 
+def test_the_core_wheel_says_it_is_typed(wheelhouse):
+    """PEP 561: plugin authors' type checkers read bridge_core's annotations (mypy checks them in tox -e lint)."""
+    import zipfile
+
+    (wheel,) = wheelhouse.glob("bridge_core-*.whl")
+    assert "bridge_core/py.typed" in zipfile.ZipFile(wheel).namelist()
+
+
 def test_rebuilding_replaces_the_old_files(wheelhouse, tmp_path):
     stale = wheelhouse / "bridge_llama-0.0.1-py3-none-any.whl"
     stale.write_bytes(b"")
