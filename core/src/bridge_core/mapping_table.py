@@ -120,25 +120,11 @@ def rows_of(mappings: list[MegatronParamMapping], params: list[tuple[str, int | 
 
 def meta_rows(bridge: Any, provider: Any, hf_names: Collection[str] | None) -> list[MappingRow]:
     """The rows of ``bridge`` (a ``MegatronModelBridge``) for ``provider``'s model, built on ``meta``."""
-    import torch
-
-    from bridge_core.conversion.params import collect_params
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+    from bridge_core.conversion.layout_plan import meta_model
 
     if provider.transformer_layer_spec == "auto":  # the same table with or without Transformer Engine
         provider.transformer_layer_spec = "local"
-    provider.perform_initialization = False
-    provider.use_cpu_initialization = True
-    with cuda_on_cpu():
-        ensure_model_parallel(ParallelSizes())
-        try:
-            provider.finalize()
-            with torch.device("meta"):
-                model = provider.provide()
-            params = [(p.global_name, p.tp_dim) for p in collect_params([model], 1, 1, 0)]
-        finally:
-            destroy_model_parallel()
+    params = [(p.global_name, p.tp_dim) for p in meta_model(provider)[1]]
     bridge.select_hf_layout(provider, None if hf_names is None else frozenset(hf_names))
     return rows_of(list(bridge.mapping_registry()), params)
 

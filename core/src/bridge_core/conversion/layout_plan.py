@@ -103,13 +103,30 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def meta_model(provider: Any) -> tuple[Any, list[Any]]:
+    """``provider``'s whole model built on the ``meta`` device (no memory, any size, no initialisation) in a
+    private one-rank group, and its parameters (``collect_params`` at TP=PP=1)."""
+    from bridge_core.conversion.params import collect_params
+    from bridge_core.cpu_support import cuda_on_cpu
+    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+
+    provider.perform_initialization = False
+    provider.use_cpu_initialization = True
+    with cuda_on_cpu():
+        ensure_model_parallel(ParallelSizes())
+        try:
+            provider.finalize()
+            with torch.device("meta"):
+                model = provider.provide()
+            return model, collect_params([model], 1, 1, 0)
+        finally:
+            destroy_model_parallel()
+
+
 def _meta_params(bridge: Any, provider: Any) -> list[PlannedParam]:
     from bridge_core.conversion import plan
-    from bridge_core.conversion.params import collect_params
 
-    with torch.device("meta"):
-        model = provider.provide()
-    params = collect_params([model], 1, 1, 0)
+    model, params = meta_model(provider)
     tied = bool(getattr(model, "share_embeddings_and_output_weights", False))
     bridge.bridge.select_hf_layout(provider, None)
     tasks = plan.build_tasks(params, bridge.bridge.mapping_registry(), tied=tied, owner=bridge.owner)
@@ -168,22 +185,11 @@ def plan_layout(bridge: Any, parallel: Parallelism, dtype: torch.dtype | None = 
 
     Runs in one process (a private one-rank group while the meta model is built).
     """
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
-
     provider = bridge.to_megatron_provider()
     if dtype is not None:
         provider.params_dtype = dtype
     padded = parallel.apply(bridge.to_megatron_provider()).vocab_size_with_padding
-    provider.perform_initialization = False
-    provider.use_cpu_initialization = True
-    with cuda_on_cpu():
-        ensure_model_parallel(ParallelSizes())
-        try:
-            provider.finalize()
-            params = _meta_params(bridge, provider)
-        finally:
-            destroy_model_parallel()
+    params = _meta_params(bridge, provider)
     layers, pp, ep = provider.num_layers, parallel.pp, parallel.ep
     if layers % pp:
         raise ConfigError(f"--pp {pp} does not divide the model's {layers} layers")
