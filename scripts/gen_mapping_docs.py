@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from doc_sections import ROOT, family_page, replace_marked, write_or_check
+
 BEGIN, END = "<!-- mappings:begin (scripts/gen_mapping_docs.py writes this section) -->", "<!-- mappings:end -->"
 HEADING = "## Tensor names"
 INTRO = (
@@ -72,21 +74,17 @@ def block(tables: list[Any]) -> str:
 def with_section(text: str, section: str) -> str:
     """``text`` (a family page) with ``section`` as its Tensor names section."""
     if BEGIN in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        return text[:start] + section + text[end:]
+        return replace_marked(text, BEGIN, END, section)
     limits = text.find("## Known limitations")
     at = limits if limits >= 0 else len(text)
     sep = "" if at == 0 or text[:at].endswith("\n\n") else "\n" if text[:at].endswith("\n") else "\n\n"
     return text[:at] + f"{sep}{HEADING}\n{section}\n\n" + text[at:]
 
 
-def page(plugin: str) -> Path:
-    return ROOT / "docs" / "families" / f"{plugin.replace('_', '-')}.md"  # gpt_oss -> gpt-oss.md
-
-
 def rendered(tables: dict[str, list[Any]]) -> dict[Path, str]:
     """What each family page should hold for ``tables``."""
-    return {page(p): with_section(page(p).read_text(), block(t)) for p, t in tables.items() if page(p).is_file()}
+    pages = {family_page(p): t for p, t in tables.items()}
+    return {page: with_section(page.read_text(), block(t)) for page, t in pages.items() if page.is_file()}
 
 
 def stale(tables: dict[str, list[Any]]) -> list[Path]:
@@ -98,17 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a section is out of date; write nothing")
     args = parser.parse_args(argv)
-    tables = shipped_tables()
-    if args.check:
-        paths = stale(tables)
-        for path in paths:
-            print(f"{path.relative_to(ROOT)}: tensor names out of date; run python scripts/gen_mapping_docs.py")
-        return 1 if paths else 0
-    for path, text in rendered(tables).items():
-        if path.read_text() != text:
-            path.write_text(text)
-            print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    return write_or_check(rendered(shipped_tables()), args.check, "tensor names", "scripts/gen_mapping_docs.py")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from doc_sections import ROOT, family_page, replace_marked, write_or_check
+
 BEGIN, END = "<!-- recipes:begin (scripts/gen_recipe_docs.py writes this table) -->", "<!-- recipes:end -->"
 HEADER = (
     "| recipe | model | kind | GPUs | TP | PP | VPP | EP | seq | GBS / MBS |\n"
@@ -66,8 +68,7 @@ def table(recipes: list) -> str:
 
 
 def _replace(text: str, block: str) -> str:
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:start] + block + text[end:]
+    return replace_marked(text, BEGIN, END, block)
 
 
 def with_training_section(text: str, block: str) -> str:
@@ -92,7 +93,7 @@ def rendered(recipes: list) -> dict[Path, str]:
     training = ROOT / "docs" / "training.md"
     out[training] = _replace(training.read_text(), table(recipes))
     for family in sorted({r.family for r in recipes}):
-        page = ROOT / "docs" / "families" / f"{family.replace('_', '-')}.md"  # gpt_oss -> gpt-oss.md
+        page = family_page(family)
         if page.is_file():
             out[page] = with_training_section(page.read_text(), table([r for r in recipes if r.family == family]))
     return out
@@ -107,17 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a table is out of date; write nothing")
     args = parser.parse_args(argv)
-    recipes = shipped_recipes()
-    if args.check:
-        paths = stale(recipes)
-        for path in paths:
-            print(f"{path.relative_to(ROOT)}: recipe table out of date; run python scripts/gen_recipe_docs.py")
-        return 1 if paths else 0
-    for path, text in rendered(recipes).items():
-        if path.read_text() != text:
-            path.write_text(text)
-            print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    return write_or_check(rendered(shipped_recipes()), args.check, "recipe table", "scripts/gen_recipe_docs.py")
 
 
 if __name__ == "__main__":
