@@ -65,6 +65,14 @@ def shipped() -> list[str]:
     return [r["name"] for r in json.loads(proc.stdout)["recipes"]]
 
 
+def fresh_python(code: str) -> str:
+    """The last line ``code`` prints in a new interpreter with bridge-llama and bridge-qwen selected."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}, "BRIDGE_PLUGINS": "llama,qwen"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def test_recipes_lists_every_shipped_recipe_without_importing_torch():
     code = (
         "import sys, json, io, contextlib\nfrom bridge_core.cli.main import main\nout = io.StringIO()\n"
@@ -73,10 +81,7 @@ def test_recipes_lists_every_shipped_recipe_without_importing_torch():
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron', 'transformers'})\n"
         "print(json.dumps({'rows': rows, 'heavy': heavy, 'recipes_imported': 'bridge_llama.recipes' in sys.modules}))"
     )
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}, "BRIDGE_PLUGINS": "llama,qwen"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    doc = json.loads(fresh_python(code))
     assert doc["heavy"] == [] and doc["recipes_imported"] is False
     rows = {r["name"]: r for r in doc["rows"]}
     assert rows["llama32_1b_pretrain"] | {"version": None} == {
@@ -113,9 +118,7 @@ def test_every_shipped_recipe_resolves_with_dry_run_without_torch(capsys, clean_
         "    assert main(['train', '--recipe', 'qwen3_8b_peft', '--dry-run', '--nproc', '16']) == 0\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'megatron', 'transformers'}))"
     )
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}, "BRIDGE_PLUGINS": "llama,qwen"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", (proc.stdout, proc.stderr)
+    assert fresh_python(code) == "[]"
     assert main(["recipe", "show", "qwen3_8b_pretrain", "train.iters=600", "parallel.tp=2"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["config"]["train"]["iters"] == 600 and doc["config"]["parallel"]["tp"] == 2
