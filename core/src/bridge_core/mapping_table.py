@@ -206,15 +206,10 @@ def check_hf_model(architecture: str, folder: Path) -> None:
 
 def checkpoint_names(folder: Path) -> frozenset[str] | None:
     """The tensor names of an HF folder (its index, else its safetensors headers); None without weights."""
-    from bridge_core.hf_checkpoint import read_json_object
-    from bridge_core.safetensors_io import INDEX_NAME, SafetensorsCheckpoint
+    from bridge_core.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, read_weight_map
 
-    index = folder / INDEX_NAME
-    if index.exists():
-        weight_map = read_json_object(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: no 'weight_map' object")
-        return frozenset(weight_map)
+    if (folder / INDEX_NAME).exists():
+        return frozenset(read_weight_map(folder))
     return frozenset(SafetensorsCheckpoint(folder).meta) if any(folder.glob("*.safetensors")) else None
 
 

@@ -180,6 +180,25 @@ def _check_shard_name(folder: Path, name: object, index_path: Path) -> Path:
     return folder / name
 
 
+def read_weight_map(folder: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from ``folder``'s safetensors index (checked; the shards are not read)."""
+    index_path = folder / INDEX_NAME
+    check_input_file(index_path, folder, "safetensors index")
+    try:
+        index = json.loads(index_path.read_text(), object_pairs_hook=unique_keys)
+        weight_map = index["weight_map"]
+        assert isinstance(weight_map, dict)
+    except (ValueError, KeyError, AssertionError, TypeError) as exc:
+        why = f" ({exc})" if isinstance(exc, ValueError) else ""
+        raise CheckpointError(
+            f"{index_path}: not a valid safetensors index (needs a 'weight_map' object){why}"
+        ) from None
+    for key, name in weight_map.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{index_path}: weight_map entry {key!r} is {name!r}, not a shard file name")
+    return weight_map
+
+
 class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
     """The tensors of an HF folder (``model.safetensors`` or an index with shards), read on demand."""
 
@@ -219,21 +238,7 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
     def _shard_files(self) -> dict[str, Path]:
         self._weight_map: dict[str, str] | None = None
         if os.path.lexists(self.index_path):
-            check_input_file(self.index_path, self.folder, "safetensors index")
-            try:
-                index = json.loads(self.index_path.read_text(), object_pairs_hook=unique_keys)
-                weight_map = index["weight_map"]
-                assert isinstance(weight_map, dict)
-            except (ValueError, KeyError, AssertionError, TypeError) as exc:
-                why = f" ({exc})" if isinstance(exc, ValueError) else ""
-                raise CheckpointError(
-                    f"{self.index_path}: not a valid safetensors index (needs a 'weight_map' object){why}"
-                ) from None
-            for key, name in weight_map.items():
-                if not isinstance(name, str):
-                    raise CheckpointError(
-                        f"{self.index_path}: weight_map entry {key!r} is {name!r}, not a shard file name"
-                    )
+            weight_map = read_weight_map(self.folder)
             files = {}
             for name in sorted(set(weight_map.values()), key=str):
                 path = _check_shard_name(self.folder, name, self.index_path)
