@@ -10,17 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from bridge_core.bridge import MegatronModelBridge
-from bridge_core.conversion.direct import (
-    RowReader,
-    _hook_overridden,
-    _layout_trusted,
-    plan_reads,
-    read_rows,
-    read_threads,
-)
+from bridge_core.conversion.direct import _hook_overridden, _layout_trusted, plan_reads
 from bridge_core.conversion.groups import SplitGroup
 from bridge_core.conversion.params import ParamInfo
 from bridge_core.conversion.plan import Task
+from bridge_core.conversion.row_reader import RowReader, chunked, read_rows, read_threads
 from bridge_core.errors import CheckpointError, ConfigError
 from bridge_core.mappings import (
     ColumnParallelMapping,
@@ -202,6 +196,34 @@ def test_reader_threads_follow_the_setting_and_refuse_nonsense(monkeypatch):
             read_threads()
     monkeypatch.delenv("BRIDGE_READ_THREADS")
     assert 1 <= read_threads() <= 4
+    assert read_threads() <= read_threads(torch.device("cuda")) <= 8  # into GPU memory: copies, not faults
+
+
+def test_chunks_cover_every_row_once_within_the_limit():
+    reads = [("a", 3, 0, 7), ("b", 0, 7, 1), ("c", 10, 8, 5)]
+    pieces = chunked(reads, row_bytes=12, limit=36)  # three rows a chunk
+    assert all(rows <= 3 for *_, rows in pieces)
+    rows = [(n, h + i, loc + i) for n, h, loc, count in pieces for i in range(count)]
+    assert rows == [(n, h + i, loc + i) for n, h, loc, count in reads for i in range(count)]
+    assert chunked(reads, row_bytes=100, limit=36) == [p for r in reads for p in chunked([r], 100, 1)]  # a row each
+
+
+# 24 bytes: two rows a chunk; 8 bytes, less than a 12-byte row: each row gets a buffer of its own
+@pytest.mark.parametrize(("threads", "chunk"), [(1, 24), (2, 24), (3, 8)])
+def test_staged_reads_reuse_a_bounded_pool_and_fill_what_direct_reads_fill(source, threads, chunk):
+    reader = RowReader(threads, staged=True, chunk_bytes=chunk)
+    emb = VocabParallelMapping("p", "emb")
+    group = SplitGroup(None, 1, 0, 0, True)
+    gated = task_for(GatedMLPMapping("p", "gate", "up"), (32, 6), (32, 6))
+    tasks = [task_for(emb, (16, 6), (16, 6)) for _ in range(3)] + [gated]
+    for task in tasks:
+        reader.submit(source, plan_reads(task, bridge_stub(), source, None, group), task.param.tensor)
+    assert [n for n, _ in reader.finished(wait=True)] == [120, 120, 120, 384]
+    reader.close()
+    padded = torch.cat([source["emb"], torch.zeros(6, 6, dtype=torch.bfloat16)])
+    assert all(torch.equal(t.param.tensor, padded) for t in tasks[:3])
+    assert torch.equal(tasks[3].param.tensor, torch.cat([source["gate"], source["up"]]))
+    assert reader._staging._left >= 0 and reader._staging._free.qsize() == 2 * threads - reader._staging._left
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bridge_core import AutoBridge
+from bridge_core.conversion import row_reader
 from bridge_core.errors import CheckpointError, ConfigError, CoverageError
 from bridge_core.inference import forward_logits
 from bridge_core.parallel import destroy_model_parallel
@@ -150,7 +151,7 @@ def test_bf16_tied_roundtrip_keeps_dtypes_and_trims_padding(llama_tied_bf16, tmp
 
 def test_direct_reads_fill_parameters_as_the_general_path_does(llama, monkeypatch):
     bridge, model = convert(llama)
-    model[0].cpu()  # what this tests: direct reads fill host parameters (GPU ones take the general path)
+    model[0].cpu()  # what this tests: direct reads fill host parameters (GPU ones: the test below)
     direct = [p.detach().clone() for p in model[0].parameters()]
     with torch.no_grad():
         for p in model[0].parameters():
@@ -161,6 +162,23 @@ def test_direct_reads_fill_parameters_as_the_general_path_does(llama, monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(direct, model[0].parameters()))
     monkeypatch.undo()
     assert bridge.load_hf_weights(model).direct == len(direct)  # fp32 checkpoint into an fp32 model: every one
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_direct_reads_into_gpu_parameters_through_pinned_buffers_match_the_general_path(llama, monkeypatch):
+    bridge, model = convert(llama)
+    model[0].cuda()
+    monkeypatch.setattr(row_reader, "CHUNK_BYTES", 4096)  # many chunks per tensor, buffers reused
+    monkeypatch.delattr(SafetensorsCheckpoint, "read_rows_into")
+    assert bridge.load_hf_weights(model).direct == 0
+    general = [p.detach().clone() for p in model[0].parameters()]
+    with torch.no_grad():
+        for p in model[0].parameters():
+            p.fill_(3.0)
+    monkeypatch.undo()
+    report = bridge.load_hf_weights(model)
+    assert report.direct == report.tensors == len(general)
+    assert all(torch.equal(a, b) for a, b in zip(general, model[0].parameters()))
 
 
 def test_load_weights_at_build_skips_random_init(llama):

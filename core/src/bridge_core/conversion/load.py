@@ -14,10 +14,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.conversion.direct import RowReader, plan_reads, read_threads
+from bridge_core.conversion.direct import plan_reads
 from bridge_core.conversion.finite import checked_cast, has_nonfinite, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.plan import Task
+from bridge_core.conversion.row_reader import RowReader, read_threads
 from bridge_core.errors import CoverageError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def load_tasks(
     start = time.perf_counter()
     if progress is not None:
         progress.begin(len(tasks), sum(t.param.tensor.numel() * t.param.tensor.element_size() for t in tasks))
-    reader = RowReader(read_threads())
+    device = tasks[0].param.tensor.device if tasks else None
+    reader = RowReader(read_threads(device), device)
 
     def collect(wait: bool = False) -> None:
         for nbytes, param_bytes in reader.finished(wait):
