@@ -210,6 +210,25 @@ def test_a_finite_weights_give_no_warning(llama, caplog):
     assert report.nonfinite == [] and not any("NaN" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_a_nonfinite_scan_names_every_tensor_holding_nan_or_inf_in_order(device):
+    from bridge_core.conversion.finite import NonfiniteScan
+
+    scan = NonfiniteScan()
+    values = {"ok": 1.0, "nan": float("nan"), "inf": float("inf"), "neg": float("-inf"), "zeros": 0.0}
+    for name, value in values.items():
+        t = torch.ones(3, 4, dtype=torch.bfloat16, device=device)
+        t[1, 2] = value
+        scan.add(t, name, name + ".pair")
+    scan.add(torch.tensor([7], device=device), "integers")  # no NaN in integers: not scanned
+    scan.add(torch.empty(0, device=device), "empty")
+    assert scan.names() == ["nan", "nan.pair", "inf", "inf.pair", "neg", "neg.pair"]
+    assert NonfiniteScan().names() == []
+
+
 def test_a_verify_says_why_when_logits_are_not_finite():
     from bridge_core.conversion.finite import nonfinite_logits
 

@@ -35,6 +35,27 @@ def has_nonfinite(tensor: torch.Tensor) -> bool:
     return span is not None and not (math.isfinite(span[0]) and math.isfinite(span[1]))
 
 
+class NonfiniteScan:
+    """Which named tensors hold NaN/Inf, asked without waiting on the device for each one: a flag per
+    tensor stays on its device, and ``names`` reads them all at once (one synchronisation, not one per
+    tensor, which would stall an export's copy pipeline)."""
+
+    def __init__(self) -> None:
+        self._flags: list[tuple[tuple[str, ...], torch.Tensor]] = []
+
+    def add(self, tensor: torch.Tensor, *names: str) -> None:
+        """Scan ``tensor``; ``names`` (the HF names it stands for) are reported if it holds NaN/Inf."""
+        if tensor.dtype in CHECKED and tensor.numel():
+            lo, hi = torch.aminmax(tensor.detach())
+            self._flags.append((names, ~(torch.isfinite(lo) & torch.isfinite(hi))))
+
+    def names(self) -> list[str]:
+        if not self._flags:
+            return []
+        hits = torch.stack([flag.cpu() for _, flag in self._flags]).tolist()
+        return [name for (names, _), hit in zip(self._flags, hits) if hit for name in names]
+
+
 def checked_cast(tensor: torch.Tensor, dtype: torch.dtype, name: str, **to_kwargs) -> torch.Tensor:
     """``tensor.to(dtype)``, refusing a cast that turns finite values into infinities (overflow) or a
     non-zero tensor into all zeros (underflow): a ``ConfigError`` naming the tensor."""

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from bridge_core.conversion.direct import plan_reads
-from bridge_core.conversion.finite import checked_cast, has_nonfinite, warn_nonfinite
+from bridge_core.conversion.finite import NonfiniteScan, checked_cast, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.plan import Task
 from bridge_core.conversion.row_reader import RowReader, read_threads
@@ -139,11 +139,11 @@ def load_tasks(
     finally:
         reader.close()
     report.seconds = time.perf_counter() - start
-    report.nonfinite = warn_nonfinite(
-        (key for t in tasks if not t.tied_copy and has_nonfinite(t.param.tensor) for key in t.hf_keys),
-        "HF",
-        layout.world,
-    )
+    scan = NonfiniteScan()
+    for task in tasks:
+        if not task.tied_copy:
+            scan.add(task.param.tensor, *task.hf_keys)
+    report.nonfinite = warn_nonfinite(scan.names(), "HF", layout.world)
     if report.downcast:
         log.warning(
             "%d tensor(s) stored in higher precision than the checkpoint were cast down to %s: %s; "
