@@ -28,10 +28,10 @@ def test_cpu_tensors_pass_through_in_order():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("pin", [True, False])
-def test_cuda_tensors_arrive_on_host_bit_exact_in_order(pin):
+@pytest.mark.parametrize(("pin", "in_flight"), [(True, None), (True, 0), (True, 100), (False, None)])
+def test_cuda_tensors_arrive_on_host_bit_exact_in_order(pin, in_flight):
     items = _items("cuda")
-    out = list(to_host(iter(items), pin_memory=pin))
+    out = list(to_host(iter(items), pin_memory=pin, in_flight_bytes=in_flight))
     assert [n for n, _ in out] == [n for n, _ in items]
     for (_, got), (_, want) in zip(out, items):
         assert got.device.type == "cpu" and got.dtype == want.dtype and got.shape == want.shape
