@@ -136,6 +136,14 @@ def cases(args: argparse.Namespace) -> list[dict]:
                 "peft": {"scheme": "lora", "rank": 16, "alpha": 32.0},
             }
         )
+    if args.shapes:
+        out = [c for c in out if c["shape"] in args.shapes]
+    base = list(out)
+    for variant in args.variant:
+        name, _, settings = variant.partition(":")
+        overrides = dict(item.split("=", 1) for item in settings.split(",") if item)
+        fused = overrides.pop("fused", "false").lower() == "true"
+        out += [{**c, "variant": name, "overrides": overrides, "fused": fused} for c in base if not c.get("fused")]
     return out
 
 
@@ -212,6 +220,8 @@ def run_case(case: dict, warmup: int) -> dict:
         SchedulerConfig,
         TrainingConfig,
         TrainLoopConfig,
+        _parse_literal,
+        set_value,
     )
     from bridge_core.training.recipe import ModelSpec, Recipe, SizedFor
     from bridge_core.training.trainer import train
@@ -233,6 +243,8 @@ def run_case(case: dict, warmup: int) -> dict:
     )
     if case.get("fused"):
         _fused_kernels(config)
+    for key, value in case.get("overrides", {}).items():  # --variant: checked as `bridgectl train` checks them
+        set_value(config, key, _parse_literal(value))
     model = ModelSpec(case["architecture"], case["hf_config"])
     base = None
     if case.get("peft"):
@@ -242,8 +254,10 @@ def run_case(case: dict, warmup: int) -> dict:
         config.precision.dtype = "bf16" if torch.cuda.is_available() else "fp32"
         folder = Path(os.environ.get("BENCH_BASE_DIR") or tempfile.mkdtemp(prefix="bench-base-")) / case["shape"]
         started = time.perf_counter()
-        base = folder if (folder / "config.json").is_file() else random_hf_folder(
-            case["architecture"], case["hf_config"], folder
+        base = (
+            folder
+            if (folder / "config.json").is_file()
+            else random_hf_folder(case["architecture"], case["hf_config"], folder)
         )
         print(f"base HF folder {base} ready in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     kind = "peft" if base is not None else "pretrain"
@@ -356,6 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fused", action="store_true", help="experiment: each case also with fused kernels")
     parser.add_argument("--peft", action="store_true", help="also the LoRA r16 case on the full Llama-3-8B")
     parser.add_argument("--only-peft", action="store_true", help="the LoRA case alone (implies --peft)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="experiment: each case again with these overrides (e.g. 'ce:model.cross_entropy_loss_fusion=true,"
+        "model.cross_entropy_fusion_impl=native'; 'fused=true' adds --fused's kernels)",
+    )
+    parser.add_argument("--shapes", nargs="+", default=None, help="run only these shapes")
     parser.add_argument("--attention", nargs="+", default=["sdpa", "local"], choices=["sdpa", "local", "auto"])
     parser.add_argument("--matmul-size", type=int, default=None, help="default 8192 (GPU), 256 (--toy)")
     parser.add_argument("--case-timeout", type=float, default=150.0, help="seconds per case (default 150)")
@@ -391,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{got['tokens_per_s']:,.0f} tok/s, {got['tflops_per_gpu']:.4g} TFLOP/s/GPU, "
             f"{got['peak_memory_gib']:.1f} GiB"
         )
-        label = f"{case['shape']} {case['attention']}{' fused' if case.get('fused') else ''}"
+        label = f"{case['shape']} {case['attention']}{' fused' if case.get('fused') else ''} {case.get('variant', '')}"
         print(f"{label}: {summary}", file=sys.stderr, flush=True)
     doc = {
         "benchmark": "train_throughput",
