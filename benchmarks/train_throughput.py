@@ -144,6 +144,8 @@ def cases(args: argparse.Namespace) -> list[dict]:
         overrides = dict(item.split("=", 1) for item in settings.split(",") if item)
         fused = overrides.pop("fused", "false").lower() == "true"
         out += [{**c, "variant": name, "overrides": overrides, "fused": fused} for c in base if not c.get("fused")]
+    if args.variants_only:
+        out = [c for c in out if "variant" in c]
     return out
 
 
@@ -378,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         help="experiment: each case again with these overrides (e.g. 'ce:model.cross_entropy_loss_fusion=true,"
         "model.cross_entropy_fusion_impl=native'; 'fused=true' adds --fused's kernels)",
     )
+    parser.add_argument("--variants-only", action="store_true", help="skip the cases without a --variant")
     parser.add_argument("--shapes", nargs="+", default=None, help="run only these shapes")
     parser.add_argument("--attention", nargs="+", default=["sdpa", "local"], choices=["sdpa", "local", "auto"])
     parser.add_argument("--matmul-size", type=int, default=None, help="default 8192 (GPU), 256 (--toy)")
