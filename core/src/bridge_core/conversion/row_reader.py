@@ -161,7 +161,7 @@ class RowReader:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="bridge-read") if threads > 1 else None
         self._pending: deque[tuple[list[Future], int]] = deque()
         self._staging = Staging(2 * threads, chunk_bytes, pin=cuda) if staged or cuda else None
-        self._streams = _Streams(device) if cuda else None  # type: ignore[arg-type]
+        self._streams = _Streams(device) if device is not None and cuda else None
 
     def _run(self, fn: Any, *args: Any) -> Future:
         if self._pool is not None:
