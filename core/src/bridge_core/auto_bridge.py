@@ -28,12 +28,13 @@ from bridge_core.config_translation import (
     parse_dtype,
     write_both_rope_spellings,
 )
-from bridge_core.conversion import plan
-from bridge_core.conversion.export import export_tasks
+from bridge_core.conversion import plan, weight_sync
+from bridge_core.conversion.export import export_tasks, gather_plan
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.host_copy import to_host
 from bridge_core.conversion.load import LoadReport, load_tasks
 from bridge_core.conversion.params import collect_params, unwrap
+from bridge_core.conversion.weight_sync import WeightSyncPlan
 from bridge_core.errors import ConfigError
 from bridge_core.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
 from bridge_core.hf_writer import ShardedSafetensorsWriter
@@ -208,6 +209,7 @@ class AutoBridge(MegatronBridgeNames):
         dtype: str | torch.dtype | None = None,
         progress: Any = None,
         on_plan: Callable[[list[tuple[str, tuple[int, ...], torch.dtype]]], None] | None = None,
+        plan: WeightSyncPlan | None = None,
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(hf_name, tensor)`` for the whole model (every rank takes part).
 
@@ -215,15 +217,23 @@ class AutoBridge(MegatronBridgeNames):
         Padded vocabulary rows are trimmed; a tied output layer is not emitted twice. ``on_plan``, if
         given, is called on the receiving rank(s) before the first tensor with ``(hf_name, shape,
         dtype)`` of every tensor to come, in order (``ShardedSafetensorsWriter.plan`` takes it).
+        ``plan``: a ``weight_sync_plan`` of this model; nothing is planned again and nothing is
+        communicated before the first tensor (a plan of another model or layout is refused).
 
         The tensors are **views of the live parameters** wherever no copy is needed: with ``cpu=False``
         on a GPU model, and for a model on the CPU (even with ``cpu=True``), an unsplit tensor in the
         model's dtype (and a piece of a fused one, e.g. ``gate_proj`` of ``linear_fc1``) shares the
         parameter's storage. Clone what you keep past the next optimizer step or change in place.
         """
-        tasks, layout, config = self._tasks(model)
-        # Default: the model's dtype for every tensor (torch norms of the local spec keep fp32 weights).
-        want = parse_dtype(dtype) if dtype is not None else config.params_dtype
+        if plan is not None:
+            tasks, layout, config = plan.bind(model, lambda: self._tasks(model))
+            if dtype is not None and parse_dtype(dtype) != plan.dtype:
+                raise ConfigError(f"dtype: the plan exports {plan.dtype}, not {parse_dtype(dtype)}; make another plan")
+            want, export = plan.dtype, plan.export
+        else:
+            tasks, layout, config = self._tasks(model)
+            # Default: the model's dtype for every tensor (torch norms of the local spec keep fp32 weights).
+            want, export = parse_dtype(dtype) if dtype is not None else config.params_dtype, None
         device = tasks[0].param.tensor.device if tasks else torch.device("cpu")
         tensors = export_tasks(
             tasks,
@@ -235,9 +245,34 @@ class AutoBridge(MegatronBridgeNames):
             device=device,
             progress=progress,
             on_plan=on_plan,
+            plan=export,
         )
         # cpu=True: pinned, overlapped device-to-host copies (see conversion/host_copy.py).
         yield from to_host(tensors) if cpu else tensors
+
+    def weight_sync_plan(
+        self, model: Any, bucket_bytes: int = 512 << 20, dtype: str | torch.dtype | None = None
+    ) -> WeightSyncPlan:
+        """The plan of every refit of ``model`` (every rank calls it; one collective): HF names,
+        shapes and dtypes in export order, which ranks hold which slice of each HF tensor, buckets of
+        at most ``bucket_bytes`` and the export dtype (default: the model's). Pass it to
+        ``export_hf_weights(model, plan=...)`` or ``export_weight_buckets``. See docs/python-api.md."""
+        tasks, layout, config = self._tasks(model)
+        want = parse_dtype(dtype) if dtype is not None else config.params_dtype
+        hf = self.bridge.hf_config
+        extra = (weight_sync.local_shards(tasks, layout, config, hf), weight_sync.signature(tasks, layout))
+        export, per_rank = gather_plan(tasks, layout, config, hf, want, extra)
+        plan = WeightSyncPlan.build(export, want, bucket_bytes, per_rank)
+        plan.remember(model, tasks, layout, config)
+        return plan
+
+    def export_weight_buckets(
+        self, model: Any, plan: WeightSyncPlan, cpu: bool = False
+    ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Every rank receives ``plan.buckets`` in order, one list of ``(hf_name, tensor)`` at a time
+        (on the model's device unless ``cpu``): extra memory about one bucket plus the largest tensor.
+        The tensors may be views of the live parameters (see ``export_hf_weights``)."""
+        yield from plan.bucketed(self.export_hf_weights(model, cpu=cpu, plan=plan))
 
     def hf_config_for_export(self, provider: Any, dtype: torch.dtype | None = None) -> Any:
         """The HF config regenerated from ``provider`` through the bridge (not copied from the source).

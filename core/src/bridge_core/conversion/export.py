@@ -9,75 +9,31 @@ and each formats for itself); ``to_rank=r`` sends them to rank ``r`` only (writi
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from bridge_core.conversion.export_plan import ExportPlan, Output, Unit, local_units
 from bridge_core.conversion.finite import checked_cast, has_nonfinite, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout, SplitGroup
-from bridge_core.conversion.plan import Task, export_parts, natural_key
+from bridge_core.conversion.plan import Task
 from bridge_core.errors import CoverageError
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One exported Megatron parameter: its owner rank and the HF parts it produces."""
-
-    global_name: str
-    owner: int
-    parts: tuple[tuple[str, int | None, tuple, torch.dtype], ...]
-
-
-def global_units(
-    tasks: list[Task], layout: ParallelLayout, config: Any, hf_config: Any, dtype: torch.dtype | None
-) -> list[Unit]:
-    """The sorted list of every rank's export units (one collective)."""
-    mine = []
-    for task in tasks:
-        split = layout.for_param(task.param)
-        if task.tied_copy or split.index != 0 or not split.replica_zero:
-            continue
-        parts = tuple(export_parts(task, config, hf_config, dtype))
-        mine.append(Unit(task.param.global_name, layout.rank, parts))
-    gathered: list[list[Unit]] = [None] * layout.world  # type: ignore[list-item]
+def gather_plan(
+    tasks: list[Task], layout: ParallelLayout, config: Any, hf_config: Any, dtype: torch.dtype | None, extra: Any = None
+) -> tuple[ExportPlan, list[Any]]:
+    """The export plan of every rank's units, and every rank's ``extra``, in rank order (one collective)."""
+    mine = (local_units(tasks, layout, config, hf_config, dtype), extra)
+    gathered: list[Any] = [None] * layout.world
     if layout.world > 1:
         dist.all_gather_object(gathered, mine)
     else:
         gathered = [mine]
-    units: dict[str, Unit] = {}
-    for unit in (u for rank_units in gathered for u in rank_units):
-        other = units.setdefault(unit.global_name, unit)
-        if other.owner != unit.owner:
-            raise CoverageError(f"{unit.global_name} is exported by ranks {other.owner} and {unit.owner}")
-    return sorted(units.values(), key=lambda u: natural_key(u.global_name))
-
-
-def planned_outputs(units: list[Unit]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    """``(hf_name, shape, dtype)`` of every tensor ``export_tasks`` yields, in the order it yields them.
-
-    A stacked tensor (``index`` not None: one slice per Megatron parameter, e.g. MoE experts) comes
-    out when its last slice arrives, with the slice count as its first dimension.
-    """
-    expected: dict[str, int] = defaultdict(int)
-    for unit in units:
-        for name, index, _, _ in unit.parts:
-            expected[name] += index is not None
-    seen: dict[str, int] = defaultdict(int)
-    out = []
-    for unit in units:
-        for name, index, shape, dtype in unit.parts:
-            if index is None:
-                out.append((name, tuple(shape), dtype))
-                continue
-            seen[name] += 1
-            if seen[name] == expected[name]:
-                out.append((name, (expected[name], *shape), dtype))
-    return out
+    return ExportPlan.from_rank_units(units for units, _ in gathered), [e for _, e in gathered]
 
 
 def gather_to_leader(local: torch.Tensor, split: SplitGroup) -> list[torch.Tensor] | None:
@@ -134,6 +90,81 @@ def _produce(
     return {name: (checked_cast(t, want, name) if want is not None else t).contiguous() for name, t in hf.items()}
 
 
+class _Stacks:
+    """Stacked HF tensors in assembly: one buffer each, every slice received or copied into its row."""
+
+    def __init__(self, counts: dict[str, int], device: torch.device):
+        self.counts, self.device = counts, device
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.filled: dict[str, set[int]] = defaultdict(set)
+
+    def _buffer(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        if name not in self.buffers:
+            self.buffers[name] = torch.empty((self.counts[name], *shape), dtype=dtype, device=device)
+        return self.buffers[name]
+
+    def slot(self, name: str, index: int | None, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """Where a tensor sent by another rank is received: its row of the stack, or a fresh tensor."""
+        if index is None or not 0 <= index < self.counts[name]:
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        return self._buffer(name, shape, dtype, self.device)[index]
+
+    def add(self, name: str, index: int, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Place slice ``index``; the whole stacked tensor once its last slice is in, else None."""
+        filled, count = self.filled[name], self.counts[name]
+        if not 0 <= index < count or index in filled:
+            raise CoverageError(f"{name}: stacked slices {sorted(filled | {index})} are not 0..{count - 1}")
+        row = self._buffer(name, tuple(tensor.shape), tensor.dtype, tensor.device)[index]
+        if row.data_ptr() != tensor.data_ptr():
+            row.copy_(tensor)
+        filled.add(index)
+        if len(filled) < count:
+            return None
+        del self.filled[name]
+        return self.buffers.pop(name)
+
+
+# Delivery modes: each yields ``(hf_name, slice index, tensor)`` on the receiving rank(s), in plan
+# order; every rank walks every unit, so the collectives match. ``make(unit)`` gathers the unit's
+# shards and returns its HF tensors on the rank(s) that format it (None elsewhere).
+Items = Iterator[tuple[str, int | None, torch.Tensor]]
+
+
+def _each_rank_formats(plan: ExportPlan, make: Callable) -> Items:
+    """A world of one, or every rank receiving in a world that is one tensor-parallel group: each
+    rank formats every tensor itself (in the group, the members share their shards first, instead
+    of gathering to the leader and broadcasting the result, which sends each its own shard again)."""
+    for unit in plan.units:
+        produced = make(unit)
+        for name, index, _, _ in unit.parts:
+            yield name, index, produced[name]
+
+
+def _broadcast_to_all(plan: ExportPlan, make: Callable, slot: Callable) -> Items:
+    """Every rank receives every tensor: the owner formats it and broadcasts it."""
+    for unit in plan.units:
+        produced = make(unit)
+        for name, index, shape, dtype in unit.parts:
+            tensor = produced[name] if produced is not None else slot(name, index, shape, dtype)
+            dist.broadcast(tensor, src=unit.owner)
+            yield name, index, tensor
+
+
+def _send_to_one(plan: ExportPlan, make: Callable, slot: Callable, rank: int, to_rank: int) -> Items:
+    """Only ``to_rank`` receives (writing a checkpoint): each owner sends it what it formatted."""
+    for unit in plan.units:
+        produced = make(unit)
+        for name, index, shape, dtype in unit.parts:
+            tensor = produced[name] if produced is not None else None
+            if unit.owner != to_rank and rank == unit.owner:
+                dist.send(tensor, dst=to_rank)
+            elif unit.owner != to_rank and rank == to_rank:
+                tensor = slot(name, index, shape, dtype)
+                dist.recv(tensor, src=unit.owner)
+            if rank == to_rank:
+                yield name, index, tensor
+
+
 def export_tasks(
     tasks: list[Task],
     bridge: Any,
@@ -144,70 +175,50 @@ def export_tasks(
     dtype: torch.dtype | None,
     device: torch.device,
     progress: Any = None,
-    on_plan: Callable[[list[tuple[str, tuple[int, ...], torch.dtype]]], None] | None = None,
+    on_plan: Callable[[list[Output]], None] | None = None,
+    plan: ExportPlan | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, tensor)`` on the receiving rank(s); other ranks yield nothing but take part.
 
-    ``on_plan`` is called on the receiving rank(s), before the first tensor, with ``planned_outputs``:
-    the name, shape and dtype of every tensor to come (a writer lays its files out from it).
+    ``plan``: the ``ExportPlan`` of these tasks (every rank's; built here with one collective when
+    None). ``on_plan`` is called on the receiving rank(s), before the first tensor, with
+    ``plan.outputs``: the name, shape and dtype of every tensor to come (a writer lays its files out
+    from it).
     """
-    units = global_units(tasks, layout, config, bridge.hf_config, dtype)
+    if plan is None:
+        plan = gather_plan(tasks, layout, config, bridge.hf_config, dtype)[0]
     by_name = {t.param.global_name: t for t in tasks if not t.tied_copy}
-    expected: defaultdict[str, int] = defaultdict(int)
-    for unit in units:
-        for name, index, _, _ in unit.parts:
-            expected[name] += index is not None
-    stacks: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
     receiving = to_rank is None or layout.rank == to_rank
-    # Every rank wants every tensor and the world is one tensor-parallel group (no PP, DP or EP):
-    # the members share their shards and each formats for itself, instead of gathering to the
-    # leader and broadcasting the result back (which sends each rank its own shard again).
     everywhere = to_rank is None and layout.world > 1 and layout.tp.size == layout.etp.size == layout.world
     if on_plan is not None and receiving:
-        on_plan(planned_outputs(units))
+        on_plan(list(plan.outputs))
     if progress is not None:
-        nbytes = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for u in units for _, _, s, d in u.parts)
-        progress.begin(sum(len(u.parts) for u in units), nbytes)
+        progress.begin(plan.parts, plan.nbytes)
     nonfinite: list[str] = []
-    for unit in units:
+
+    def make(unit: Unit) -> dict | None:
         task = by_name.get(unit.global_name)
-        produced = None
-        if task is not None and layout.for_param(task.param).replica_zero:
-            produced = _produce(task, bridge, config, layout, dtype, everywhere)
-            nonfinite += [n for n, t in (produced or {}).items() if has_nonfinite(t)]
-        if produced is not None and [(n, tuple(t.shape)) for n, t in produced.items()] != [
-            (n, s) for n, _, s, _ in unit.parts
-        ]:
-            raise CoverageError(
-                f"{unit.global_name}: export produced {[(n, tuple(t.shape)) for n, t in produced.items()]}, "
-                f"planned {[(n, s) for n, _, s, _ in unit.parts]}"
-            )
-        for name, index, shape, part_dtype in unit.parts:
-            tensor = produced[name] if produced is not None else None
-            if layout.world == 1 or everywhere:
-                pass
-            elif to_rank is None:
-                if tensor is None:
-                    tensor = torch.empty(shape, dtype=part_dtype, device=device)
-                dist.broadcast(tensor, src=unit.owner)
-            elif unit.owner != to_rank:
-                if layout.rank == unit.owner:
-                    dist.send(tensor, dst=to_rank)
-                elif layout.rank == to_rank:
-                    tensor = torch.empty(shape, dtype=part_dtype, device=device)
-                    dist.recv(tensor, src=unit.owner)
-            if not receiving:
-                continue
-            assert tensor is not None, f"{name}: no tensor reached the receiving rank"
-            if progress is not None:
-                progress.update(tensor.numel() * tensor.element_size())
-            if index is None:
-                yield name, tensor
-                continue
-            stacks[name][index] = tensor
-            if len(stacks[name]) == expected[name]:
-                parts = stacks.pop(name)
-                if sorted(parts) != list(range(len(parts))):
-                    raise CoverageError(f"{name}: stacked slices {sorted(parts)} are not 0..{len(parts) - 1}")
-                yield name, torch.stack([parts[i] for i in range(len(parts))])
+        if task is None or not layout.for_param(task.param).replica_zero:
+            return None
+        produced = _produce(task, bridge, config, layout, dtype, everywhere)
+        if produced is not None:
+            nonfinite.extend(n for n, t in produced.items() if has_nonfinite(t))
+            plan.check_produced(unit, produced)
+        return produced
+
+    stacks = _Stacks(plan.stacked, device)
+    if layout.world == 1 or everywhere:
+        items = _each_rank_formats(plan, make)
+    elif to_rank is None:
+        items = _broadcast_to_all(plan, make, stacks.slot)
+    else:
+        items = _send_to_one(plan, make, stacks.slot, layout.rank, to_rank)
+    for name, index, tensor in items:
+        assert tensor is not None, f"{name}: no tensor reached the receiving rank"
+        if progress is not None:
+            progress.update(tensor.numel() * tensor.element_size())
+        if index is None:
+            yield name, tensor
+        elif (stacked := stacks.add(name, index, tensor)) is not None:
+            yield name, stacked
     warn_nonfinite(nonfinite, "exported", layout.world)
