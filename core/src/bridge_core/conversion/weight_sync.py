@@ -128,7 +128,7 @@ def local_shards(
 ) -> list[tuple[str, Box | None, str]]:
     """``(hf_name, box or None, Megatron name)`` of every HF slice this rank's parameters hold
     (tied copies excluded; boxes in the coordinates of the yielded tensor)."""
-    out = []
+    out: list[tuple[str, Box | None, str]] = []
     for task in tasks:
         if task.tied_copy:
             continue
@@ -154,7 +154,9 @@ def signature(tasks: list[Task], layout: ParallelLayout) -> str:
 
 def plan_buckets(outputs: Iterable[tuple[str, tuple, torch.dtype]], bucket_bytes: int) -> tuple[Bucket, ...]:
     """Consecutive tensors into buckets of at most ``bucket_bytes``; a bigger tensor is alone."""
-    buckets, names, total = [], [], 0
+    buckets: list[Bucket] = []
+    names: list[str] = []
+    total = 0
     for name, shape, dtype in outputs:
         size = math.prod(shape) * itemsize(dtype)
         if names and total + size > bucket_bytes:
