@@ -2,7 +2,7 @@
 
 RMSNorm, rotary embeddings, grouped-query attention, gated SiLU MLP, ``model.layers.N.self_attn``
 and ``model.layers.N.mlp`` names. Families whose HF layout matches subclass it and add what differs
-(biases, QK-norm, experts); it names both the local layer spec's and Transformer Engine's norms.
+(biases, QK-norm, experts). Its tables are literal full names (``*``: the layer index).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from bridge_core.mappings import (
     RowParallelMapping,
     VocabParallelMapping,
 )
+
+STOCK_PREFIX = "model."  # the HF prefix the mapping tables are written with
 
 # megatron-core fixes llama3 scaling's other constants; other values cannot be reproduced.
 LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
@@ -71,6 +73,18 @@ def rope_hf_entries(provider: Any) -> dict[str, Any]:
     return rope_to_hf(provider.rotary_base, scaling)
 
 
+def hf_prefixed(mappings: list[MegatronParamMapping], prefix: str) -> list[MegatronParamMapping]:
+    """``mappings`` with every HF name written ``model.…`` moved under ``prefix`` instead (the one place
+    ``HF_PREFIX`` applies: a family's tables keep the names of its text-only checkpoints)."""
+    if prefix == STOCK_PREFIX:
+        return mappings
+
+    def move(name: str) -> str:
+        return prefix + name[len(STOCK_PREFIX) :] if name.startswith(STOCK_PREFIX) else name
+
+    return [m.renamed(hf_name=move) for m in mappings]
+
+
 def _full_attention_only(value: Any, hf_config: Any) -> bool:
     """only full attention (no sliding window)"""
     return value is None or all(t == "full_attention" for t in value)
@@ -112,7 +126,8 @@ class DecoderBridge(MegatronModelBridge):
         "attention_dropout": 0.0,
         "share_embeddings_and_output_weights": False,
     }
-    HF_PREFIX: ClassVar[str] = "model."
+    # The HF name prefix of the language model (e.g. ``model.language_model.``): ``hf_prefixed`` applies it
+    HF_PREFIX: ClassVar[str] = STOCK_PREFIX
     # RoPE parameters (``rope_parameters`` entries) a subclass translates itself; any other is refused
     HANDLED_ROPE_PARAMETERS: ClassVar[frozenset[str]] = frozenset()
 
@@ -131,46 +146,49 @@ class DecoderBridge(MegatronModelBridge):
         return out
 
     # -- weights --------------------------------------------------------------------------------
+    # Full names, ``*`` the layer index, each parameter in the local layer spec's spelling (the registry
+    # adds Transformer Engine's). HF names are written under ``model.``; ``HF_PREFIX`` moves them.
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        """QKV (weights and biases), output projection, and the pre-attention norm in both spellings."""
-        p = f"{self.HF_PREFIX}layers.*."
+        """QKV (weights and biases), output projection, and the pre-attention norm."""
         return [
-            AutoMapping("decoder.layers.*.input_layernorm.weight", f"{p}input_layernorm.weight"),
-            AutoMapping("decoder.layers.*.self_attention.linear_qkv.layer_norm_weight", f"{p}input_layernorm.weight"),
+            AutoMapping("decoder.layers.*.input_layernorm.weight", "model.layers.*.input_layernorm.weight"),
             QKVMapping(
                 "decoder.layers.*.self_attention.linear_qkv.weight",
-                f"{p}self_attn.q_proj.weight",
-                f"{p}self_attn.k_proj.weight",
-                f"{p}self_attn.v_proj.weight",
+                "model.layers.*.self_attn.q_proj.weight",
+                "model.layers.*.self_attn.k_proj.weight",
+                "model.layers.*.self_attn.v_proj.weight",
             ),
             QKVMapping(
                 "decoder.layers.*.self_attention.linear_qkv.bias",
-                f"{p}self_attn.q_proj.bias",
-                f"{p}self_attn.k_proj.bias",
-                f"{p}self_attn.v_proj.bias",
+                "model.layers.*.self_attn.q_proj.bias",
+                "model.layers.*.self_attn.k_proj.bias",
+                "model.layers.*.self_attn.v_proj.bias",
             ),
-            RowParallelMapping("decoder.layers.*.self_attention.linear_proj.weight", f"{p}self_attn.o_proj.weight"),
+            RowParallelMapping(
+                "decoder.layers.*.self_attention.linear_proj.weight", "model.layers.*.self_attn.o_proj.weight"
+            ),
         ]
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
-        """The dense gated MLP and the pre-MLP norm in both spellings."""
-        p = f"{self.HF_PREFIX}layers.*."
+        """The dense gated MLP and the pre-MLP norm."""
         return [
-            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", f"{p}post_attention_layernorm.weight"),
-            AutoMapping("decoder.layers.*.mlp.linear_fc1.layer_norm_weight", f"{p}post_attention_layernorm.weight"),
+            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", "model.layers.*.post_attention_layernorm.weight"),
             GatedMLPMapping(
-                "decoder.layers.*.mlp.linear_fc1.weight", f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"
+                "decoder.layers.*.mlp.linear_fc1.weight",
+                "model.layers.*.mlp.gate_proj.weight",
+                "model.layers.*.mlp.up_proj.weight",
             ),
-            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", f"{p}mlp.down_proj.weight"),
+            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", "model.layers.*.mlp.down_proj.weight"),
         ]
 
     def embedding_mappings(self) -> list[MegatronParamMapping]:
         """Word embeddings, final norm and output layer (the core fills a tied output layer itself)."""
         return [
-            VocabParallelMapping("embedding.word_embeddings.weight", f"{self.HF_PREFIX}embed_tokens.weight"),
-            ReplicatedMapping("decoder.final_layernorm.weight", f"{self.HF_PREFIX}norm.weight"),
+            VocabParallelMapping("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
+            ReplicatedMapping("decoder.final_layernorm.weight", "model.norm.weight"),
             VocabParallelMapping("output_layer.weight", "lm_head.weight"),
         ]
 
     def mapping_registry(self) -> MegatronMappingRegistry:
-        return MegatronMappingRegistry(*self.embedding_mappings(), *self.attention_mappings(), *self.mlp_mappings())
+        mappings = [*self.embedding_mappings(), *self.attention_mappings(), *self.mlp_mappings()]
+        return MegatronMappingRegistry(*hf_prefixed(mappings, self.HF_PREFIX))

@@ -81,7 +81,7 @@ with a ``ConfigError`` that says what is missing until it is written:
 - ``hf_config_to_provider_kwargs``/``megatron_to_hf_config`` for ``text_config`` (the stock
   ``DecoderBridge`` config table serves a standard language model) and for ``vision_config``;
 - mappings in ``mapping_registry()`` for the vision tower, the projector and the language model
-  (``DecoderBridge``'s mappings with the checkpoint's ``language_model.`` prefix);
+  (``DecoderBridge``'s literal tables, moved under the checkpoint's prefix by ``HF_PREFIX``);
 - a toy config in ``tests/`` so that the conformance suite checks all of it.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -72,6 +73,18 @@ class MegatronParamMapping:
     def hf_names(self) -> tuple[str, ...]:
         """Every HF name (or pattern) this mapping reads, in a stable order."""
         return (self.hf_param,) if isinstance(self.hf_param, str) else tuple(self.hf_param.values())
+
+    def renamed(
+        self, megatron_param: str | None = None, hf_name: Callable[[str], str] | None = None
+    ) -> MegatronParamMapping:
+        """A copy under another Megatron name pattern and/or with each HF name rewritten by ``hf_name``."""
+        out = copy.copy(self)
+        if megatron_param is not None:
+            out.megatron_param, out._regex = megatron_param, compile_pattern(megatron_param)
+        if hf_name is not None:
+            hf = self.hf_param
+            out.hf_param = hf_name(hf) if isinstance(hf, str) else {k: hf_name(v) for k, v in hf.items()}
+        return out
 
     def match(self, megatron_name: str) -> MegatronParamMapping | None:
         """A copy bound to ``megatron_name`` with HF names filled in, or None if it does not match."""
