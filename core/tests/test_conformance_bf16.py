@@ -46,8 +46,8 @@ def test_bf16_logits_pass_and_a_swapped_qk_norm_mapping_fails(tmp_path, monkeypa
 
     right = qwen3.qk_norm_mappings
 
-    def swapped(prefix):
-        q, k = right(prefix)
+    def swapped():
+        q, k = right()
         return [type(q)(q.megatron_param, k.hf_param), type(k)(k.megatron_param, q.hf_param)]
 
     monkeypatch.setattr(qwen3, "qk_norm_mappings", swapped)

@@ -144,31 +144,44 @@ class Qwen2MoeBridge(Qwen2Bridge):
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
         """Dense MLPs (stock), router, shared expert and its gate, and the experts in ``self.layout``."""
-        p = f"{self.HF_PREFIX}layers.*.mlp."
-        shared = "decoder.layers.*.mlp.shared_experts."
-        local, grouped = "decoder.layers.*.mlp.experts.local_experts.*.", "decoder.layers.*.mlp.experts."
         common = [
             *super().mlp_mappings(),
-            ReplicatedMapping("decoder.layers.*.mlp.router.weight", f"{p}gate.weight"),
+            ReplicatedMapping("decoder.layers.*.mlp.router.weight", "model.layers.*.mlp.gate.weight"),
             GatedMLPMapping(
-                f"{shared}linear_fc1.weight", f"{p}shared_expert.gate_proj.weight", f"{p}shared_expert.up_proj.weight"
+                "decoder.layers.*.mlp.shared_experts.linear_fc1.weight",
+                "model.layers.*.mlp.shared_expert.gate_proj.weight",
+                "model.layers.*.mlp.shared_expert.up_proj.weight",
             ),
-            RowParallelMapping(f"{shared}linear_fc2.weight", f"{p}shared_expert.down_proj.weight"),
-            ReplicatedMapping(f"{shared}gate_weight", f"{p}shared_expert_gate.weight"),
+            RowParallelMapping(
+                "decoder.layers.*.mlp.shared_experts.linear_fc2.weight",
+                "model.layers.*.mlp.shared_expert.down_proj.weight",
+            ),
+            ReplicatedMapping(
+                "decoder.layers.*.mlp.shared_experts.gate_weight", "model.layers.*.mlp.shared_expert_gate.weight"
+            ),
         ]
         if self.layout == FUSED:
             return [
                 *common,
-                FusedGatedExpertMapping(f"{local}linear_fc1.weight", f"{p}experts.gate_up_proj"),
-                FusedExpertMapping(f"{local}linear_fc2.weight", f"{p}experts.down_proj", tp_dim=1),
-                FusedGatedExpertMapping(f"{grouped}linear_fc1.weight*", f"{p}experts.gate_up_proj"),
-                FusedExpertMapping(f"{grouped}linear_fc2.weight*", f"{p}experts.down_proj", tp_dim=1),
+                FusedGatedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                    "model.layers.*.mlp.experts.gate_up_proj",
+                ),
+                FusedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                    "model.layers.*.mlp.experts.down_proj",
+                    tp_dim=1,
+                ),
             ]
-        e = f"{p}experts.*."
         return [
             *common,
-            GatedMLPMapping(f"{local}linear_fc1.weight", f"{e}gate_proj.weight", f"{e}up_proj.weight"),
-            RowParallelMapping(f"{local}linear_fc2.weight", f"{e}down_proj.weight"),
-            GatedMLPMapping(f"{grouped}linear_fc1.weight*", f"{e}gate_proj.weight", f"{e}up_proj.weight"),
-            RowParallelMapping(f"{grouped}linear_fc2.weight*", f"{e}down_proj.weight"),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                "model.layers.*.mlp.experts.*.gate_proj.weight",
+                "model.layers.*.mlp.experts.*.up_proj.weight",
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                "model.layers.*.mlp.experts.*.down_proj.weight",
+            ),
         ]

@@ -9,12 +9,15 @@ from bridge_core.mappings import MegatronParamMapping, ReplicatedMapping
 from bridge_qwen.qwen2 import no_sliding_window
 
 
-def qk_norm_mappings(prefix: str) -> list[MegatronParamMapping]:
+def qk_norm_mappings() -> list[MegatronParamMapping]:
     """Per-head query/key RMSNorm weights (replicated)."""
-    p = f"{prefix}layers.*.self_attn."
     return [
-        ReplicatedMapping("decoder.layers.*.self_attention.q_layernorm.weight", f"{p}q_norm.weight"),
-        ReplicatedMapping("decoder.layers.*.self_attention.k_layernorm.weight", f"{p}k_norm.weight"),
+        ReplicatedMapping(
+            "decoder.layers.*.self_attention.q_layernorm.weight", "model.layers.*.self_attn.q_norm.weight"
+        ),
+        ReplicatedMapping(
+            "decoder.layers.*.self_attention.k_layernorm.weight", "model.layers.*.self_attn.k_norm.weight"
+        ),
     ]
 
 
@@ -29,4 +32,4 @@ class Qwen3Bridge(DecoderBridge):
     }
 
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        return [*super().attention_mappings(), *qk_norm_mappings(self.HF_PREFIX)]
+        return [*super().attention_mappings(), *qk_norm_mappings()]

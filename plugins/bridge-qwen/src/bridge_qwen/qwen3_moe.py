@@ -67,25 +67,18 @@ class Qwen3MoeBridge(Qwen3Bridge):
         return out
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*.mlp."
-        experts = f"{p}experts.*."
         return [
             *super().mlp_mappings(),
-            ReplicatedMapping("decoder.layers.*.mlp.router.weight", f"{p}gate.weight"),
+            ReplicatedMapping("decoder.layers.*.mlp.router.weight", "model.layers.*.mlp.gate.weight"),
             GatedMLPMapping(
                 "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
-                f"{experts}gate_proj.weight",
-                f"{experts}up_proj.weight",
+                "model.layers.*.mlp.experts.*.gate_proj.weight",
+                "model.layers.*.mlp.experts.*.up_proj.weight",
             ),
             RowParallelMapping(
-                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight", f"{experts}down_proj.weight"
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                "model.layers.*.mlp.experts.*.down_proj.weight",
             ),
-            GatedMLPMapping(
-                "decoder.layers.*.mlp.experts.linear_fc1.weight*",
-                f"{experts}gate_proj.weight",
-                f"{experts}up_proj.weight",
-            ),
-            RowParallelMapping("decoder.layers.*.mlp.experts.linear_fc2.weight*", f"{experts}down_proj.weight"),
         ]
 
 
