@@ -25,24 +25,15 @@ from bridge_core.mappings import (
 from bridge_olmo.providers import Olmo2Provider
 
 
-def qk_norm_mappings(prefix: str) -> list[MegatronParamMapping]:
+def qk_norm_mappings() -> list[MegatronParamMapping]:
     """HF ``self_attn.q_norm`` / ``k_norm`` <-> the full-width norms, split across TP like the heads."""
     return [
-        ColumnParallelMapping("decoder.layers.*.self_attention.q_layernorm.weight", f"{prefix}self_attn.q_norm.weight"),
-        ColumnParallelMapping("decoder.layers.*.self_attention.k_layernorm.weight", f"{prefix}self_attn.k_norm.weight"),
-    ]
-
-
-def qkv_mappings(prefix: str) -> list[MegatronParamMapping]:
-    """Separate HF q/k/v projections <-> ``linear_qkv``, and the output projection."""
-    return [
-        QKVMapping(
-            "decoder.layers.*.self_attention.linear_qkv.weight",
-            f"{prefix}self_attn.q_proj.weight",
-            f"{prefix}self_attn.k_proj.weight",
-            f"{prefix}self_attn.v_proj.weight",
+        ColumnParallelMapping(
+            "decoder.layers.*.self_attention.q_layernorm.weight", "model.layers.*.self_attn.q_norm.weight"
         ),
-        RowParallelMapping("decoder.layers.*.self_attention.linear_proj.weight", f"{prefix}self_attn.o_proj.weight"),
+        ColumnParallelMapping(
+            "decoder.layers.*.self_attention.k_layernorm.weight", "model.layers.*.self_attn.k_norm.weight"
+        ),
     ]
 
 
@@ -53,24 +44,33 @@ class Olmo2Bridge(DecoderBridge):
     PROVIDER_DEFAULTS: ClassVar[dict[str, Any]] = {**DecoderBridge.PROVIDER_DEFAULTS, "qk_layernorm": True}
 
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*."
         return [
-            *qkv_mappings(p),
-            *qk_norm_mappings(p),
+            QKVMapping(
+                "decoder.layers.*.self_attention.linear_qkv.weight",
+                "model.layers.*.self_attn.q_proj.weight",
+                "model.layers.*.self_attn.k_proj.weight",
+                "model.layers.*.self_attn.v_proj.weight",
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.self_attention.linear_proj.weight", "model.layers.*.self_attn.o_proj.weight"
+            ),
+            *qk_norm_mappings(),
             ReplicatedMapping(
                 "decoder.layers.*.self_attention.linear_proj.post_layernorm.weight",
-                f"{p}post_attention_layernorm.weight",
+                "model.layers.*.post_attention_layernorm.weight",
             ),
         ]
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*."
         return [
             GatedMLPMapping(
-                "decoder.layers.*.mlp.linear_fc1.weight", f"{p}mlp.gate_proj.weight", f"{p}mlp.up_proj.weight"
+                "decoder.layers.*.mlp.linear_fc1.weight",
+                "model.layers.*.mlp.gate_proj.weight",
+                "model.layers.*.mlp.up_proj.weight",
             ),
-            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", f"{p}mlp.down_proj.weight"),
+            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", "model.layers.*.mlp.down_proj.weight"),
             ReplicatedMapping(
-                "decoder.layers.*.mlp.linear_fc2.post_layernorm.weight", f"{p}post_feedforward_layernorm.weight"
+                "decoder.layers.*.mlp.linear_fc2.post_layernorm.weight",
+                "model.layers.*.post_feedforward_layernorm.weight",
             ),
         ]

@@ -95,31 +95,36 @@ class OlmoeBridge(DecoderBridge):
         self.layout = layout
 
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        return [*super().attention_mappings(), *qk_norm_mappings(f"{self.HF_PREFIX}layers.*.")]
+        return [*super().attention_mappings(), *qk_norm_mappings()]
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
         """The pre-MLP norm, the router and the experts in the HF layout of ``self.layout``."""
-        hf = f"{self.HF_PREFIX}layers.*.mlp."
-        local, grouped = "decoder.layers.*.mlp.experts.local_experts.*.", "decoder.layers.*.mlp.experts."
         common = [
-            AutoMapping(
-                "decoder.layers.*.pre_mlp_layernorm.weight", f"{self.HF_PREFIX}layers.*.post_attention_layernorm.weight"
-            ),
-            ReplicatedMapping("decoder.layers.*.mlp.router.weight", f"{hf}gate.weight"),
+            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", "model.layers.*.post_attention_layernorm.weight"),
+            ReplicatedMapping("decoder.layers.*.mlp.router.weight", "model.layers.*.mlp.gate.weight"),
         ]
         if self.layout == FUSED:
             return [
                 *common,
-                FusedGatedExpertMapping(f"{local}linear_fc1.weight", f"{hf}experts.gate_up_proj"),
-                FusedExpertMapping(f"{local}linear_fc2.weight", f"{hf}experts.down_proj", tp_dim=1),
-                FusedGatedExpertMapping(f"{grouped}linear_fc1.weight*", f"{hf}experts.gate_up_proj"),
-                FusedExpertMapping(f"{grouped}linear_fc2.weight*", f"{hf}experts.down_proj", tp_dim=1),
+                FusedGatedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                    "model.layers.*.mlp.experts.gate_up_proj",
+                ),
+                FusedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                    "model.layers.*.mlp.experts.down_proj",
+                    tp_dim=1,
+                ),
             ]
-        gate, up, down = (f"{hf}experts.*.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj"))
         return [
             *common,
-            GatedMLPMapping(f"{local}linear_fc1.weight", gate, up),
-            RowParallelMapping(f"{local}linear_fc2.weight", down),
-            GatedMLPMapping(f"{grouped}linear_fc1.weight*", gate, up),
-            RowParallelMapping(f"{grouped}linear_fc2.weight*", down),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                "model.layers.*.mlp.experts.*.gate_proj.weight",
+                "model.layers.*.mlp.experts.*.up_proj.weight",
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                "model.layers.*.mlp.experts.*.down_proj.weight",
+            ),
         ]
