@@ -114,25 +114,33 @@ class MixtralBridge(DecoderBridge):
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
         """The pre-MLP norm, the router and the experts in the HF layout of ``self.layout``."""
-        p = f"{self.HF_PREFIX}layers.*."
-        local, grouped = "decoder.layers.*.mlp.experts.local_experts.*.", "decoder.layers.*.mlp.experts."
-        norm = AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", f"{p}post_attention_layernorm.weight")
+        norm = AutoMapping(
+            "decoder.layers.*.pre_mlp_layernorm.weight", "model.layers.*.post_attention_layernorm.weight"
+        )
         if self.layout == FUSED:
-            hf = f"{p}mlp."
             return [
                 norm,
-                ReplicatedMapping("decoder.layers.*.mlp.router.weight", f"{hf}gate.weight"),
-                FusedGatedExpertMapping(f"{local}linear_fc1.weight", f"{hf}experts.gate_up_proj"),
-                FusedExpertMapping(f"{local}linear_fc2.weight", f"{hf}experts.down_proj", tp_dim=1),
-                FusedGatedExpertMapping(f"{grouped}linear_fc1.weight*", f"{hf}experts.gate_up_proj"),
-                FusedExpertMapping(f"{grouped}linear_fc2.weight*", f"{hf}experts.down_proj", tp_dim=1),
+                ReplicatedMapping("decoder.layers.*.mlp.router.weight", "model.layers.*.mlp.gate.weight"),
+                FusedGatedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                    "model.layers.*.mlp.experts.gate_up_proj",
+                ),
+                FusedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                    "model.layers.*.mlp.experts.down_proj",
+                    tp_dim=1,
+                ),
             ]
-        hf = f"{p}block_sparse_moe."
         return [
             norm,
-            ReplicatedMapping("decoder.layers.*.mlp.router.weight", f"{hf}gate.weight"),
-            GatedMLPMapping(f"{local}linear_fc1.weight", f"{hf}experts.*.w1.weight", f"{hf}experts.*.w3.weight"),
-            RowParallelMapping(f"{local}linear_fc2.weight", f"{hf}experts.*.w2.weight"),
-            GatedMLPMapping(f"{grouped}linear_fc1.weight*", f"{hf}experts.*.w1.weight", f"{hf}experts.*.w3.weight"),
-            RowParallelMapping(f"{grouped}linear_fc2.weight*", f"{hf}experts.*.w2.weight"),
+            ReplicatedMapping("decoder.layers.*.mlp.router.weight", "model.layers.*.block_sparse_moe.gate.weight"),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                "model.layers.*.block_sparse_moe.experts.*.w1.weight",
+                "model.layers.*.block_sparse_moe.experts.*.w3.weight",
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                "model.layers.*.block_sparse_moe.experts.*.w2.weight",
+            ),
         ]
