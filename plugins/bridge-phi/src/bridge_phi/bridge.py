@@ -75,19 +75,19 @@ class Phi3Bridge(DecoderBridge):
         return out
 
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*."
         return [
-            AutoMapping("decoder.layers.*.input_layernorm.weight", f"{p}input_layernorm.weight"),
-            AutoMapping("decoder.layers.*.self_attention.linear_qkv.layer_norm_weight", f"{p}input_layernorm.weight"),
-            FusedQKVMapping("decoder.layers.*.self_attention.linear_qkv.weight", f"{p}self_attn.qkv_proj.weight"),
-            RowParallelMapping("decoder.layers.*.self_attention.linear_proj.weight", f"{p}self_attn.o_proj.weight"),
+            AutoMapping("decoder.layers.*.input_layernorm.weight", "model.layers.*.input_layernorm.weight"),
+            FusedQKVMapping(
+                "decoder.layers.*.self_attention.linear_qkv.weight", "model.layers.*.self_attn.qkv_proj.weight"
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.self_attention.linear_proj.weight", "model.layers.*.self_attn.o_proj.weight"
+            ),
         ]
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*."
         return [
-            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", f"{p}post_attention_layernorm.weight"),
-            AutoMapping("decoder.layers.*.mlp.linear_fc1.layer_norm_weight", f"{p}post_attention_layernorm.weight"),
-            FusedGatedMLPMapping("decoder.layers.*.mlp.linear_fc1.weight", f"{p}mlp.gate_up_proj.weight"),
-            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", f"{p}mlp.down_proj.weight"),
+            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", "model.layers.*.post_attention_layernorm.weight"),
+            FusedGatedMLPMapping("decoder.layers.*.mlp.linear_fc1.weight", "model.layers.*.mlp.gate_up_proj.weight"),
+            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", "model.layers.*.mlp.down_proj.weight"),
         ]
