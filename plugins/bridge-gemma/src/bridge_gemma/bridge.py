@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from bridge_core.decoder import DecoderBridge
 from bridge_core.errors import ConfigError
-from bridge_core.mappings import AutoMapping, MegatronParamMapping
+from bridge_core.mappings import AutoMapping, GatedMLPMapping, MegatronParamMapping, RowParallelMapping
 from bridge_gemma.modeling_gemma.provider import GemmaModelProvider
 
 GELU_TANH = ("gelu_pytorch_tanh", "gelu")  # transformers reads Gemma's legacy "gelu" as the tanh GELU
@@ -101,20 +101,25 @@ class Gemma2Bridge(GemmaBridge):
         return out
 
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*."
         post = AutoMapping(
-            "decoder.layers.*.self_attention.linear_proj.post_layernorm.weight", f"{p}post_attention_layernorm.weight"
+            "decoder.layers.*.self_attention.linear_proj.post_layernorm.weight",
+            "model.layers.*.post_attention_layernorm.weight",
         )
         return [*super().attention_mappings(), post]
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*."
-        stock = [m for m in super().mlp_mappings() if "post_attention_layernorm" not in str(m.hf_param)]
+        """The stock MLP with Gemma 2's sandwich norms (its ``post_attention_layernorm`` follows the attention)."""
         return [
-            *stock,
-            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", f"{p}pre_feedforward_layernorm.weight"),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.linear_fc1.weight",
+                "model.layers.*.mlp.gate_proj.weight",
+                "model.layers.*.mlp.up_proj.weight",
+            ),
+            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", "model.layers.*.mlp.down_proj.weight"),
+            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", "model.layers.*.pre_feedforward_layernorm.weight"),
             AutoMapping(
-                "decoder.layers.*.mlp.linear_fc2.post_layernorm.weight", f"{p}post_feedforward_layernorm.weight"
+                "decoder.layers.*.mlp.linear_fc2.post_layernorm.weight",
+                "model.layers.*.post_feedforward_layernorm.weight",
             ),
         ]
 
@@ -165,11 +170,10 @@ class Gemma3Bridge(Gemma2Bridge):
         return out
 
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*.self_attn."
         return [
             *super().attention_mappings(),
-            AutoMapping("decoder.layers.*.self_attention.q_layernorm.weight", f"{p}q_norm.weight"),
-            AutoMapping("decoder.layers.*.self_attention.k_layernorm.weight", f"{p}k_norm.weight"),
+            AutoMapping("decoder.layers.*.self_attention.q_layernorm.weight", "model.layers.*.self_attn.q_norm.weight"),
+            AutoMapping("decoder.layers.*.self_attention.k_layernorm.weight", "model.layers.*.self_attn.k_norm.weight"),
         ]
 
 
