@@ -4,6 +4,7 @@ A fused Megatron linear's adapter becomes one adapter per HF projection, exactly
 ``A`` goes to ``q_proj``, ``k_proj`` and ``v_proj`` alike and its ``B`` (and DoRA magnitude) rows are
 split by the bridge's own QKV mapping (``linear_fc1``: gate/up likewise); ``peft`` and vLLM load the
 result without a custom loader. Row-parallel targets (``linear_proj``, ``linear_fc2``) map one to one.
+MoE expert adapters go to ``target_parameters`` (``bridge_core.peft.experts``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from bridge_core.errors import CheckpointError, ConfigError
 from bridge_core.mappings.base import MappingContext, MegatronParamMapping
+from bridge_core.peft import experts
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -223,7 +225,7 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
     metadata = dist_checkpointing.load_tensors_metadata(str(weights_dir))
     request = {}
     for key, meta in metadata.items():
-        if _ADAPTER_KEY.match(key):
+        if _ADAPTER_KEY.match(key) or experts.CHECKPOINT_KEY.match(key):
             buffer = torch.empty(tuple(meta.global_shape), dtype=meta.dtype)
             request[key] = ShardedTensor.from_rank_offsets(key, buffer, replica_id=0)
     if not request:
@@ -232,8 +234,13 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
     adapters: Adapters = {}
     for key in request:
         match = _ADAPTER_KEY.match(key)
-        assert match is not None, "request holds adapter keys only"
-        layer, _, target, part = match.groups()
+        if match is not None:
+            layer, _, target, part = match.groups()
+        else:  # an expert adapter: [experts, ...] per layer
+            match = experts.CHECKPOINT_KEY.match(key)
+            assert match is not None, "request holds adapter keys only"
+            layer, linear, part = match.groups()
+            target = f"experts.{linear}"
         if layer is not None:
             adapters.setdefault((int(layer), target), {})[part] = loaded[key]
             continue
@@ -259,8 +266,9 @@ def target_pattern(modules: set[str]) -> str:
     return "|".join(parts)
 
 
-def adapter_config(document: dict, modules: set[str], base: str | None) -> dict:
-    """``adapter_config.json`` of ``peft.json``'s settings, as ``peft.LoraConfig`` writes it."""
+def adapter_config(document: dict, modules: set[str], base: str | None, parameters: list[str] | None = None) -> dict:
+    """``adapter_config.json`` of ``peft.json``'s settings, as ``peft.LoraConfig`` writes it; ``parameters``:
+    the expert tensors adapted (``target_parameters``)."""
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -268,7 +276,8 @@ def adapter_config(document: dict, modules: set[str], base: str | None) -> dict:
         "r": document["rank"],
         "lora_alpha": document["alpha"],
         "lora_dropout": document.get("dropout", 0.0),
-        "target_modules": target_pattern(modules),
+        "target_modules": target_pattern(modules) if modules else None,
+        "target_parameters": parameters or None,
         "use_dora": document["scheme"] == "dora",
         "use_rslora": False,
         "bias": "none",

@@ -6,6 +6,12 @@ DoRA paper and ``peft``. A column-parallel base (``linear_qkv``, ``linear_fc1``:
 ``A`` whole and splits ``B`` and ``m`` by rows; a row-parallel base (``linear_proj``, ``linear_fc2``:
 columns split) splits ``A`` by columns and keeps ``B`` and ``m`` whole. The adapter's output is then
 sharded exactly like the base's, and every gradient is the one of the unsplit model.
+
+An MoE expert's linear (``expert``: its global index) splits over the expert tensor-parallel group
+(the base's ``tp_group``), and the token dispatcher does its communication: a column-parallel expert's
+input grad and a row-parallel expert's output are summed over that group outside the linear. The
+adapter then adds no collective to the activations; its whole factor (``A`` of a column, ``B`` of a
+row) gets its gradient summed over the group instead, so every gradient is still the unsplit one.
 """
 
 from __future__ import annotations
@@ -58,13 +64,14 @@ class LoRALinear(torch.nn.Module):
         gated: bool,
         name: str,
         seed: int,
+        expert: int | None = None,
     ):
-        from megatron.core import parallel_state as ps
-
         super().__init__()
         self.to_wrap = base
-        self.mode, self.gated, self.scale, self.name = mode, gated, alpha / rank, name
-        self.tp, self.tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+        self.mode, self.gated, self.scale, self.name, self.expert = mode, gated, alpha / rank, name, expert
+        self.group = getattr(base, "tp_group", None)  # the tensor- (or expert tensor-) parallel group it splits over
+        self.tp, self.tp_rank = (self.group.size(), self.group.rank()) if self.group is not None else (1, 0)
+        self.explicit_comm = bool(getattr(base, "explicit_expert_comm", False))
         weight = base.weight
         out_local, in_local = weight.shape
         in_full = in_local * self.tp if mode == ROW else in_local
@@ -81,6 +88,12 @@ class LoRALinear(torch.nn.Module):
     def _mark_parallel(self) -> None:
         from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
+        # False: reduced over the expert data-parallel group (the replicas of this expert shard), as megatron
+        # does for expert weights at EP > 1; also at ETP > 1, where the dense DP group would mix shards
+        split_expert = self.expert is not None and self.explicit_comm
+        allreduce = getattr(self.to_wrap.weight, "allreduce", True) and not split_expert
+        for param in self.adapter.parameters():
+            param.allreduce = allreduce
         if self.tp == 1:
             return
         split = {"lora_B": 0, "magnitude": 0} if self.mode == COLUMN else {"lora_A": 1}
@@ -103,9 +116,7 @@ class LoRALinear(torch.nn.Module):
         """||row||_2 of the full (unsplit) ``[out, in]`` matrix whose local shard is ``merged``."""
         squares = merged.float().pow(2).sum(dim=1)
         if self.mode == ROW and self.tp > 1:
-            from megatron.core import parallel_state as ps
-
-            torch.distributed.all_reduce(squares, group=ps.get_tensor_model_parallel_group())
+            torch.distributed.all_reduce(squares, group=self.group)
         return squares.sqrt()
 
     def delta_weight(self) -> torch.Tensor:
@@ -118,12 +129,19 @@ class LoRALinear(torch.nn.Module):
             reduce_from_tensor_model_parallel_region,
         )
 
-        h = F.linear(x, self.adapter.lora_A)
+        a, b = self.adapter.lora_A, self.adapter.lora_B
+        if self.explicit_comm and self.tp > 1:  # identity; backward sums the whole factor's gradient
+            if self.mode == COLUMN:
+                a = copy_to_tensor_model_parallel_region(a, group=self.group)
+            else:
+                b = copy_to_tensor_model_parallel_region(b, group=self.group)
+            return F.linear(F.linear(x, a), b) * self.scale
+        h = F.linear(x, a)
         if self.tp > 1 and self.mode == COLUMN:
-            h = copy_to_tensor_model_parallel_region(h)  # identity; backward sums the ranks' gradients
+            h = copy_to_tensor_model_parallel_region(h, group=self.group)  # identity; backward sums the ranks'
         elif self.tp > 1:
-            h = reduce_from_tensor_model_parallel_region(h)  # the sum of the ranks' partial products
-        return F.linear(h, self.adapter.lora_B) * self.scale
+            h = reduce_from_tensor_model_parallel_region(h, group=self.group)  # the sum of the partial products
+        return F.linear(h, b) * self.scale
 
     def _without_bias(self, output: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         own = getattr(self.to_wrap, "bias", None)
@@ -155,7 +173,10 @@ class LoRALinear(torch.nn.Module):
         state = self.to_wrap.sharded_state_dict(prefix, sharded_offsets, metadata)
         local = {k: v for k, v in self.adapter.state_dict(prefix="", keep_vars=True).items()}
         axes = {"lora_B": 0, "magnitude": 0} if self.mode == COLUMN else {"lora_A": 1}
-        adapter = make_sharded_tensors_for_checkpoint(local, f"{prefix}adapter.", axes, sharded_offsets)
+        groups = {}
+        if (metadata or {}).get("dp_cp_group") is not None:  # as the base: its own (expert) TP group
+            groups = {"tp_group": self.group, "dp_cp_group": metadata["dp_cp_group"]}
+        adapter = make_sharded_tensors_for_checkpoint(local, f"{prefix}adapter.", axes, sharded_offsets, **groups)
         if self.gated:  # [gate; up] rows per rank, stored as the base's fc1: TP-independent
             for key in (f"{prefix}adapter.lora_B", f"{prefix}adapter.magnitude"):
                 if key in adapter:

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from bridge_core.errors import CheckpointError
-from bridge_core.peft import hf_adapter
+from bridge_core.peft import experts, hf_adapter
 from bridge_core.peft.document import PEFT_FILE, read_peft_document
+from bridge_core.training.config import EXPERT_TARGETS
 
 
 def _peft_checkpoint(megatron_path: str | Path) -> tuple[Any, dict]:
@@ -44,15 +45,35 @@ def _bridge_and_provider(info: Any) -> tuple[Any, Any]:
     return bridge, provider
 
 
+def _expert_adapters(adapters: dict) -> dict:
+    return {k: v for k, v in adapters.items() if k[1] in EXPERT_TARGETS}
+
+
 def hf_adapter_tensors(megatron_path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Any]:
     """The checkpoint's adapters as PEFT tensors, its ``adapter_config.json`` and the AutoBridge."""
     info, document = _peft_checkpoint(megatron_path)
     bridge, provider = _bridge_and_provider(info)
     adapters = hf_adapter.read_checkpoint_adapters(info.weights_dir)
     registry = bridge.bridge.mapping_registry()
-    tensors, modules = hf_adapter.to_hf(adapters, registry, provider, bridge.hf.config)
+    expert = _expert_adapters(adapters)
+    dense = {k: v for k, v in adapters.items() if k not in expert}
+    tensors, modules = hf_adapter.to_hf(dense, registry, provider, bridge.hf.config)
+    parameters = None
+    if expert:
+        expert_tensors, parameters = experts.to_hf(expert, registry, provider, bridge.hf.config)
+        tensors.update(expert_tensors)
     base = document["base"].get("hf_model") or document["base"].get("megatron_path")
-    return tensors, hf_adapter.adapter_config(document, modules, base), bridge
+    return tensors, hf_adapter.adapter_config(document, modules, base, parameters), bridge
+
+
+def _expert_deltas(megatron_path: str | Path, scale: float) -> dict[str, list]:
+    """The merged updates of the checkpoint's expert adapters, by HF tensor on disk (``experts.merged_deltas``)."""
+    info, _ = _peft_checkpoint(megatron_path)
+    expert = _expert_adapters(hf_adapter.read_checkpoint_adapters(info.weights_dir))
+    if not expert:
+        return {}
+    bridge, provider = _bridge_and_provider(info)
+    return experts.merged_deltas(expert, bridge.bridge.mapping_registry(), provider, bridge.hf.config, scale)
 
 
 def export_adapter(megatron_path: str | Path, hf_path: str | Path, overwrite: bool = False) -> Path:
@@ -110,12 +131,14 @@ def merge_adapter(
     _, document = _peft_checkpoint(megatron_path)
     tensors, config, _ = hf_adapter_tensors(megatron_path)
     scale = float(config["lora_alpha"]) / int(config["r"])
-    adapters = _by_module(tensors)
+    fused = {p.rsplit(".", 1)[0] for p in config.get("target_parameters") or ()}  # merged from their deltas
+    adapters = {m: v for m, v in _by_module(tensors).items() if m.replace(".base_layer", "") not in fused}
+    deltas = _expert_deltas(megatron_path, scale)
     with tempfile.TemporaryDirectory(prefix="bridgectl-merge-") as work:
         folder = _base_folder(document, base, Path(work), megatron_path)
         source = HFCheckpoint(folder)
         weights = source.weights
-        missing = sorted(f"{m}.weight" for m in adapters if f"{m}.weight" not in weights)
+        missing = sorted(({f"{m}.weight" for m in adapters} | set(deltas)) - set(weights))
         if missing:
             raise CheckpointError(f"{folder}: has no {missing[0]}, which the adapter targets; is it the base model?")
         with atomic_output_dir(hf_path, overwrite, "--hf-path") as tmp:
@@ -126,6 +149,8 @@ def merge_adapter(
                     if module in adapters:
                         a, b, magnitude = adapters[module]
                         tensor = merged_weight(tensor, a, b, scale, magnitude)
+                    elif name in deltas:  # an MoE expert's (or a stacked tensor of them)
+                        tensor = experts.merge_into(tensor, deltas[name])
                     writer.add(name, tensor)
                 writer.finish()
             for file in source.side_files():

@@ -140,6 +140,17 @@ class CheckpointConfig:
 PEFT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 # multi-latent attention's up-projections (DeepSeek): column-parallel, their outputs split like linear_qkv's
 MLA_TARGETS = ("linear_q_proj", "linear_q_up_proj", "linear_kv_up_proj")
+# every MoE expert's linears (opt-in; LoRA only): HF PEFT's target_parameters on the fused expert tensors
+EXPERT_TARGETS = ("experts.linear_fc1", "experts.linear_fc2")
+
+
+def check_expert_targets(peft: Any) -> None:
+    """Expert adapters are LoRA without dropout (``peft``'s ``target_parameters`` accept no other)."""
+    experts = [t for t in peft.targets if t in EXPERT_TARGETS]
+    if experts and peft.scheme == "dora":
+        raise ConfigError(f"peft.scheme=dora with peft.targets {experts[0]}: expert adapters are LoRA only")
+    if experts and peft.dropout > 0:
+        raise ConfigError(f"peft.dropout={peft.dropout:g} with peft.targets {experts[0]}: expert adapters need 0")
 
 
 @dataclass
@@ -403,11 +414,18 @@ def _check_peft(c: TrainingConfig) -> None:
         raise ConfigError(f"peft.alpha must be positive, got {f.alpha}")
     if not 0 <= f.dropout < 1:
         raise ConfigError(f"peft.dropout must lie in [0, 1), got {f.dropout}")
-    known = PEFT_TARGETS + MLA_TARGETS
+    known = PEFT_TARGETS + MLA_TARGETS + EXPERT_TARGETS
     unknown = [t for t in f.targets if t not in known]
     if unknown or not f.targets:
         listed = ", ".join(unknown) or "empty"
         raise ConfigError(f"peft.targets: {listed} not supported; choose from {', '.join(known)}")
+    check_expert_targets(f)
+    etp = c.parallel.etp or c.parallel.tp
+    if set(f.targets) <= set(EXPERT_TARGETS) and (c.parallel.ep > 1 or etp > 1):
+        raise ConfigError(  # megatron-core 0.16's chained optimizer cannot save with an empty dense part
+            f"peft.targets={','.join(f.targets)} with parallel.ep={c.parallel.ep}, etp={etp}: add a dense "
+            "target (e.g. linear_proj); megatron-core's optimizer needs a trainable non-expert parameter"
+        )
     if c.parallel.sequence_parallel:
         raise ConfigError(
             f"peft.scheme={f.scheme} with parallel.sequence_parallel=true is not supported yet; "
