@@ -185,6 +185,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8, help="reference loader and cold-read threads")
     parser.add_argument("--work", default="/tmp/gpu-load", help="folder for the HF checkpoint (kept)")
     parser.add_argument("--ours-only", action="store_true")
+    parser.add_argument("--sweep", nargs="*", default=[], help="also ours at THREADS:CHUNK_MB settings (best of 2)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -216,6 +217,7 @@ def main() -> int:
     with torch.no_grad():
         for p in params:
             p.normal_(0.0, 0.02, generator=gen)
+            p.copy_(p.to(torch.bfloat16))  # fp32 norms of the local spec: values the bf16 checkpoint holds
 
     def fingerprint():
         return [round(float(p.detach().reshape(-1)[::4099].double().sum()), 6) for p in params]
@@ -239,7 +241,8 @@ def main() -> int:
         return time.perf_counter() - start, fingerprint() == truth
 
     flat = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    sides = {"ours": lambda: bridge.load_hf_weights(model, folder)}
+    reports: list = []
+    sides = {"ours": lambda: reports.append(bridge.load_hf_weights(model, folder))}
     errors: dict[str, str] = {}
     if not args.ours_only:
         try:
@@ -268,6 +271,16 @@ def main() -> int:
             times.setdefault(side, []).append(secs)
             exact[side] = exact.get(side, True) and ok
     cold_ours, cold_ok = timed(sides["ours"], cold=True) if "ours" in sides else (None, False)
+    sweep = {}
+    if "ours" in sides:
+        from bridge_core.conversion import row_reader
+
+        for setting in args.sweep:  # THREADS:CHUNK_MB, ours with the files cached
+            threads, chunk = setting.split(":")
+            os.environ["BRIDGE_READ_THREADS"], row_reader.CHUNK_BYTES = threads, int(chunk) << 20
+            secs = sorted(timed(sides["ours"])[0] for _ in range(2))
+            sweep[setting] = nbytes / secs[0] / GB
+        os.environ.pop("BRIDGE_READ_THREADS", None)
     disk = cold_read(files, args.threads)
     median = {s: statistics.median(v) for s, v in times.items() if v}
     rate = {s: nbytes / t / GB for s, t in median.items()}
@@ -288,6 +301,9 @@ def main() -> int:
         "ours_over_mbridge": rate.get("ours", 0) / rate["mbridge"] if "mbridge" in rate else None,
         "cold_ours_of_disk": (nbytes / cold_ours / GB) / (nbytes / disk / GB) if cold_ours else None,
         "host_rss_rise_bytes": rss,
+        "ours_load_tasks_s": [round(r.seconds, 3) for r in reports],  # of which the reads (the rest: planning)
+        "ours_direct_tensors": f"{reports[-1].direct} of {reports[-1].tensors}" if reports else None,
+        "sweep_threads_chunk_mb_GB_per_s": sweep,
         "exact": exact,
         "errors": errors,
     }
