@@ -294,41 +294,52 @@ class GptOssBridge(DecoderBridge):
         self.mxfp4 = hf_names is not None and is_mxfp4(hf_names, self.hf_config)
 
     def attention_mappings(self) -> list[MegatronParamMapping]:
-        p = f"{self.HF_PREFIX}layers.*.self_attn."
         return [
             *super().attention_mappings(),
-            ReplicatedMapping("decoder.layers.*.self_attention.linear_proj.bias", f"{p}o_proj.bias"),
-            AutoMapping("decoder.layers.*.self_attention.core_attention.softmax_offset", f"{p}sinks"),
+            ReplicatedMapping(
+                "decoder.layers.*.self_attention.linear_proj.bias", "model.layers.*.self_attn.o_proj.bias"
+            ),
+            AutoMapping(
+                "decoder.layers.*.self_attention.core_attention.softmax_offset", "model.layers.*.self_attn.sinks"
+            ),
         ]
 
     def mlp_mappings(self) -> list[MegatronParamMapping]:
-        """The pre-MLP norm, the router and the experts (local and grouped names) in the source's format."""
-        hf = f"{self.HF_PREFIX}layers.*.mlp."
-        out: list[MegatronParamMapping] = [
-            AutoMapping(
-                "decoder.layers.*.pre_mlp_layernorm.weight", f"{self.HF_PREFIX}layers.*.post_attention_layernorm.weight"
+        """The pre-MLP norm, the router and the experts in the source's format."""
+        if self.mxfp4:
+            fc1_weight = MXFP4ExpertMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                "model.layers.*.mlp.experts.gate_up_proj",
+                gated=True,
+            )
+            fc2_weight = MXFP4ExpertMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                "model.layers.*.mlp.experts.down_proj",
+                gated=False,
+            )
+        else:
+            fc1_weight = InterleavedGateUpMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                "model.layers.*.mlp.experts.gate_up_proj",
+            )
+            fc2_weight = FusedExpertMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                "model.layers.*.mlp.experts.down_proj",
+                transpose=True,
+            )
+        return [
+            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", "model.layers.*.post_attention_layernorm.weight"),
+            ReplicatedMapping("decoder.layers.*.mlp.router.weight", "model.layers.*.mlp.router.weight"),
+            ReplicatedMapping("decoder.layers.*.mlp.router.bias", "model.layers.*.mlp.router.bias"),
+            fc1_weight,
+            InterleavedGateUpBiasMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.bias",
+                "model.layers.*.mlp.experts.gate_up_proj_bias",
             ),
-            ReplicatedMapping("decoder.layers.*.mlp.router.weight", f"{hf}router.weight"),
-            ReplicatedMapping("decoder.layers.*.mlp.router.bias", f"{hf}router.bias"),
+            fc2_weight,
+            FusedExpertMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.bias",
+                "model.layers.*.mlp.experts.down_proj_bias",
+                tp_dim=None,
+            ),
         ]
-        for fc1, fc2, suffix in (
-            (
-                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.",
-                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.",
-                "",
-            ),
-            ("decoder.layers.*.mlp.experts.linear_fc1.", "decoder.layers.*.mlp.experts.linear_fc2.", "*"),
-        ):
-            if self.mxfp4:
-                fc1_weight = MXFP4ExpertMapping(f"{fc1}weight{suffix}", f"{hf}experts.gate_up_proj", gated=True)
-                fc2_weight = MXFP4ExpertMapping(f"{fc2}weight{suffix}", f"{hf}experts.down_proj", gated=False)
-            else:
-                fc1_weight = InterleavedGateUpMapping(f"{fc1}weight{suffix}", f"{hf}experts.gate_up_proj")
-                fc2_weight = FusedExpertMapping(f"{fc2}weight{suffix}", f"{hf}experts.down_proj", transpose=True)
-            out += [
-                fc1_weight,
-                InterleavedGateUpBiasMapping(f"{fc1}bias{suffix}", f"{hf}experts.gate_up_proj_bias"),
-                fc2_weight,
-                FusedExpertMapping(f"{fc2}bias{suffix}", f"{hf}experts.down_proj_bias", tp_dim=None),
-            ]
-        return out
