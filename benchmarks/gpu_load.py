@@ -185,6 +185,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8, help="reference loader and cold-read threads")
     parser.add_argument("--work", default="/tmp/gpu-load", help="folder for the HF checkpoint (kept)")
     parser.add_argument("--ours-only", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile one cached load of ours (stderr)")
     parser.add_argument("--sweep", nargs="*", default=[], help="also ours at THREADS:CHUNK_MB settings (best of 2)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -271,6 +272,13 @@ def main() -> int:
             times.setdefault(side, []).append(secs)
             exact[side] = exact.get(side, True) and ok
     cold_ours, cold_ok = timed(sides["ours"], cold=True) if "ours" in sides else (None, False)
+    if args.profile and "ours" in sides:  # the main thread's time (planning, submitting, waiting), to stderr
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as prof:
+            timed(sides["ours"])
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
     sweep = {}
     if "ours" in sides:
         from bridge_core.conversion import row_reader
