@@ -67,6 +67,18 @@ def _pinned(mapping: MegatronParamMapping, dtype: torch.dtype) -> MegatronParamM
     return mapping
 
 
+def at_layer(mappings: list[MegatronParamMapping], megatron_layer: str, hf_layer: str) -> list[MegatronParamMapping]:
+    """A decoder layer's ``mappings`` at one concrete layer: ``decoder.layers.*.`` becomes ``megatron_layer``
+    and ``model.layers.*.`` ``hf_layer`` (the expert ``*`` stays)."""
+    return [
+        m.renamed(
+            m.megatron_param.replace("decoder.layers.*.", megatron_layer, 1),
+            lambda name: name.replace("model.layers.*.", hf_layer, 1),
+        )
+        for m in mappings
+    ]
+
+
 def mla_rope_kwargs(hf_config: Any) -> dict[str, Any]:
     """MLA rope settings: plain rope, or YaRN with the config's mscale/mscale_all_dim (else an error)."""
     theta, scaling = read_rope(hf_config)
@@ -193,7 +205,6 @@ class DeepseekBridge(MegatronModelBridge):
     }
     PROVIDER_CLASS = DeepseekProvider
     FLOPS_DECODER_LAYER = "deepseek_decoder_layer"  # registered in plugin.py (bridge_deepseek.flops)
-    HF_PREFIX: ClassVar[str] = "model."
     dequantizes_hf_weights: ClassVar[bool] = True
 
     # set by select_hf_layout from the model's provider
@@ -212,7 +223,7 @@ class DeepseekBridge(MegatronModelBridge):
             provider.mtp_num_layers = None  # transformers saves no MTP weights; the config still declares them
         provider.hf_num_nextn_predict_layers = declared
         first_moe = provider.moe_layer_freq.index(1)
-        gate = f"{self.HF_PREFIX}layers.{first_moe}.mlp.gate."
+        gate = f"model.layers.{first_moe}.mlp.gate."
         provider.hf_router_dtype = self._source_dtype(hf_pretrained, gate + "weight")
         provider.hf_expert_bias_dtype = self._source_dtype(hf_pretrained, gate + "e_score_correction_bias")
         return provider
@@ -275,7 +286,7 @@ class DeepseekBridge(MegatronModelBridge):
     def select_hf_layout(self, model_config: Any, hf_names: Collection[str] | None) -> None:
         if hf_names is not None:
             model_config.hf_expert_layout = expert_layout(hf_names)
-            first_mtp = f"{self.HF_PREFIX}layers.{model_config.num_layers}."
+            first_mtp = f"model.layers.{model_config.num_layers}."
             model_config.hf_mtp_head_copies = f"{first_mtp}embed_tokens.weight" in hf_names
         layout = getattr(model_config, "hf_expert_layout", PER_EXPERT)
         if layout not in (PER_EXPERT, FUSED):
@@ -287,99 +298,135 @@ class DeepseekBridge(MegatronModelBridge):
         self.router_dtype = parse_dtype(getattr(model_config, "hf_router_dtype", "float32"))
         self.expert_bias_dtype = parse_dtype(getattr(model_config, "hf_expert_bias_dtype", "float32"))
 
-    def layer_mappings(self, mg: str, hf: str) -> list[MegatronParamMapping]:
-        """One decoder layer's mappings: Megatron prefix ``mg`` (``decoder.layers.*.``), HF prefix ``hf``."""
-        a, h = f"{mg}self_attention.", f"{hf}self_attn."
+    def layer_mappings(self) -> list[MegatronParamMapping]:
+        """A decoder layer's mappings (``*``: the layer, then the expert index): attention, the dense MLP
+        of the first layers, the router, shared and routed experts of the others."""
         mappings: list[MegatronParamMapping] = [
-            AutoMapping(f"{mg}input_layernorm.weight", f"{hf}input_layernorm.weight"),
-            AutoMapping(f"{a}linear_q_proj.weight", f"{h}q_proj.weight"),
-            AutoMapping(f"{a}linear_q_down_proj.weight", f"{h}q_a_proj.weight"),
-            AutoMapping(f"{a}q_layernorm.weight", f"{h}q_a_layernorm.weight"),
-            AutoMapping(f"{a}linear_q_up_proj.layer_norm_weight", f"{h}q_a_layernorm.weight"),
-            AutoMapping(f"{a}linear_q_up_proj.weight", f"{h}q_b_proj.weight"),
-            AutoMapping(f"{a}linear_kv_down_proj.weight", f"{h}kv_a_proj_with_mqa.weight"),
-            AutoMapping(f"{a}kv_layernorm.weight", f"{h}kv_a_layernorm.weight"),
-            AutoMapping(f"{a}linear_kv_up_proj.layer_norm_weight", f"{h}kv_a_layernorm.weight"),
-            AutoMapping(f"{a}linear_kv_up_proj.weight", f"{h}kv_b_proj.weight"),
-            RowParallelMapping(f"{a}linear_proj.weight", f"{h}o_proj.weight"),
-            AutoMapping(f"{mg}pre_mlp_layernorm.weight", f"{hf}post_attention_layernorm.weight"),
-            AutoMapping(f"{mg}mlp.linear_fc1.layer_norm_weight", f"{hf}post_attention_layernorm.weight"),
+            AutoMapping("decoder.layers.*.input_layernorm.weight", "model.layers.*.input_layernorm.weight"),
+            AutoMapping(
+                "decoder.layers.*.self_attention.linear_q_proj.weight", "model.layers.*.self_attn.q_proj.weight"
+            ),
+            AutoMapping(
+                "decoder.layers.*.self_attention.linear_q_down_proj.weight", "model.layers.*.self_attn.q_a_proj.weight"
+            ),
+            AutoMapping(
+                "decoder.layers.*.self_attention.q_layernorm.weight", "model.layers.*.self_attn.q_a_layernorm.weight"
+            ),
+            AutoMapping(
+                "decoder.layers.*.self_attention.linear_q_up_proj.weight", "model.layers.*.self_attn.q_b_proj.weight"
+            ),
+            AutoMapping(
+                "decoder.layers.*.self_attention.linear_kv_down_proj.weight",
+                "model.layers.*.self_attn.kv_a_proj_with_mqa.weight",
+            ),
+            AutoMapping(
+                "decoder.layers.*.self_attention.kv_layernorm.weight", "model.layers.*.self_attn.kv_a_layernorm.weight"
+            ),
+            AutoMapping(
+                "decoder.layers.*.self_attention.linear_kv_up_proj.weight", "model.layers.*.self_attn.kv_b_proj.weight"
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.self_attention.linear_proj.weight", "model.layers.*.self_attn.o_proj.weight"
+            ),
+            AutoMapping("decoder.layers.*.pre_mlp_layernorm.weight", "model.layers.*.post_attention_layernorm.weight"),
             # dense layers
-            GatedMLPMapping(f"{mg}mlp.linear_fc1.weight", f"{hf}mlp.gate_proj.weight", f"{hf}mlp.up_proj.weight"),
-            RowParallelMapping(f"{mg}mlp.linear_fc2.weight", f"{hf}mlp.down_proj.weight"),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.linear_fc1.weight",
+                "model.layers.*.mlp.gate_proj.weight",
+                "model.layers.*.mlp.up_proj.weight",
+            ),
+            RowParallelMapping("decoder.layers.*.mlp.linear_fc2.weight", "model.layers.*.mlp.down_proj.weight"),
             # MoE layers: router, shared experts, routed experts
-            _pinned(ReplicatedMapping(f"{mg}mlp.router.weight", f"{hf}mlp.gate.weight"), self.router_dtype),
             _pinned(
-                ReplicatedMapping(f"{mg}mlp.router.expert_bias", f"{hf}mlp.gate.e_score_correction_bias"),
+                ReplicatedMapping("decoder.layers.*.mlp.router.weight", "model.layers.*.mlp.gate.weight"),
+                self.router_dtype,
+            ),
+            _pinned(
+                ReplicatedMapping(
+                    "decoder.layers.*.mlp.router.expert_bias", "model.layers.*.mlp.gate.e_score_correction_bias"
+                ),
                 self.expert_bias_dtype,
             ),
             GatedMLPMapping(
-                f"{mg}mlp.shared_experts.linear_fc1.weight",
-                f"{hf}mlp.shared_experts.gate_proj.weight",
-                f"{hf}mlp.shared_experts.up_proj.weight",
+                "decoder.layers.*.mlp.shared_experts.linear_fc1.weight",
+                "model.layers.*.mlp.shared_experts.gate_proj.weight",
+                "model.layers.*.mlp.shared_experts.up_proj.weight",
             ),
-            RowParallelMapping(f"{mg}mlp.shared_experts.linear_fc2.weight", f"{hf}mlp.shared_experts.down_proj.weight"),
+            RowParallelMapping(
+                "decoder.layers.*.mlp.shared_experts.linear_fc2.weight",
+                "model.layers.*.mlp.shared_experts.down_proj.weight",
+            ),
         ]
-        local, grouped, e = f"{mg}mlp.experts.local_experts.*.", f"{mg}mlp.experts.", f"{hf}mlp.experts."
         if self.layout == FUSED:
             return [
                 *mappings,
-                FusedGatedExpertMapping(f"{local}linear_fc1.weight", f"{e}gate_up_proj"),
-                FusedExpertMapping(f"{local}linear_fc2.weight", f"{e}down_proj", tp_dim=1),
-                FusedGatedExpertMapping(f"{grouped}linear_fc1.weight*", f"{e}gate_up_proj"),
-                FusedExpertMapping(f"{grouped}linear_fc2.weight*", f"{e}down_proj", tp_dim=1),
+                FusedGatedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                    "model.layers.*.mlp.experts.gate_up_proj",
+                ),
+                FusedExpertMapping(
+                    "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                    "model.layers.*.mlp.experts.down_proj",
+                    tp_dim=1,
+                ),
             ]
         return [
             *mappings,
-            GatedMLPMapping(f"{local}linear_fc1.weight", f"{e}*.gate_proj.weight", f"{e}*.up_proj.weight"),
-            RowParallelMapping(f"{local}linear_fc2.weight", f"{e}*.down_proj.weight"),
-            GatedMLPMapping(f"{grouped}linear_fc1.weight*", f"{e}*.gate_proj.weight", f"{e}*.up_proj.weight"),
-            RowParallelMapping(f"{grouped}linear_fc2.weight*", f"{e}*.down_proj.weight"),
+            GatedMLPMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc1.weight",
+                "model.layers.*.mlp.experts.*.gate_proj.weight",
+                "model.layers.*.mlp.experts.*.up_proj.weight",
+            ),
+            RowParallelMapping(
+                "decoder.layers.*.mlp.experts.local_experts.*.linear_fc2.weight",
+                "model.layers.*.mlp.experts.*.down_proj.weight",
+            ),
         ]
 
     def mtp_mappings(self) -> list[MegatronParamMapping]:
-        """MTP layer ``i`` <- HF layer ``num_layers + i``: its norms, ``eh_proj``, inner layer and final norm."""
+        """MTP layer ``i`` <- HF layer ``num_layers + i``: its norms, ``eh_proj``, final norm, and its inner
+        layer: the decoder layer's table at that layer (``at_layer``)."""
         out: list[MegatronParamMapping] = []
         for i in range(self.mtp_layers):
-            mg, hf = f"mtp.layers.{i}.", f"{self.HF_PREFIX}layers.{self.num_layers + i}."
+            mg, hf = f"mtp.layers.{i}.", f"model.layers.{self.num_layers + i}."
             out += [
                 AutoMapping(f"{mg}enorm.weight", f"{hf}enorm.weight"),
                 AutoMapping(f"{mg}hnorm.weight", f"{hf}hnorm.weight"),
                 AutoMapping(f"{mg}eh_proj.weight", f"{hf}eh_proj.weight"),
                 AutoMapping(f"{mg}final_layernorm.weight", f"{hf}shared_head.norm.weight"),
                 # the inner layer: megatron-core 0.16's name, and 0.19's
-                *self.layer_mappings(f"{mg}transformer_layer.", hf),
-                *self.layer_mappings(f"{mg}mtp_model_layer.", hf),
+                *at_layer(self.layer_mappings(), f"{mg}transformer_layer.", hf),
+                *at_layer(self.layer_mappings(), f"{mg}mtp_model_layer.", hf),
             ]
         return out
 
     def vocab_mappings(self) -> list[MegatronParamMapping]:
         """Embedding and output layer, with the MTP layers' copies of them when the source has those."""
-        p = self.HF_PREFIX
-        embedding, output = f"{p}embed_tokens.weight", "lm_head.weight"
         if not self.head_copies:
             return [
-                VocabParallelMapping("embedding.word_embeddings.weight", embedding),
-                VocabParallelMapping("output_layer.weight", output),
+                VocabParallelMapping("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
+                VocabParallelMapping("output_layer.weight", "lm_head.weight"),
             ]
-        mtp = [f"{p}layers.{self.num_layers + i}." for i in range(self.mtp_layers)]
+        mtp = [f"model.layers.{self.num_layers + i}." for i in range(self.mtp_layers)]
         return [
             VocabCopiesMapping(
                 "embedding.word_embeddings.weight",
-                {MAIN: embedding, **{f"copy{i}": f"{m}embed_tokens.weight" for i, m in enumerate(mtp)}},
+                {
+                    MAIN: "model.embed_tokens.weight",
+                    **{f"copy{i}": f"{m}embed_tokens.weight" for i, m in enumerate(mtp)},
+                },
             ),
             VocabCopiesMapping(
                 "output_layer.weight",
-                {MAIN: output, **{f"copy{i}": f"{m}shared_head.head.weight" for i, m in enumerate(mtp)}},
+                {MAIN: "lm_head.weight", **{f"copy{i}": f"{m}shared_head.head.weight" for i, m in enumerate(mtp)}},
             ),
         ]
 
     def mapping_registry(self) -> MegatronMappingRegistry:
-        p = self.HF_PREFIX
         return MegatronMappingRegistry(
             *self.vocab_mappings(),
-            ReplicatedMapping("decoder.final_layernorm.weight", f"{p}norm.weight"),
-            *self.layer_mappings("decoder.layers.*.", f"{p}layers.*."),
+            ReplicatedMapping("decoder.final_layernorm.weight", "model.norm.weight"),
+            *self.layer_mappings(),
             *self.mtp_mappings(),
         )
 
