@@ -24,13 +24,14 @@ from bridge_core.errors import ConfigError
 # (HF name, first HF row, first local row, number of rows): see ``direct.plan_reads``
 Read = tuple[str, int, int, int]
 
-CHUNK_BYTES = 32 << 20  # one staged copy; big tensors are spread over every thread in pieces this size
+CHUNK_BYTES = 64 << 20  # one read (and staged copy); big tensors spread over every thread in such pieces
 
 
 def read_threads(device: torch.device | None = None) -> int:
     """Reader threads per rank: ``BRIDGE_READ_THREADS``, else this rank's share of the CPUs, at most 4
-    into host memory (page faults on fresh pages proceed in parallel on a few cores) and at most 8 into
-    GPU memory (copies from the page cache into pinned buffers: memory bandwidth, one core each)."""
+    into host memory (page faults on fresh pages proceed in parallel on a few cores) and at most 16 into
+    GPU memory (copies from the page cache into pinned buffers; measured on an H200 host with 16
+    cores: 24.1 GB/s at 16 threads, 20.7 at 8)."""
     value = os.environ.get("BRIDGE_READ_THREADS", "").strip()
     if value:
         threads = int(value) if value.isdigit() else 0
@@ -39,7 +40,7 @@ def read_threads(device: torch.device | None = None) -> int:
         return threads
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    cap = 8 if device is not None and device.type == "cuda" else 4
+    cap = 16 if device is not None and device.type == "cuda" else 4
     return max(1, min(cap, cpus // max(1, local)))
 
 
@@ -102,16 +103,26 @@ class _Streams:
         self._ready = torch.cuda.current_stream(device).record_event()
         self._local = threading.local()
         self._all: list[Any] = []
+        self._events: dict[int, Any] = {}
         self._lock = threading.Lock()
 
     def mine(self) -> Any:
         stream = getattr(self._local, "stream", None)
         if stream is None:
+            torch.cuda.set_device(self.device)  # a new thread starts on device 0, whatever the rank's
             stream = self._local.stream = torch.cuda.Stream(device=self.device)
             stream.wait_event(self._ready)
             with self._lock:
                 self._all.append(stream)
         return stream
+
+    def event(self, buf: torch.Tensor) -> Any:
+        """The one event of staging buffer ``buf``, re-recorded at each use (not made anew per chunk)."""
+        key = buf.data_ptr()
+        with self._lock:
+            if key not in self._events:
+                self._events[key] = torch.cuda.Event()
+            return self._events[key]
 
     def synchronize(self) -> None:
         with self._lock:
@@ -140,7 +151,8 @@ def _staged_read(source: Any, read: Read, dest: torch.Tensor, staging: Staging, 
         stream = streams.mine()
         with torch.cuda.stream(stream):
             target.copy_(view, non_blocking=True)
-            event = stream.record_event()
+        event = streams.event(buf)
+        event.record(stream)
     if lone:
         if event is not None:
             event.synchronize()
@@ -160,7 +172,8 @@ class RowReader:
         self._chunk = chunk_bytes = chunk_bytes or CHUNK_BYTES
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="bridge-read") if threads > 1 else None
         self._pending: deque[tuple[list[Future], int]] = deque()
-        self._staging = Staging(2 * threads, chunk_bytes, pin=cuda) if staged or cuda else None
+        # a buffer per thread reading, two to spare for copies in flight (a copy takes ~1/30 of a read)
+        self._staging = Staging(threads + 2, chunk_bytes, pin=cuda) if staged or cuda else None
         self._streams = _Streams(device) if device is not None and cuda else None
 
     def _run(self, fn: Any, *args: Any) -> Future:
