@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from bridge_core.conversion.export_plan import ExportPlan, Output, Unit, local_units
-from bridge_core.conversion.finite import checked_cast, has_nonfinite, warn_nonfinite
+from bridge_core.conversion.finite import NonfiniteScan, checked_cast, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout, SplitGroup
 from bridge_core.conversion.plan import Task
 from bridge_core.errors import CoverageError
@@ -194,7 +194,7 @@ def export_tasks(
         on_plan(list(plan.outputs))
     if progress is not None:
         progress.begin(plan.parts, plan.nbytes)
-    nonfinite: list[str] = []
+    nonfinite = NonfiniteScan()  # flags stay on the device: no synchronisation per tensor
 
     def make(unit: Unit) -> dict | None:
         task = by_name.get(unit.global_name)
@@ -202,7 +202,8 @@ def export_tasks(
             return None
         produced = _produce(task, bridge, config, layout, dtype, everywhere)
         if produced is not None:
-            nonfinite.extend(n for n, t in produced.items() if has_nonfinite(t))
+            for n, t in produced.items():
+                nonfinite.add(t, n)
             plan.check_produced(unit, produced)
         return produced
 
@@ -221,4 +222,4 @@ def export_tasks(
             yield name, tensor
         elif (stacked := stacks.add(name, index, tensor)) is not None:
             yield name, stacked
-    warn_nonfinite(nonfinite, "exported", layout.world)
+    warn_nonfinite(nonfinite.names(), "exported", layout.world)

@@ -29,12 +29,6 @@ def value_range(tensor: torch.Tensor) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
-def has_nonfinite(tensor: torch.Tensor) -> bool:
-    """True when ``tensor`` holds a NaN or an infinity."""
-    span = value_range(tensor)
-    return span is not None and not (math.isfinite(span[0]) and math.isfinite(span[1]))
-
-
 class NonfiniteScan:
     """Which named tensors hold NaN/Inf, asked without waiting on the device for each one: a flag per
     tensor stays on its device, and ``names`` reads them all at once (one synchronisation, not one per

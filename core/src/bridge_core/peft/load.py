@@ -247,7 +247,8 @@ def hf_adapter_of_model(bridge: Any, model: Any) -> dict[str, torch.Tensor]:
     present = lora_modules(chunks)
     if any(m.tp > 1 for _, _, m in present) or torch.distributed.get_world_size() > 1:
         raise ConfigError("hf_adapter_of_model reads one rank's adapters: run it on one rank")
-    adapters, fused = {}, {}
+    adapters: dict[Any, Any] = {}
+    fused: dict[tuple[Any, str], dict[Any, dict[str, torch.Tensor]]] = {}
     for layer, target, module in present:
         parts = {k: v.detach().to("cpu", copy=True) for k, v in module.adapter.named_parameters()}
         if target in EXPERT_TARGETS:

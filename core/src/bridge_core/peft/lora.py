@@ -70,7 +70,8 @@ class LoRALinear(torch.nn.Module):
         self.to_wrap = base
         self.mode, self.gated, self.scale, self.name, self.expert = mode, gated, alpha / rank, name, expert
         self.group = getattr(base, "tp_group", None)  # the tensor- (or expert tensor-) parallel group it splits over
-        self.tp, self.tp_rank = (self.group.size(), self.group.rank()) if self.group is not None else (1, 0)
+        self.tp: int = self.group.size() if self.group is not None else 1
+        self.tp_rank: int = self.group.rank() if self.group is not None else 0
         self.explicit_comm = bool(getattr(base, "explicit_expert_comm", False))
         weight = base.weight
         out_local, in_local = weight.shape
@@ -174,8 +175,9 @@ class LoRALinear(torch.nn.Module):
         local = {k: v for k, v in self.adapter.state_dict(prefix="", keep_vars=True).items()}
         axes = {"lora_B": 0, "magnitude": 0} if self.mode == COLUMN else {"lora_A": 1}
         groups = {}
-        if (metadata or {}).get("dp_cp_group") is not None:  # as the base: its own (expert) TP group
-            groups = {"tp_group": self.group, "dp_cp_group": metadata["dp_cp_group"]}
+        dp_cp_group = (metadata or {}).get("dp_cp_group")
+        if dp_cp_group is not None:  # as the base: its own (expert) TP group
+            groups = {"tp_group": self.group, "dp_cp_group": dp_cp_group}
         adapter = make_sharded_tensors_for_checkpoint(local, f"{prefix}adapter.", axes, sharded_offsets, **groups)
         if self.gated:  # [gate; up] rows per rank, stored as the base's fc1: TP-independent
             for key in (f"{prefix}adapter.lora_B", f"{prefix}adapter.magnitude"):
