@@ -283,12 +283,11 @@ def run_case(case: dict, warmup: int) -> dict:
 
 
 def _fused_kernels(config) -> None:
-    """Experiment: megatron-core's torch.compile'd bias-SwiGLU and bias-dropout-add, and a compiled RoPE."""
-    import torch
-    from megatron.core.models.common.embeddings import rope_utils
-
+    """Experiment: megatron-core's torch.compile'd bias-SwiGLU and bias-dropout-add, and a compiled RoPE
+    (the same as ``bridgectl train ... model.bias_activation_fusion=true model.bias_dropout_fusion=true
+    attention.compiled_rope=true``)."""
     config.model.update(bias_activation_fusion=True, bias_dropout_fusion=True)
-    rope_utils._apply_rotary_pos_emb_bshd = torch.compile(rope_utils._apply_rotary_pos_emb_bshd, dynamic=False)
+    config.attention.compiled_rope = True
 
 
 def matmul_tflops(size: int, repeats: int = 20) -> dict:

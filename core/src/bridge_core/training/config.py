@@ -110,6 +110,7 @@ class AttentionConfig:
     attention is in use)."""
 
     core_attention: Literal["auto", "sdpa", "local"] = "auto"
+    compiled_rope: bool = False  # torch.compile megatron-core's RoPE (CUDA; its fused kernel needs TE)
 
 
 @dataclass

@@ -273,6 +273,10 @@ def _train(recipe: Recipe, hf_model: Any, megatron_path: Any) -> TrainResult:
     source = model_source(recipe, hf_model, megatron_path)
     provider = configure_provider(source, config)
     attention = _core_attention(provider, config)
+    if config.attention.compiled_rope:
+        from bridge_core.modeling.compiled_rope import compile_rope
+
+        compile_rope()
     flops_per_token = _flops_per_token(source, provider, t.seq_length, frozen=peft is not None)
     dtype = provider.params_dtype
     o = config.optimizer
