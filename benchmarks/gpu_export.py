@@ -62,7 +62,8 @@ def _use_checkout() -> None:
             sys.path.insert(0, str(ROOT / sub))
     import bridge_llama
     import bridge_llama.plugin
-    from bridge_core.registry import Registry, reset_registry
+    from bridge_core.plugins.discovery import reset_registry
+    from bridge_core.plugins.registry import Registry
 
     registry = Registry()
     registry.add_plugin(
@@ -128,7 +129,7 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     _use_checkout()
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
 
     t0 = time.perf_counter()
     bridge = AutoBridge.from_hf_config(_hf_config(args), torch_dtype="bfloat16")

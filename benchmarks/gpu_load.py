@@ -202,7 +202,7 @@ def main() -> int:
     dist.init_process_group("nccl", rank=0, world_size=1)
     torch.cuda.set_device(0)
     _use_checkout()
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
 
     bridge = AutoBridge.from_hf_config(_hf_config(args), torch_dtype="bfloat16")
     provider = bridge.to_megatron_provider()

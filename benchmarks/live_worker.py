@@ -73,7 +73,7 @@ def main() -> None:
     import torch
     import torch.distributed as dist
 
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
 
     sides = args.sides.split(",")
     t0 = time.perf_counter()

@@ -132,7 +132,7 @@ def make_smollm2(cache: str | Path) -> dict[str, Path]:
     cache = Path(cache)
     fp32, bf16 = cache / "smollm2-fp32", cache / "smollm2-bf16"
     if not (fp32 / "config.json").is_file():
-        from bridge_core.gguf_source import gguf_to_hf_folder
+        from bridge_core.checkpoints.gguf_source import gguf_to_hf_folder
 
         gguf_to_hf_folder(smollm2_gguf(), fp32, overwrite=True)
     if not (bf16 / ".done").is_file():

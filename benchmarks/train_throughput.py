@@ -199,7 +199,8 @@ def _use_checkout() -> None:
     except ImportError:
         for sub in ("core/src", "plugins/bridge-llama/src", "plugins/bridge-qwen/src"):
             sys.path.insert(0, str(ROOT / sub))
-    from bridge_core.registry import Registry, reset_registry
+    from bridge_core.plugins.discovery import reset_registry
+    from bridge_core.plugins.registry import Registry
 
     registry = Registry()
     for name in ("llama", "qwen"):

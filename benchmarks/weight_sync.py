@@ -70,7 +70,7 @@ def worker(args) -> None:
     from gpu_export import _mbridge, _use_checkout
 
     _use_checkout()
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
 
     dtype = "float32" if args.mode == "cpu" else "bfloat16"
     bridge = AutoBridge.from_hf_config(_hf_config(args), torch_dtype=dtype)

@@ -3,7 +3,7 @@
 The template's one source is the repository's ``cookiecutter-plugin/`` folder (next to ``core/``).
 Building from the checkout, it is copied to ``bridge_core/_template`` in the wheel and to
 ``src/bridge_core/_template`` in the sdist, so a wheel built from that sdist carries it too (the folder
-is then already inside the package). Editable installs get nothing copied: ``bridge_core.scaffold``
+is then already inside the package). Editable installs get nothing copied: ``bridge_core.authoring.scaffold``
 finds the checkout's folder instead.
 """
 

@@ -37,8 +37,9 @@ TABLE_HEADER = "| Megatron | HF | kind | TP |\n| --- | --- | --- | --- |\n"
 def shipped_tables() -> dict[str, list[Any]]:
     """Plugin name -> the ``MappingTable`` of each architecture it serves (registration order), for every
     loaded plugin whose distribution is in this checkout's ``plugins/``."""
-    from bridge_core.mapping_table import mapping_table
-    from bridge_core.registry import LOADED, get_registry
+    from bridge_core.authoring.mapping_table import mapping_table
+    from bridge_core.plugins.discovery import get_registry
+    from bridge_core.plugins.registry import LOADED
 
     out: dict[str, list[Any]] = {}
     for record in get_registry().plugins:

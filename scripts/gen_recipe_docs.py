@@ -32,7 +32,7 @@ TRAINING_INTRO = (
 def shipped_recipes() -> list:
     """Every installed recipe of a distribution in this checkout's ``plugins/``: by family, its models in
     the order the plugin registers them, pretrain before SFT."""
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
     from bridge_core.training.recipe import KINDS, load_recipe
 
     regs = [r for r in get_registry().recipes.values() if (ROOT / "plugins" / r.distribution).is_dir()]

@@ -58,7 +58,7 @@ def plugins_json(**env: str) -> dict[str, dict]:
 @pytest.fixture
 def clean_plugin_env(monkeypatch):
     """In-process tests: no plugin variables, and a registry rediscovered from scratch."""
-    from bridge_core.registry import reset_registry
+    from bridge_core.plugins.discovery import reset_registry
 
     for name in PLUGIN_ENV:
         monkeypatch.delenv(name, raising=False)

@@ -47,12 +47,12 @@ def test_a_bf16_checkpoint_loads_into_an_fp32_model(bf16_toy, bf16_checkpoint, m
     # what `generate --megatron-path ... --torch-dtype float32` does: built in fp32, not cast afterwards
     import torch
 
-    from bridge_core.inference import forward_logits
-    from bridge_core.parallel import destroy_model_parallel
-    from bridge_core.parallelism import Parallelism
-    from bridge_core.registry import reset_registry
+    from bridge_core.conversion.workflows import load_checkpoint
+    from bridge_core.plugins.discovery import reset_registry
+    from bridge_core.runtime.inference import forward_logits
+    from bridge_core.runtime.parallel import destroy_model_parallel
+    from bridge_core.runtime.parallelism import Parallelism
     from bridge_core.testing.toy import hf_logits, sample_ids
-    from bridge_core.workflows import load_checkpoint
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "llama")
     reset_registry()
@@ -103,11 +103,11 @@ def test_export_refuses_a_reference_of_another_family(bf16_checkpoint, tmp_path)
 
 
 def test_a_reference_with_other_config_values_is_refused(bf16_toy, bf16_checkpoint, tmp_path, monkeypatch):
+    from bridge_core.conversion.workflows import export_checkpoint
     from bridge_core.errors import ConfigError
-    from bridge_core.parallel import destroy_model_parallel
-    from bridge_core.parallelism import Parallelism
-    from bridge_core.registry import reset_registry
-    from bridge_core.workflows import export_checkpoint
+    from bridge_core.plugins.discovery import reset_registry
+    from bridge_core.runtime.parallel import destroy_model_parallel
+    from bridge_core.runtime.parallelism import Parallelism
 
     config = json.loads((bf16_toy / "config.json").read_text())
     reference = config_folder(tmp_path / "deeper", {**config, "num_hidden_layers": 4, "rms_norm_eps": 1e-5})

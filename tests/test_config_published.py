@@ -18,7 +18,7 @@ from bridge_core.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def _plugins(monkeypatch):
-    from bridge_core.registry import reset_registry
+    from bridge_core.plugins.discovery import reset_registry
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "llama,qwen")
     reset_registry()

@@ -100,7 +100,7 @@ def test_override_wins_without_error():
 
 
 def test_override_serves_the_architecture_in_process(clean_plugin_env, monkeypatch):
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "fixture-good,fixture-override")
     served = get_registry().bridge_for("GoodForCausalLM")
@@ -109,7 +109,7 @@ def test_override_serves_the_architecture_in_process(clean_plugin_env, monkeypat
 
 @REAL_PLUGINS
 def test_known_plugins_name_only_the_shipped_plugins_and_what_they_serve():
-    from bridge_core.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
+    from bridge_core.plugins.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
 
     assert SHIPPED == {p.name for p in (REPO / "plugins").iterdir() if (p / "pyproject.toml").is_file()}
     plugins = plugins_json(BRIDGE_PLUGINS=",".join(sorted(SHIPPED)))

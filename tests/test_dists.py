@@ -85,7 +85,7 @@ def test_documented_install_line_works_from_the_wheelhouse(wheelhouse, tmp_path)
     assert plugins["llama"]["version"] == package_version(PROJECTS["bridge_llama"], "bridge_llama")
     # the wheel carries the plugin template (bridgectl new-plugin bakes it when installed from a wheel)
     template = subprocess.run(
-        [str(py), "-c", "from bridge_core.scaffold import template_dir; print(template_dir())"],
+        [str(py), "-c", "from bridge_core.authoring.scaffold import template_dir; print(template_dir())"],
         capture_output=True,
         text=True,
     )

@@ -27,7 +27,7 @@ def _assert_no_heavy(code: str, **env: str) -> str:
 
 def test_import_bridge_core_imports_nothing_heavy_and_discovers_nothing():
     out = _assert_no_heavy(
-        "import bridge_core, sys\nassert 'bridge_core.discovery' not in sys.modules\n"
+        "import bridge_core, sys\nassert 'bridge_core.plugins.discovery' not in sys.modules\n"
         "assert not any(m.startswith(('bridge_llama', 'fixture_')) for m in sys.modules)"
     )
     assert out == "[]"
@@ -47,7 +47,7 @@ def test_importtime_shows_no_heavy_module():
 def test_bridgectl_plugins_imports_nothing_heavy_even_with_real_plugins_loaded():
     out = _assert_no_heavy(
         "from bridge_core.cli.main import main\nassert main(['plugins', '--json']) == 0\n"
-        "from bridge_core.registry import get_registry\n"
+        "from bridge_core.plugins.discovery import get_registry\n"
         "assert get_registry().bridge_for('LlamaForCausalLM').distribution == 'bridge-llama'"
     )
     assert out == "[]"
@@ -55,7 +55,7 @@ def test_bridgectl_plugins_imports_nothing_heavy_even_with_real_plugins_loaded()
 
 def test_bridge_module_is_imported_only_when_used():
     proc = _python(
-        "import os\nfrom bridge_core.registry import get_registry\nreg = get_registry()\n"
+        "import os\nfrom bridge_core.plugins.discovery import get_registry\nreg = get_registry()\n"
         "assert 'FIXTURE_LAZY_IMPORTED' not in os.environ\n"
         "cls = reg.load_bridge_class('LazyForCausalLM')\n"
         "assert os.environ['FIXTURE_LAZY_IMPORTED'] == '1' and cls.__name__ == 'LazyBridge'\nprint('ok')",
@@ -66,19 +66,19 @@ def test_bridge_module_is_imported_only_when_used():
 
 
 def test_discovery_runs_once_per_process(clean_plugin_env, monkeypatch):
-    from bridge_core import discovery, registry
+    from bridge_core.plugins import discovery
 
     calls = []
     real = discovery.discover
     monkeypatch.setattr(discovery, "discover", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = registry.get_registry()
-    assert registry.get_registry() is first
+    first = discovery.get_registry()
+    assert discovery.get_registry() is first
     assert calls == [1]
 
 
 def test_unknown_architecture_names_the_package_to_install(clean_plugin_env, monkeypatch):
     from bridge_core.errors import UnsupportedArchitectureError
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "fixture-good")
     with pytest.raises(UnsupportedArchitectureError) as err:
@@ -94,7 +94,7 @@ def test_unknown_architecture_names_the_package_to_install(clean_plugin_env, mon
 @REAL_PLUGINS
 def test_unknown_architecture_of_a_failed_plugin_says_why(clean_plugin_env, monkeypatch):
     from bridge_core.errors import UnsupportedArchitectureError
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     monkeypatch.setenv("BRIDGE_DISABLE_PLUGINS", "qwen")
     with pytest.raises(UnsupportedArchitectureError) as err:
@@ -104,7 +104,7 @@ def test_unknown_architecture_of_a_failed_plugin_says_why(clean_plugin_env, monk
 
 def test_architecture_nobody_knows_points_to_new_plugin(clean_plugin_env, monkeypatch):
     from bridge_core.errors import UnsupportedArchitectureError
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "")
     with pytest.raises(UnsupportedArchitectureError, match="bridgectl new-plugin"):

@@ -10,7 +10,7 @@ import pytest
 from _published_configs import MISTRAL_7B_V0_1
 from conftest import run_bridgectl
 
-from bridge_core.mapping_table import MappingRow
+from bridge_core.authoring.mapping_table import MappingRow
 
 REAL_PLUGINS = pytest.mark.needs_dists("bridge-llama", "bridge-qwen")
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def _folder(tmp_path: Path, config: dict, index: list[str] | None = None) -> Pat
 
 @REAL_PLUGINS
 def test_llama_table_of_its_toy(clean_plugin_env):
-    from bridge_core.mapping_table import mapping_table
+    from bridge_core.authoring.mapping_table import mapping_table
 
     table = mapping_table("LlamaForCausalLM")
     assert table.source == "toy config 'llama-gqa3' (bridge-llama/tests/test_llama_conformance.py)"
@@ -89,7 +89,7 @@ def test_every_tensor_name_of_a_published_config_is_in_the_printed_table(tmp_pat
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from bridge_core.mapping_table import mapping_table
+    from bridge_core.authoring.mapping_table import mapping_table
 
     folder = _folder(tmp_path, MISTRAL_7B_V0_1)
     values = {k: v for k, v in MISTRAL_7B_V0_1.items() if k != "model_type"}
@@ -109,7 +109,7 @@ def test_every_tensor_name_of_a_published_config_is_in_the_printed_table(tmp_pat
 
 @REAL_PLUGINS
 def test_json_of_a_qwen3_moe_folder_has_expert_rows_and_round_trips(tmp_path, clean_plugin_env):
-    from bridge_core.mapping_table import mapping_table
+    from bridge_core.authoring.mapping_table import mapping_table
 
     folder = _folder(tmp_path, QWEN3_MOE)
     proc = _bridgectl("plugins", "--mappings", "Qwen3MoeForCausalLM", "--hf-model", str(folder), "--json")
@@ -137,7 +137,7 @@ def test_json_of_a_qwen3_moe_folder_has_expert_rows_and_round_trips(tmp_path, cl
 
 @REAL_PLUGINS
 def test_a_checkpoints_tensor_names_pick_the_stacked_expert_layout(tmp_path, clean_plugin_env):
-    from bridge_core.mapping_table import mapping_table
+    from bridge_core.authoring.mapping_table import mapping_table
 
     config = {
         **{k: v for k, v in QWEN3_MOE.items() if k != "head_dim"},
@@ -156,9 +156,9 @@ def test_a_checkpoints_tensor_names_pick_the_stacked_expert_layout(tmp_path, cle
 
 @REAL_PLUGINS
 def test_a_plugin_without_toys_for_the_architecture_is_one_error(tmp_path, clean_plugin_env):
+    from bridge_core.authoring.mapping_table import toy_config
     from bridge_core.errors import PluginError
-    from bridge_core.mapping_table import toy_config
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     with pytest.raises(PluginError, match=r"LlamaForCausalLM: no conformance toy in .*; pass --hf-model DIR"):
         toy_config(get_registry().bridge_for("LlamaForCausalLM"), tests=tmp_path)

@@ -76,7 +76,7 @@ def test_a_plugin_sorting_before_llama_cannot_take_over_its_architecture(tmp_pat
 
 def test_a_bridge_failing_in_its_constructor_is_named(clean_plugin_env, monkeypatch):
     from bridge_core.errors import PluginError
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "fixture-noisy")
     with pytest.raises(PluginError) as err:

@@ -326,7 +326,7 @@ def test_missing_cookiecutter_names_the_extra(monkeypatch, capsys):
 def test_installed_core_ships_the_template_unchanged():
     """One source: the wheel's bridge_core/_template is the repository's cookiecutter-plugin/."""
     import bridge_core
-    from bridge_core.scaffold import template_dir
+    from bridge_core.authoring.scaffold import template_dir
 
     packaged = Path(bridge_core.__file__).parent / "_template"
     if not packaged.is_dir():

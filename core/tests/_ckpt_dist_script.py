@@ -66,13 +66,13 @@ def run_step(work: Path, step: str, sizes: dict, source: str | None, target: str
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from bridge_core.megatron_checkpoint import (
+    from bridge_core.checkpoints.megatron_checkpoint import (
         load_megatron_checkpoint,
         load_weights_into,
         provider_kwargs_from_run_config,
         save_megatron_checkpoint,
     )
-    from bridge_core.provider import GPTModelProvider
+    from bridge_core.model.provider import GPTModelProvider
 
     if source is None:
         kwargs = {**MODEL, "activation_func": F.silu}
@@ -118,7 +118,7 @@ def run_step(work: Path, step: str, sizes: dict, source: str | None, target: str
 def main(workdir: str) -> int:
     import torch.distributed as dist
 
-    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
 
     ensure_process_group()
     work = Path(workdir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge_core import hookimpl
-from bridge_core.decoder import DecoderBridge
+from bridge_core.model.decoder import DecoderBridge
 
 BRIDGE_CONTRACT = ">=1.0,<2"
 BROKEN_TENSOR = "model.layers.1.post_attention_layernorm.weight"

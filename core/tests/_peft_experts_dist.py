@@ -26,12 +26,12 @@ def adapted_logits(hf: Path, save: Path, sizes: dict) -> tuple[list, dict]:
     rank's expert adapters (global indices) and their tensor-parallel size."""
     import torch
 
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.inference import forward_logits
-    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+    from bridge_core.conversion.auto_bridge import AutoBridge
     from bridge_core.peft.apply import apply_peft, lora_modules
     from bridge_core.peft.workflows import load_checkpoint_adapters
+    from bridge_core.runtime.cpu_support import cuda_on_cpu
+    from bridge_core.runtime.inference import forward_logits
+    from bridge_core.runtime.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
     from bridge_core.testing.peft import PEFT_IDS
     from bridge_core.training.config import PeftConfig
 
@@ -61,7 +61,7 @@ def main(work: Path, hf: Path) -> int:
     import _training_plugin
     import torch.distributed as dist
 
-    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
     from bridge_core.training.recipe import load_recipe
     from bridge_core.training.trainer import train
 

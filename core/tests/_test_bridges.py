@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bridge_core import hookimpl
-from bridge_core.decoder import DecoderBridge
 from bridge_core.mappings import FusedExpertMapping, FusedGatedExpertMapping, ReplicatedMapping
+from bridge_core.model.decoder import DecoderBridge
 
 BRIDGE_CONTRACT = ">=1.0,<2"
 

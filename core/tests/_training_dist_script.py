@@ -68,7 +68,7 @@ def main(work: Path, hf: Path, hf_moe: Path) -> int:
     import _training_plugin
     import torch.distributed as dist
 
-    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
     from bridge_core.testing.peft import PEFT_IDS, megatron_peft_logits
     from bridge_core.training.recipe import load_recipe
     from bridge_core.training.trainer import train

@@ -71,7 +71,8 @@ def use() -> None:
     """Make this module the only plugin of this process."""
     import _training_plugin
 
-    from bridge_core.registry import Registry, reset_registry
+    from bridge_core.plugins.discovery import reset_registry
+    from bridge_core.plugins.registry import Registry
 
     registry = Registry()
     registry.add_plugin(_training_plugin, name="training-test", strict=True)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
-from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
 from bridge_core.testing.dist_runner import use_plugin
 
 BUCKET = 20_000

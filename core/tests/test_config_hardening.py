@@ -13,11 +13,12 @@ import torch
 from megatron.core import package_info
 
 from bridge_core import AutoBridge
-from bridge_core.checkpoint_format import load_megatron_checkpoint, provider_kwargs_from_run_config
+from bridge_core.checkpoints.checkpoint_format import load_megatron_checkpoint, provider_kwargs_from_run_config
 from bridge_core.errors import CheckpointError, ConfigError
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.provider import GPTModelProvider
-from bridge_core.registry import Registry, reset_registry
+from bridge_core.model.provider import GPTModelProvider
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.toy import ToyModel, build_toy
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -147,7 +148,7 @@ def test_setting_recorded_at_its_default_by_the_writer_is_dropped():
 
 
 def test_saved_run_config_records_the_settings_at_their_default():
-    from bridge_core.checkpoint_format import run_config_document
+    from bridge_core.checkpoints.checkpoint_format import run_config_document
 
     provider = GPTModelProvider(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=128)
     document = run_config_document(provider, {}, 1)
@@ -194,7 +195,7 @@ def test_exported_config_has_both_rope_spellings(tmp_path, rope):
 
 
 def test_legacy_rope_entries():
-    from bridge_core.config_translation import legacy_rope_entries
+    from bridge_core.model.config_translation import legacy_rope_entries
 
     assert legacy_rope_entries({"rope_type": "default", "rope_theta": 1e4}) == {"rope_theta": 1e4, "rope_scaling": None}
     linear = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}

@@ -8,7 +8,8 @@ import pytest
 import torch
 import transformers
 
-from bridge_core.config_translation import (
+from bridge_core.errors import ConfigError
+from bridge_core.model.config_translation import (
     check_hf_config,
     hf_dtype,
     hf_to_provider,
@@ -17,8 +18,7 @@ from bridge_core.config_translation import (
     read_rope,
     rope_to_hf,
 )
-from bridge_core.decoder import LLAMA3_FIXED, DecoderBridge, rope_hf_entries, rope_kwargs
-from bridge_core.errors import ConfigError
+from bridge_core.model.decoder import LLAMA3_FIXED, DecoderBridge, rope_hf_entries, rope_kwargs
 
 MAPPING = [("num_hidden_layers", "num_layers"), ("hidden_size", "hidden_size"), ("head_dim", "kv_channels")]
 

@@ -28,8 +28,8 @@ QWEN3_BF16 = ToyModel(
 
 def _bf16_logits(folder, ids):
     from bridge_core import AutoBridge
-    from bridge_core.inference import forward_logits
-    from bridge_core.parallel import destroy_model_parallel
+    from bridge_core.runtime.inference import forward_logits
+    from bridge_core.runtime.parallel import destroy_model_parallel
 
     bridge = AutoBridge.from_hf_pretrained(folder)  # the checkpoint's dtype: bf16, as the parallel runs
     model = bridge.to_megatron_provider(load_weights=True).provide_distributed_model(wrap_with_ddp=False)

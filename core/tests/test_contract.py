@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge_core import CONTRACT_VERSION
-from bridge_core.contract import (
+from bridge_core.plugins.contract import (
     ContractRangeError,
     contract_satisfies,
     incompatibility_fix,

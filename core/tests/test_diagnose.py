@@ -1,4 +1,4 @@
-"""``bridge_core.diagnose``: the first module whose activations differ between transformers and Megatron."""
+"""``bridge_core.authoring.diagnose``: the first module whose activations differ between transformers and Megatron."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import _diagnose_bridges
 import pytest
 import torch
 
-from bridge_core.diagnose import diagnose_model, fixed_input, stage_pairs
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.parallelism import Parallelism
-from bridge_core.registry import Registry, reset_registry
+from bridge_core.authoring.diagnose import diagnose_model, fixed_input, stage_pairs
+from bridge_core.conversion.workflows import build_from_hf
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.parallel import destroy_model_parallel
+from bridge_core.runtime.parallelism import Parallelism
 from bridge_core.testing.toy import ToyModel, build_toy
-from bridge_core.workflows import build_from_hf
 
 CONFIG = {
     "hidden_size": 64,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bridge_core.bridge import MegatronModelBridge
+from bridge_core.checkpoints.safetensors_io import SafetensorsCheckpoint
 from bridge_core.conversion.direct import _hook_overridden, _layout_trusted, plan_reads
 from bridge_core.conversion.groups import SplitGroup
 from bridge_core.conversion.params import ParamInfo
@@ -27,7 +27,7 @@ from bridge_core.mappings import (
     RowParallelMapping,
     VocabParallelMapping,
 )
-from bridge_core.safetensors_io import SafetensorsCheckpoint
+from bridge_core.model.bridge import MegatronModelBridge
 
 HEAD_DIM = 4
 

@@ -17,12 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bridge_core import AutoBridge
+from bridge_core.checkpoints.safetensors_io import SafetensorsCheckpoint
 from bridge_core.conversion import row_reader
 from bridge_core.errors import CheckpointError, ConfigError, CoverageError
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.registry import Registry, reset_registry
-from bridge_core.safetensors_io import SafetensorsCheckpoint
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 from bridge_core.testing.launch import run_cases
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
@@ -123,7 +124,7 @@ def test_one_process_group_leaves_the_environment_alone(llama):
     """A subprocess started later (e.g. ``bridgectl``) must not believe it runs under torchrun."""
     import torch.distributed as dist
 
-    from bridge_core.parallel import ensure_process_group
+    from bridge_core.runtime.parallel import ensure_process_group
 
     ensure_process_group()
     assert dist.is_initialized() and dist.get_world_size() == 1
@@ -297,7 +298,7 @@ def test_fp8_weights_without_dequantizing_hook_are_refused(llama, tmp_path):
 
 
 def test_unmapped_megatron_parameter_is_an_error(llama, monkeypatch):
-    from bridge_core.decoder import DecoderBridge
+    from bridge_core.model.decoder import DecoderBridge
 
     original = DecoderBridge.embedding_mappings
 
@@ -376,7 +377,7 @@ def test_parallel_paths_in_one_torchrun_launch(llama, llama_tied_bf16, moe, tmp_
 
 
 def test_fp8_blockwise_dequantization_matches_per_block_product():
-    from bridge_core.quantization import dequantize_fp8_blockwise
+    from bridge_core.model.quantization import dequantize_fp8_blockwise
 
     weight = torch.randn(200, 130).to(torch.float8_e4m3fn)
     scale = torch.rand(2, 2) + 0.5
@@ -389,8 +390,8 @@ def test_fp8_blockwise_dequantization_matches_per_block_product():
 
 
 def test_a_dequantizing_bridge_loads_fp8_weights(llama, tmp_path, monkeypatch):
-    from bridge_core.decoder import DecoderBridge
-    from bridge_core.quantization import dequantize_fp8_blockwise
+    from bridge_core.model.decoder import DecoderBridge
+    from bridge_core.model.quantization import dequantize_fp8_blockwise
 
     name = "model.layers.0.mlp.up_proj.weight"
 

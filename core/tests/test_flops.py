@@ -16,8 +16,8 @@ pytest.importorskip("megatron.core")
 
 from bridge_core import hookimpl
 from bridge_core.errors import PluginError
-from bridge_core.provider import GPTModelProvider
-from bridge_core.registry import Registry
+from bridge_core.model.provider import GPTModelProvider
+from bridge_core.plugins.registry import Registry
 from bridge_core.training import flops
 
 SEQ = 4096

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bridge_core.quantization import dequantize_fp8_blockwise
+from bridge_core.model.quantization import dequantize_fp8_blockwise
 
 fp8 = pytest.importorskip("transformers.integrations.finegrained_fp8")
 

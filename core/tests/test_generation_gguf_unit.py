@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
-from bridge_core import gguf_source
+from bridge_core.checkpoints import gguf_source
+from bridge_core.checkpoints.gguf_source import gguf_to_hf_folder, is_gguf, resolve_gguf
 from bridge_core.errors import CheckpointError
-from bridge_core.gguf_source import gguf_to_hf_folder, is_gguf, resolve_gguf
 
 HEADER = b"GGUF" + (3).to_bytes(4, "little") + bytes(16)  # magic, version 3, no tensors, no metadata
 
@@ -102,7 +102,7 @@ def test_existing_output_folder_is_refused(tmp_path):
     [(torch.zeros(2, 3, dtype=torch.long), 4, "shape [1, seq]"), (torch.zeros(1, 3, dtype=torch.long), -1, ">= 0")],
 )
 def test_generate_checks_arguments_first(ids, new, fragment):
-    from bridge_core.generation import greedy_generate
+    from bridge_core.runtime.generation import greedy_generate
 
     with pytest.raises(ValueError, match=re.escape(fragment)):
         greedy_generate(torch.nn.Linear(1, 1), ids, new)

@@ -16,13 +16,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_engine import LLAMA, MOE, convert
 
-from bridge_core import hf_writer
+from bridge_core.checkpoints import hf_writer
+from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter, tensor_bytes
+from bridge_core.checkpoints.output_dir import atomic_output_dir
+from bridge_core.checkpoints.safetensors_io import INDEX_NAME, SafetensorsCheckpoint
 from bridge_core.errors import CheckpointError
-from bridge_core.hf_writer import ShardedSafetensorsWriter, tensor_bytes
-from bridge_core.output_dir import atomic_output_dir
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.registry import Registry, reset_registry
-from bridge_core.safetensors_io import INDEX_NAME, SafetensorsCheckpoint
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.toy import ToyModel, build_toy
 
 

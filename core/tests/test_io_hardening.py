@@ -22,13 +22,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bridge_core import AutoBridge
+from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint
+from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
+from bridge_core.checkpoints.output_dir import atomic_output_dir
+from bridge_core.checkpoints.safetensors_io import INDEX_NAME, SINGLE_NAME, SafetensorsCheckpoint
 from bridge_core.errors import CheckpointError, ConfigError, CoverageError
-from bridge_core.hf_checkpoint import HFCheckpoint
-from bridge_core.hf_writer import ShardedSafetensorsWriter
-from bridge_core.output_dir import atomic_output_dir
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.registry import Registry, reset_registry
-from bridge_core.safetensors_io import INDEX_NAME, SINGLE_NAME, SafetensorsCheckpoint
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.toy import ToyModel, build_toy
 
 LLAMA = {
@@ -311,7 +312,7 @@ def test_a_torch_dist_metadata_naming_a_file_outside_the_checkpoint_is_refused(t
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
 
-    from bridge_core.safe_pickle import read_dcp_metadata
+    from bridge_core.checkpoints.safe_pickle import read_dcp_metadata
 
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "x.distcp").write_bytes(b"secret")
@@ -333,7 +334,7 @@ def test_a_torch_dist_metadata_naming_a_file_outside_the_checkpoint_is_refused(t
 
 
 def test_c_a_common_state_that_is_not_a_dict_is_refused(tmp_path):
-    from bridge_core.checkpoint_load import read_common_state
+    from bridge_core.checkpoints.checkpoint_load import read_common_state
 
     torch.save([1, 2, 3], tmp_path / "common.pt")
     with pytest.raises(CheckpointError, match=r"common.pt: the common state is a list, not a dict; refused"):
@@ -342,7 +343,7 @@ def test_c_a_common_state_that_is_not_a_dict_is_refused(tmp_path):
 
 # -- A. outputs that would destroy their input ------------------------------------------------------
 def test_a_an_output_that_is_contains_or_lies_inside_an_input_is_refused(tmp_path):
-    from bridge_core.output_dir import check_outside_inputs
+    from bridge_core.checkpoints.output_dir import check_outside_inputs
 
     src = tmp_path / "ckpt"
     (src / "iter").mkdir(parents=True)
@@ -368,7 +369,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from bridge_core.output_dir import atomic_output_dir
+    from bridge_core.checkpoints.output_dir import atomic_output_dir
     from bridge_core.errors import CheckpointError
     out, tag, hold = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     try:
@@ -431,7 +432,7 @@ def test_b_a_killed_writer_leaves_no_lock_that_blocks_the_next_run(tmp_path):
 
 
 def test_a_the_final_rename_never_replaces_a_folder_it_did_not_move_away(tmp_path):
-    from bridge_core.output_dir import rename_noreplace
+    from bridge_core.checkpoints.output_dir import rename_noreplace
 
     out = tmp_path / "out"
     with pytest.raises(CheckpointError, match="exists and is not empty"), atomic_output_dir(out) as tmp:
@@ -448,7 +449,7 @@ def test_a_the_final_rename_never_replaces_a_folder_it_did_not_move_away(tmp_pat
 
 
 def test_a_without_renameat2_the_rename_still_refuses_an_existing_target(tmp_path, monkeypatch):
-    import bridge_core.output_dir as output_dir
+    import bridge_core.checkpoints.output_dir as output_dir
 
     monkeypatch.setattr(output_dir, "_renameat2", lambda: None)
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -462,7 +463,7 @@ def test_a_without_renameat2_the_rename_still_refuses_an_existing_target(tmp_pat
 
 
 def test_b_an_interrupt_while_finishing_leaves_nothing(tmp_path, monkeypatch):
-    import bridge_core.output_dir as output_dir
+    import bridge_core.checkpoints.output_dir as output_dir
 
     def interrupted(root):
         raise KeyboardInterrupt
@@ -483,7 +484,7 @@ def _write_model(out: Path) -> None:
 
 
 def test_b_disk_full_is_one_line_naming_the_path_and_leaves_nothing(tmp_path, monkeypatch):
-    import bridge_core.hf_writer as hf_writer
+    import bridge_core.checkpoints.hf_writer as hf_writer
 
     real = os.pwrite
     written = [0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge_core.cli import launcher
-from bridge_core.ports import free_port
+from bridge_core.runtime.ports import free_port
 
 # Stands in for ``python -m bridge_core.cli.main ...``: each rank does what its RANK says.
 FAKE_RANK = """#!/bin/sh
@@ -103,8 +103,8 @@ def test_a_group_the_caller_started_is_left_alone():
 def test_more_ranks_than_visible_gpus_are_refused_in_one_line(monkeypatch):
     import torch
 
-    from bridge_core import parallel
     from bridge_core.errors import ConfigError
+    from bridge_core.runtime import parallel
 
     monkeypatch.setattr(parallel.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(parallel.dist, "init_process_group", lambda *a, **k: pytest.fail("NCCL was started"))

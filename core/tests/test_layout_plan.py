@@ -11,8 +11,8 @@ pytest.importorskip("megatron.core")
 import _training_plugin  # noqa: E402
 
 from bridge_core.errors import ConfigError  # noqa: E402
-from bridge_core.parallelism import Parallelism  # noqa: E402
-from bridge_core.registry import reset_registry  # noqa: E402
+from bridge_core.plugins.discovery import reset_registry  # noqa: E402
+from bridge_core.runtime.parallelism import Parallelism  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,7 +25,7 @@ def plugin():
 def _bridge(**values):
     from transformers import AutoConfig
 
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
 
     config = {**_training_plugin.TOY, **values}
     model_type = config.pop("model_type")
@@ -50,8 +50,8 @@ def test_toy_at_tp2_pp2_by_hand():
 
 
 def test_at_one_rank_it_equals_the_model_built_for_real():
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+    from bridge_core.runtime.cpu_support import cuda_on_cpu
+    from bridge_core.runtime.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
 
     bridge = _bridge()
     plan = plan_layout_of(bridge, Parallelism())

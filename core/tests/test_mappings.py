@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bridge_core.mapping_registry import MegatronMappingRegistry
 from bridge_core.mappings import (
     AutoMapping,
     ColumnParallelMapping,
@@ -21,6 +20,7 @@ from bridge_core.mappings import (
     VocabParallelMapping,
 )
 from bridge_core.mappings.fused import merge_gated, merge_qkv, split_gated, split_qkv
+from bridge_core.model.mapping_registry import MegatronMappingRegistry
 
 Q, K, V = 1, 2, 3
 HEAD_DIM = 2

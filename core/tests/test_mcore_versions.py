@@ -11,7 +11,7 @@ pytest.importorskip("megatron.core")
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.mlp import MLPSubmodules
 
-from bridge_core.mcore_versions import mlp_submodules
+from bridge_core.model.mcore_versions import mlp_submodules
 
 
 def test_mlp_submodules_of_the_local_spec_are_editable_in_place():

@@ -8,9 +8,10 @@ import torch
 
 from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.registry import Registry, reset_registry
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 

@@ -17,16 +17,16 @@ import torch.nn.functional as F  # noqa: E402
 from megatron.core import dist_checkpointing  # noqa: E402
 from megatron.core.dist_checkpointing.strategies import common as mcore_common  # noqa: E402
 
-from bridge_core.checkpoint_load import read_common_state  # noqa: E402
-from bridge_core.errors import CheckpointError  # noqa: E402
-from bridge_core.megatron_checkpoint import (  # noqa: E402
+from bridge_core.checkpoints.checkpoint_load import read_common_state  # noqa: E402
+from bridge_core.checkpoints.megatron_checkpoint import (  # noqa: E402
     load_megatron_checkpoint,
     load_weights_into,
     provider_kwargs_from_run_config,
     save_megatron_checkpoint,
 )
-from bridge_core.parallel import destroy_model_parallel  # noqa: E402
-from bridge_core.provider import GPTModelProvider  # noqa: E402
+from bridge_core.errors import CheckpointError  # noqa: E402
+from bridge_core.model.provider import GPTModelProvider  # noqa: E402
+from bridge_core.runtime.parallel import destroy_model_parallel  # noqa: E402
 
 # megatron-core before 0.17 writes the common state to common.pt; later ones inside the .distcp files
 COMMON_PT = ["common.pt"] if hasattr(mcore_common, "TorchCommonLoadStrategy") else []
@@ -275,7 +275,7 @@ def test_malicious_stored_object_is_refused(build, tmp_path):
 
 def test_malicious_common_state_is_refused(build, tmp_path, monkeypatch):
     """The common state (common.pt, or the common_state object of megatron-core 0.17+) is weights-only."""
-    import bridge_core.megatron_checkpoint as saver
+    import bridge_core.checkpoints.megatron_checkpoint as saver
 
     provider, chunks = build()
     marker = tmp_path / "pwned"
@@ -332,7 +332,7 @@ def test_interrupted_save_leaves_no_folder(build, tmp_path, monkeypatch, existin
     def interrupt(*args, **kwargs):  # after the shards are written, while copying the tokenizer
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("bridge_core.megatron_checkpoint.shutil.copy2", interrupt)
+    monkeypatch.setattr("bridge_core.checkpoints.megatron_checkpoint.shutil.copy2", interrupt)
     with pytest.raises(KeyboardInterrupt):
         save(chunks, provider, path, tmp_path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == (

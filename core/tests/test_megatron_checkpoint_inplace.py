@@ -9,11 +9,11 @@ pytest.importorskip("megatron.core")
 
 from test_megatron_checkpoint import MODEL, params, save  # noqa: E402
 
-from bridge_core import megatron_checkpoint  # noqa: E402
-from bridge_core.checkpoint_load import _merge_in_place  # noqa: E402
-from bridge_core.megatron_checkpoint import load_megatron_checkpoint, load_weights_into  # noqa: E402
-from bridge_core.parallel import destroy_model_parallel  # noqa: E402
-from bridge_core.provider import GPTModelProvider  # noqa: E402
+from bridge_core.checkpoints import megatron_checkpoint  # noqa: E402
+from bridge_core.checkpoints.checkpoint_load import _merge_in_place  # noqa: E402
+from bridge_core.checkpoints.megatron_checkpoint import load_megatron_checkpoint, load_weights_into  # noqa: E402
+from bridge_core.model.provider import GPTModelProvider  # noqa: E402
+from bridge_core.runtime.parallel import destroy_model_parallel  # noqa: E402
 
 
 @pytest.fixture

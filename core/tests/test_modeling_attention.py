@@ -11,11 +11,11 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 
-from bridge_core.cpu_support import causal_mask
 from bridge_core.errors import ConfigError
 from bridge_core.modeling.attention import SDPACoreAttention, window_mask
 from bridge_core.modeling.specs import SDPAAttentionProvider, install_core_attention, sdpa_layer_spec
-from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+from bridge_core.runtime.cpu_support import causal_mask
+from bridge_core.runtime.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
 
 HEADS, GROUPS, DIM, SEQ, BATCH = 6, 2, 16, 20, 2
 # megatron-core's local attention takes its score buffer from a CUDA memory pool when CUDA is visible
@@ -210,8 +210,8 @@ def test_provider_uses_sdpa_where_needed(choice, window, expected):
 
 
 def test_whole_model_with_sdpa_matches_the_local_spec():
-    from bridge_core.inference import forward_logits
-    from bridge_core.provider import GPTModelProvider
+    from bridge_core.model.provider import GPTModelProvider
+    from bridge_core.runtime.inference import forward_logits
 
     def model(spec):
         provider = GPTModelProvider(

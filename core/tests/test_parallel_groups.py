@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("megatron.core")
 
-from bridge_core.cpu_support import cuda_on_cpu
-from bridge_core.parallel import (
+from bridge_core.runtime.cpu_support import cuda_on_cpu
+from bridge_core.runtime.parallel import (
     ParallelSizes,
     _process_groups,
     destroy_model_parallel,

@@ -29,7 +29,8 @@ RUN = """
 import json, sys, types
 from bridge_core import hookimpl
 from bridge_core.cli import launcher, main
-from bridge_core.registry import Registry, reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.plugins.discovery import reset_registry
 toy = types.ModuleType("toy_plugin")
 toy.BRIDGE_CONTRACT = ">=1.0,<2"
 toy.register_bridges = hookimpl(lambda register: register(architecture="LlamaForCausalLM", bridge="toy:Bridge"))
@@ -113,14 +114,14 @@ def test_parallelism_accepts_an_unset_etp():
 
 
 def test_shapes_from_both_configs_agree():
-    from bridge_core.parallel_checks import shape_from_hf_config, shape_from_provider_settings
+    from bridge_core.runtime.parallel_checks import shape_from_hf_config, shape_from_provider_settings
 
     provider = {"num_attention_heads": 4, "num_query_groups": 2, "num_layers": 2, "vocab_size": 256}
     assert shape_from_hf_config(LLAMA_4_HEADS) == shape_from_provider_settings(provider)
 
 
 def test_malformed_values_are_left_to_the_full_validation():
-    from bridge_core.parallel_checks import ModelShape, check_parallel_sizes, shape_from_hf_config
+    from bridge_core.runtime.parallel_checks import ModelShape, check_parallel_sizes, shape_from_hf_config
 
     shape = shape_from_hf_config({"num_attention_heads": "four", "num_hidden_layers": True, "vocab_size": -1})
     assert shape == ModelShape()
@@ -128,7 +129,7 @@ def test_malformed_values_are_left_to_the_full_validation():
 
 
 def test_kv_heads_and_padded_vocab_rules():
-    from bridge_core.parallel_checks import ModelShape, check_parallel_sizes
+    from bridge_core.runtime.parallel_checks import ModelShape, check_parallel_sizes
 
     with pytest.raises(ConfigError, match=r"num_query_groups \(KV heads\)=2 .*valid sizes: 1, 2$"):
         check_parallel_sizes(ModelShape(num_attention_heads=8, num_query_groups=2), tp=4)
@@ -190,7 +191,7 @@ def test_a_gguf_source_is_checked_from_its_header_before_it_is_dequantized(tmp_p
 
 
 def test_gguf_header_shape(tmp_path):
-    from bridge_core.parallel_checks import ModelShape, shape_from_gguf
+    from bridge_core.runtime.parallel_checks import ModelShape, shape_from_gguf
 
     shape = shape_from_gguf(str(write_gguf(tmp_path / "toy.gguf", heads=6, kv_heads=3, layers=5)))
     assert shape == ModelShape(num_attention_heads=6, num_query_groups=3, num_layers=5, vocab_size=3)

@@ -15,9 +15,9 @@ import _training_plugin  # noqa: E402
 import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 
 from bridge_core.errors import CheckpointError, ConfigError  # noqa: E402
-from bridge_core.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.peft import workflows  # noqa: E402
-from bridge_core.registry import reset_registry  # noqa: E402
+from bridge_core.plugins.discovery import reset_registry  # noqa: E402
+from bridge_core.runtime.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.testing.compare import max_abs_diff  # noqa: E402
 from bridge_core.testing.peft import megatron_peft_logits, peft_logits  # noqa: E402
 from bridge_core.training.recipe import load_recipe  # noqa: E402
@@ -57,9 +57,9 @@ def hf(tmp_path_factory):
 @contextlib.contextmanager
 def one_rank_model(hf):
     """(AutoBridge, the HF toy's Megatron model on one CPU rank); model parallelism torn down after."""
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
+    from bridge_core.conversion.auto_bridge import AutoBridge
+    from bridge_core.runtime.cpu_support import cuda_on_cpu
+    from bridge_core.runtime.parallel import ParallelSizes, ensure_model_parallel, ensure_process_group
 
     ensure_process_group()
     with cuda_on_cpu():
@@ -123,8 +123,8 @@ def test_merged_model_equals_the_unmerged_megatron_model(run, hf, tmp_path):
 def test_hf_adapter_loads_into_megatron_and_exports_bit_identical(run, hf, tmp_path):
     from safetensors.torch import load_file
 
-    from bridge_core.inference import forward_logits
     from bridge_core.peft.load import hf_adapter_of_model
+    from bridge_core.runtime.inference import forward_logits
 
     _, save, _ = run
     adapter = workflows.export_adapter(save, tmp_path / "adapter")
@@ -164,7 +164,7 @@ def test_a_full_run_does_not_resume_a_peft_checkpoint(run, hf, tmp_path):
 
 
 def test_export_of_a_peft_checkpoint_points_to_peft_export(run, tmp_path):
-    from bridge_core.checkpoint_load import load_weights_into
+    from bridge_core.checkpoints.checkpoint_load import load_weights_into
 
     _, save, _ = run
     with pytest.raises(CheckpointError, match="bridgectl peft export"):
@@ -181,7 +181,7 @@ def test_export_of_a_peft_checkpoint_points_to_peft_export(run, tmp_path):
     ],
 )
 def test_unsupported_adapter_configs_are_one_line_errors(run, hf, tmp_path, change, message):
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
     from bridge_core.peft.load import read_adapter_config
 
     _, save, _ = run
@@ -206,7 +206,7 @@ def test_an_adapter_peft_trained_loads_exactly(hf, tmp_path, scheme, targets):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bridge_core.inference import forward_logits
+    from bridge_core.runtime.inference import forward_logits
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)

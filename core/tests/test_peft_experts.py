@@ -16,9 +16,9 @@ import _training_plugin  # noqa: E402
 import peft  # noqa: E402,F401  (tox installs it: a missing peft must fail, not skip)
 
 from bridge_core.errors import ConfigError  # noqa: E402
-from bridge_core.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.peft import workflows  # noqa: E402
-from bridge_core.registry import reset_registry  # noqa: E402
+from bridge_core.plugins.discovery import reset_registry  # noqa: E402
+from bridge_core.runtime.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.testing.compare import max_abs_diff  # noqa: E402
 from bridge_core.testing.launch import torchrun  # noqa: E402
 from bridge_core.testing.peft import PEFT_IDS, megatron_peft_logits, peft_logits  # noqa: E402
@@ -112,8 +112,8 @@ def test_expert_adapter_loads_into_megatron_and_exports_bit_identical(run, hf, t
 def _load_and_export(hf, adapter):
     from test_peft import one_rank_model
 
-    from bridge_core.inference import forward_logits
     from bridge_core.peft.load import hf_adapter_of_model
+    from bridge_core.runtime.inference import forward_logits
 
     with one_rank_model(hf) as (bridge, model):
         bridge.load_hf_adapter(model, adapter)

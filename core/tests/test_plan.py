@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from bridge_core.checkpoints.safetensors_io import TensorMeta
 from bridge_core.conversion import plan
 from bridge_core.conversion.params import ParamInfo
 from bridge_core.errors import CoverageError
-from bridge_core.mapping_registry import MegatronMappingRegistry
 from bridge_core.mappings import (
     AutoMapping,
     FusedExpertMapping,
@@ -20,7 +20,7 @@ from bridge_core.mappings import (
     RowParallelMapping,
     VocabParallelMapping,
 )
-from bridge_core.safetensors_io import TensorMeta
+from bridge_core.model.mapping_registry import MegatronMappingRegistry
 
 EMB = "embedding.word_embeddings.weight"
 OUT = "output_layer.weight"

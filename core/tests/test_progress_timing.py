@@ -72,7 +72,7 @@ def test_gguf_dequantization_loop_is_counted(capsys, monkeypatch):
     pytest.importorskip("gguf")
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    from bridge_core.gguf_source import _shown_stages
+    from bridge_core.checkpoints.gguf_source import _shown_stages
 
     class FakeTensor:
         n_bytes = 1000

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridge_core import provider as provider_module
 from bridge_core.errors import ConfigError
-from bridge_core.provider import GPTModelProvider
+from bridge_core.model import provider as provider_module
+from bridge_core.model.provider import GPTModelProvider
 
 
 def make(**overrides) -> GPTModelProvider:
@@ -116,7 +116,7 @@ def test_heads_not_a_multiple_of_kv_groups_is_refused():
 def test_a_meta_model_stays_on_meta_where_a_gpu_is_visible(monkeypatch):
     """A plan builds the model on the meta device; moving it to the GPU failed ('Cannot copy out of
     meta tensor', found on the H200). The move is faked: this machine may have no CUDA."""
-    from bridge_core.parallel import destroy_model_parallel
+    from bridge_core.runtime.parallel import destroy_model_parallel
 
     monkeypatch.setattr(provider_module, "cuda_available", lambda: True)
     p = make(num_layers=2, num_query_groups=2, ffn_hidden_size=128, perform_initialization=False)

@@ -39,7 +39,7 @@ def test_header_marker_and_isolated_registry(pytester):
             import types
             import pytest
             from bridge_core import hookimpl
-            from bridge_core.registry import get_registry
+            from bridge_core.plugins.discovery import get_registry
 
             def make_plugin():
                 ns = types.ModuleType("inline_plugin")
@@ -72,13 +72,13 @@ def test_header_marker_and_isolated_registry(pytester):
             """
         )
     )
-    from bridge_core import registry
+    from bridge_core.plugins import discovery
 
-    before = registry._registry
+    before = discovery._registry
     result = pytester.runpytest("--strict-markers", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["bridge-core * (plugin contract *)"])
-    assert registry._registry is before
+    assert discovery._registry is before
 
 
 def test_toy_model_factory_caches_folders(toy_model_factory):

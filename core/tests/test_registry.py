@@ -7,9 +7,9 @@ import types
 import pytest
 
 from bridge_core import hookimpl
-from bridge_core.discovery import _blocked_reason, normalize
 from bridge_core.errors import PluginError, UnsupportedArchitectureError
-from bridge_core.registry import Registry
+from bridge_core.plugins.discovery import _blocked_reason, normalize
+from bridge_core.plugins.registry import Registry
 
 
 def make_plugin(contract=">=1.0,<2", bridges=(), recipes=(), flops=(), raise_in_hook=None):
@@ -179,7 +179,7 @@ def test_an_architecture_no_published_plugin_serves_gets_no_pip_line(architectur
 
 
 def test_known_plugins_map_only_to_shipped_distributions():
-    from bridge_core.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
+    from bridge_core.plugins.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
 
     assert set(KNOWN_ARCHITECTURES.values()) <= SHIPPED
     assert not NOT_PUBLISHED & set(KNOWN_ARCHITECTURES)

@@ -8,9 +8,9 @@ import types
 import pytest
 
 from bridge_core import hookimpl
-from bridge_core.discovery import is_strict
 from bridge_core.errors import ConfigError, PluginError, UnsupportedArchitectureError
-from bridge_core.registry import Registry
+from bridge_core.plugins.discovery import is_strict
+from bridge_core.plugins.registry import Registry
 
 
 def plugin(*bridges: dict, in_hook=None):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter, parse_size
+from bridge_core.checkpoints.output_dir import atomic_output_dir
+from bridge_core.checkpoints.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, TensorMeta, read_header
 from bridge_core.errors import CheckpointError, ConfigError
-from bridge_core.hf_writer import ShardedSafetensorsWriter, parse_size
-from bridge_core.output_dir import atomic_output_dir
-from bridge_core.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, TensorMeta, read_header
 
 A = torch.arange(6, dtype=torch.float32).reshape(2, 3)
 B = torch.arange(4, dtype=torch.bfloat16)
@@ -195,7 +195,7 @@ class ShortReads:
 
 
 def test_short_reads_are_completed(single, monkeypatch):
-    import bridge_core.safetensors_io as io_module
+    import bridge_core.checkpoints.safetensors_io as io_module
 
     ckpt = SafetensorsCheckpoint(single)
     preadv = io_module.os.preadv
@@ -204,7 +204,7 @@ def test_short_reads_are_completed(single, monkeypatch):
 
 
 def test_short_reads_are_completed_without_preadv(single, monkeypatch):
-    import bridge_core.safetensors_io as io_module
+    import bridge_core.checkpoints.safetensors_io as io_module
 
     monkeypatch.delattr(io_module.os, "preadv")
     ckpt = SafetensorsCheckpoint(single)
@@ -475,7 +475,7 @@ def test_atomic_output_dir_renames_into_place_on_success(tmp_path):
 
 
 def test_atomic_output_dir_flushes_everything_before_the_rename_and_the_parent_after(tmp_path, monkeypatch):
-    import bridge_core.output_dir as output_dir
+    import bridge_core.checkpoints.output_dir as output_dir
 
     events = []
     real_rename = output_dir.rename_noreplace

@@ -10,9 +10,10 @@ import _test_bridges
 import pytest
 
 from bridge_core import AutoBridge
-from bridge_core.decoder import DecoderBridge
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.registry import Registry, reset_registry
+from bridge_core.model.decoder import DecoderBridge
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.toy import ToyModel, build_toy
 
 LLAMA = {

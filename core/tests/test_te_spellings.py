@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bridge_core.decoder import DecoderBridge
-from bridge_core.mapping_registry import MegatronMappingRegistry, te_spelling
 from bridge_core.mappings import AutoMapping, FusedExpertMapping, GatedMLPMapping, QKVMapping
+from bridge_core.model.decoder import DecoderBridge
+from bridge_core.model.mapping_registry import MegatronMappingRegistry, te_spelling
 
 QKV = "decoder.layers.*.self_attention.linear_qkv.weight"
 FC1 = "decoder.layers.*.mlp.linear_fc1.weight"

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bridge_core.ports import free_port
+from bridge_core.runtime.ports import free_port
 from bridge_core.testing import launch
 
 

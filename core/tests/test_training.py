@@ -21,8 +21,8 @@ import _training_plugin  # noqa: E402
 from torch.distributed.checkpoint import FileSystemReader  # noqa: E402
 
 from bridge_core.errors import CheckpointError, ConfigError  # noqa: E402
-from bridge_core.parallel import destroy_model_parallel  # noqa: E402
-from bridge_core.registry import reset_registry  # noqa: E402
+from bridge_core.plugins.discovery import reset_registry  # noqa: E402
+from bridge_core.runtime.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.testing.compare import max_abs_diff  # noqa: E402
 from bridge_core.training import checkpoint as ckpt  # noqa: E402
 from bridge_core.training.recipe import load_recipe  # noqa: E402
@@ -167,10 +167,10 @@ def test_a_silent_adam_step_reset_is_refused(reference, tmp_path, monkeypatch):
 
 
 def test_import_train_export_logits_equal_the_trained_megatron_model(tmp_path):
-    from bridge_core.inference import forward_logits
-    from bridge_core.parallelism import Parallelism
+    from bridge_core.conversion.workflows import export_checkpoint, import_checkpoint, load_checkpoint
+    from bridge_core.runtime.inference import forward_logits
+    from bridge_core.runtime.parallelism import Parallelism
     from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
-    from bridge_core.workflows import export_checkpoint, import_checkpoint, load_checkpoint
 
     hf = build_toy(ToyModel("LlamaForCausalLM", _training_plugin.TOY), tmp_path / "hf")
     try:
@@ -194,10 +194,10 @@ def test_import_train_export_logits_equal_the_trained_megatron_model(tmp_path):
 
 
 def test_a_model_trained_from_scratch_exports_to_hf_with_the_same_logits(reference, tmp_path):
-    from bridge_core.inference import forward_logits
-    from bridge_core.parallelism import Parallelism
+    from bridge_core.conversion.workflows import export_checkpoint, load_checkpoint
+    from bridge_core.runtime.inference import forward_logits
+    from bridge_core.runtime.parallelism import Parallelism
     from bridge_core.testing.toy import hf_logits, sample_ids
-    from bridge_core.workflows import export_checkpoint, load_checkpoint
 
     save, _ = reference
     try:

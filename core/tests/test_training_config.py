@@ -97,7 +97,8 @@ def test_load_recipe_checks_the_registration_and_names_the_installed_ones():
     import types
 
     from bridge_core import hookimpl
-    from bridge_core.registry import Registry, reset_registry
+    from bridge_core.plugins.discovery import reset_registry
+    from bridge_core.plugins.registry import Registry
     from bridge_core.training import recipe as recipe_module
 
     @hookimpl

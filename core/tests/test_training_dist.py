@@ -107,7 +107,7 @@ def test_dp_reshardable_checkpoint_at_another_tensor_parallel_size_is_refused(re
 @pytest.mark.parametrize("scheme", ["lora", "dora"])
 def test_peft_at_tp2_follows_world_1_and_its_exported_adapter_equals_peft(results, world1, hf_toy, tmp_path, scheme):
     from bridge_core.peft.workflows import export_adapter
-    from bridge_core.registry import reset_registry
+    from bridge_core.plugins.discovery import reset_registry
     from bridge_core.testing.compare import max_abs_diff
     from bridge_core.testing.peft import PEFT_IDS, peft_logits
 

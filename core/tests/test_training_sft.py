@@ -12,8 +12,8 @@ pytest.importorskip("tokenizers")
 import _sft_toys  # noqa: E402
 import _training_plugin  # noqa: E402
 
-from bridge_core.parallel import destroy_model_parallel  # noqa: E402
-from bridge_core.registry import reset_registry  # noqa: E402
+from bridge_core.plugins.discovery import reset_registry  # noqa: E402
+from bridge_core.runtime.parallel import destroy_model_parallel  # noqa: E402
 from bridge_core.training import sft_files  # noqa: E402
 from bridge_core.training.data_prepare import prepare  # noqa: E402
 from bridge_core.training.recipe import load_recipe  # noqa: E402

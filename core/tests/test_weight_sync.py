@@ -20,8 +20,9 @@ from bridge_core import AutoBridge
 from bridge_core.conversion.export_plan import ExportPlan, Unit
 from bridge_core.conversion.weight_sync import Bucket, plan_buckets
 from bridge_core.errors import ConfigError, CoverageError
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.registry import Registry, reset_registry
+from bridge_core.plugins.discovery import reset_registry
+from bridge_core.plugins.registry import Registry
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.launch import torchrun
 from bridge_core.testing.toy import ToyModel, build_toy
 from bridge_core.testing.toys import TINY_LLAMA

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from bridge_core.discovery import discover
+from bridge_core.plugins.discovery import discover
 
 # A tiny model of the family's shape, and a run of 4 steps of 4 sequences of 32 tokens (mock data)
 TOY = {
@@ -51,7 +51,7 @@ def test_registers_its_architectures_recipes_and_flops():
 
 def test_recipes_are_typed_and_resolve(monkeypatch, capsys):
     from bridge_core.cli.main import main
-    from bridge_core.registry import reset_registry
+    from bridge_core.plugins.discovery import reset_registry
     from bridge_core.training.recipe import Recipe, load_recipe
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "{{ cookiecutter.family }}")

@@ -1,7 +1,8 @@
 """bridge-core: Hugging Face <-> Megatron-Core conversion with model families as plugins.
 
 Importing this package is cheap: it imports no torch, megatron or transformers, and does not
-discover plugins. The conversion API (``AutoBridge`` and friends) is imported on first use.
+discover plugins. The conversion API (``AutoBridge`` and friends) is imported on first use. The names
+below are the public surface; the subpackages (see docs/architecture.md) are the library's internals.
 """
 
 from __future__ import annotations
@@ -9,18 +10,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bridge_core.contract import CONTRACT_VERSION
-from bridge_core.hookspecs import hookimpl
+from bridge_core import _moved
+from bridge_core.plugins.contract import CONTRACT_VERSION
+from bridge_core.plugins.hookspecs import hookimpl
+
+_moved.install()  # the flat 1.0 module paths (``bridge_core.registry``, ...) keep importing, deprecated
 
 __version__ = "1.1.0"
 
 # Public name -> "module:attribute", imported on first access (PEP 562).
 _LAZY = {
-    "AutoBridge": "bridge_core.auto_bridge:AutoBridge",
-    "MegatronModelBridge": "bridge_core.bridge:MegatronModelBridge",
-    "GPTModelProvider": "bridge_core.provider:GPTModelProvider",
-    "MegatronMappingRegistry": "bridge_core.mapping_registry:MegatronMappingRegistry",
-    "get_registry": "bridge_core.registry:get_registry",
+    "AutoBridge": "bridge_core.conversion.auto_bridge:AutoBridge",
+    "MegatronModelBridge": "bridge_core.model.bridge:MegatronModelBridge",
+    "GPTModelProvider": "bridge_core.model.provider:GPTModelProvider",
+    "MegatronMappingRegistry": "bridge_core.model.mapping_registry:MegatronMappingRegistry",
+    "get_registry": "bridge_core.plugins.discovery:get_registry",
 }
 
 __all__ = ["CONTRACT_VERSION", "__version__", "hookimpl", *_LAZY]

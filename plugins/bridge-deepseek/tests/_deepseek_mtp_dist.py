@@ -29,7 +29,7 @@ def run_case(spec: dict, case: dict) -> None:
 
 def main(spec_path: str) -> int:
     import torch.distributed as dist
-    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
 
     ensure_process_group()
     spec = json.loads(Path(spec_path).read_text())

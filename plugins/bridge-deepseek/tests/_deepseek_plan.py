@@ -23,7 +23,7 @@ WORLD, PP, EP = 128, 16, 8
 def probe(rank: int, recipe) -> dict:
     from bridge_core.conversion import plan
     from bridge_core.conversion.params import collect_params
-    from bridge_core.cpu_support import apply_cpu_patches
+    from bridge_core.runtime.cpu_support import apply_cpu_patches
     from bridge_core.testing.recipes import recipe_provider
     from megatron.core import parallel_state as ps
 

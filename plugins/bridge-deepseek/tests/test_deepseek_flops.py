@@ -43,7 +43,7 @@ def test_v3_forward_flops_per_token(v3):
 
 def test_the_bridge_names_the_registered_block(v3):
     from bridge_core import AutoBridge  # noqa: F401  (the registry sees the plugin)
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     from bridge_deepseek.bridge import DeepseekV3Bridge
 

@@ -14,8 +14,8 @@ import torch
 from _deepseek_fp8 import fp8_copy, transformers_dequantized
 from _deepseek_toys import V3_TOY, with_expert_bias
 from bridge_core import AutoBridge
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
 

@@ -15,8 +15,8 @@ import torch
 from _deepseek_toys import V3_TOY, with_expert_bias, with_mtp
 from bridge_core import AutoBridge
 from bridge_core.errors import CoverageError
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
 
@@ -162,7 +162,7 @@ def hf_mtp_loss(folder: Path, ids: torch.Tensor, padded_vocab: int) -> float:
 
 
 def test_mtp_loss_equals_the_one_built_from_transformers_modules(mtp):
-    from bridge_core.cpu_support import causal_mask
+    from bridge_core.runtime.cpu_support import causal_mask
     from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
     bridge = AutoBridge.from_hf_pretrained(mtp)
@@ -187,7 +187,7 @@ def test_mtp_loss_equals_the_one_built_from_transformers_modules(mtp):
 
 def test_mtp_weights_drive_the_mtp_loss_only(mtp):
     """With labels, the MTP block adds its loss (megatron-core's tracker) and leaves the main logits alone."""
-    from bridge_core.cpu_support import causal_mask
+    from bridge_core.runtime.cpu_support import causal_mask
     from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
     bridge = AutoBridge.from_hf_pretrained(mtp)

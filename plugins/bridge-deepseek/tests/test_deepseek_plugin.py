@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge_core.discovery import discover
+from bridge_core.plugins.discovery import discover
 
 
 def test_registers_both_architectures_flops_and_recipes():

@@ -11,9 +11,9 @@ from gemma_toys import GEMMA, GEMMA2, GEMMA3
 
 from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
-from bridge_core.generation import greedy_generate
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.generation import greedy_generate
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import max_abs_diff
 from bridge_core.testing.toy import ToyModel, build_toy, hf_logits, sample_ids
 

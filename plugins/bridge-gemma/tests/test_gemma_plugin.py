@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bridge_core.discovery import discover
+from bridge_core.plugins.discovery import discover
 
 
 def test_registers_gemma_1_2_3():

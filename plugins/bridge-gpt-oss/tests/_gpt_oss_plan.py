@@ -20,7 +20,7 @@ EP = 8
 def checkpoint_meta(hf_config) -> dict:
     """The released checkpoint's tensors (name -> TensorMeta): bf16, experts as MXFP4 blocks/scales."""
     import torch
-    from bridge_core.safetensors_io import TensorMeta
+    from bridge_core.checkpoints.safetensors_io import TensorMeta
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):

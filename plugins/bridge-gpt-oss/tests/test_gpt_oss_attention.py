@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bridge_core.cpu_support import causal_mask
-from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+from bridge_core.runtime.cpu_support import causal_mask
+from bridge_core.runtime.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import torch
 from bridge_core import AutoBridge
-from bridge_core.generation import greedy_generate
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.generation import greedy_generate
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import compare_hf_weights
 from bridge_core.testing.launch import run_bridgectl
 from bridge_core.testing.toy import ToyModel

@@ -13,8 +13,8 @@ import pytest
 import torch
 from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import max_abs_diff
 from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
 from gpt_oss_toys import GPT_OSS, randomised_copy

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from bridge_core import AutoBridge
-from bridge_core.cpu_support import causal_mask
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.cpu_support import causal_mask
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.toy import ToyModel, sample_ids
 from gpt_oss_toys import GPT_OSS, randomised_copy
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge_core.discovery import discover
+from bridge_core.plugins.discovery import discover
 
 
 def test_registers_its_architecture_and_recipes():
@@ -17,7 +17,7 @@ def test_registers_its_architecture_and_recipes():
 
 
 def test_known_plugins_name_this_distribution():
-    from bridge_core.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
+    from bridge_core.plugins.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, SHIPPED
 
     assert KNOWN_ARCHITECTURES["GptOssForCausalLM"] == "bridge-gpt-oss" and "bridge-gpt-oss" in SHIPPED
     assert "GptOssForCausalLM" not in NOT_PUBLISHED

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bridge_core.parallel import destroy_model_parallel
-from bridge_core.safetensors_io import SafetensorsCheckpoint
+from bridge_core.checkpoints.safetensors_io import SafetensorsCheckpoint
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.launch import run_bridgectl
 from bridge_core.testing.toy import ToyModel
 from bridge_core.training.recipe import load_recipe
@@ -31,7 +31,7 @@ OVERRIDES = [
 
 @pytest.fixture
 def only_gpt_oss(monkeypatch):
-    from bridge_core.registry import reset_registry
+    from bridge_core.plugins.discovery import reset_registry
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "gpt_oss")
     reset_registry()

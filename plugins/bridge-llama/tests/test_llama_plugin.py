@@ -1,6 +1,6 @@
 """bridge-llama is discovered, loads under strict mode and registers its architectures."""
 
-from bridge_core.discovery import discover
+from bridge_core.plugins.discovery import discover
 
 
 def test_registers_llama_architectures():

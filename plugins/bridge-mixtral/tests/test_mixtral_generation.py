@@ -11,8 +11,8 @@ import pytest
 import torch
 from _mixtral_layouts import fused_copy
 from bridge_core import AutoBridge
-from bridge_core.generation import greedy_generate
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.generation import greedy_generate
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.launch import torchrun
 from bridge_core.testing.toy import ToyModel
 from test_mixtral_features import TOY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bridge_core.discovery import discover
+from bridge_core.plugins.discovery import discover
 
 
 def test_registers_its_architecture_and_flops():
@@ -34,7 +34,7 @@ def test_decoder_layer_flops_count_the_routed_experts_only():
 
 
 def test_the_bridge_names_its_block_which_matches_the_core_moe_count():
-    from bridge_core.provider import GPTModelProvider
+    from bridge_core.model.provider import GPTModelProvider
     from bridge_core.training import flops
 
     from bridge_mixtral.bridge import MixtralBridge

@@ -19,8 +19,8 @@ from pathlib import Path
 def run_case(spec: dict, case: dict) -> object:
     import torch
     from bridge_core import AutoBridge
-    from bridge_core.generation import greedy_generate
-    from bridge_core.inference import forward_logits
+    from bridge_core.runtime.generation import greedy_generate
+    from bridge_core.runtime.inference import forward_logits
     from bridge_core.testing.compare import max_abs_diff
     from bridge_core.testing.toy import hf_logits
 
@@ -44,7 +44,7 @@ def run_case(spec: dict, case: dict) -> object:
 
 def main(spec_path: str) -> int:
     import torch.distributed as dist
-    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
 
     from bridge_olmo.modeling_olmo import norms
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 from bridge_core import AutoBridge
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import max_abs_diff
 from bridge_core.testing.launch import torchrun
 from bridge_core.testing.toy import hf_logits, sample_ids

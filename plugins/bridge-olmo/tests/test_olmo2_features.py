@@ -13,8 +13,8 @@ import pytest
 import torch
 from _olmo_helpers import hf_greedy, launch, logits_diff, prompt
 from bridge_core import AutoBridge
-from bridge_core.generation import greedy_generate
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.generation import greedy_generate
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.toy import ToyModel
 from test_olmo2_conformance import TOY
 from torch import nn

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from bridge_core.discovery import discover
 from bridge_core.errors import ConfigError
+from bridge_core.plugins.discovery import discover
 
 
 def test_registers_its_architectures():
@@ -27,7 +27,7 @@ def test_transformer_engine_spec_is_refused():
 
 
 def test_providers_say_local_modules_even_with_transformer_engine(monkeypatch):
-    import bridge_core.provider as core_provider
+    import bridge_core.model.provider as core_provider
 
     from bridge_olmo.providers import Olmo2Provider, OlmoeProvider
 

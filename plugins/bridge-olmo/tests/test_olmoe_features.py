@@ -15,8 +15,8 @@ import torch
 from _olmo_helpers import fused_copy, hf_greedy, launch, logits_diff, prompt
 from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
-from bridge_core.generation import greedy_generate
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.generation import greedy_generate
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.toy import ToyModel
 from test_olmo2_features import per_head_qk_norm
 from test_olmoe_conformance import TOY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bridge_core.discovery import discover
+from bridge_core.plugins.discovery import discover
 
 
 def test_registers_phi3_and_its_flops():
@@ -35,7 +35,7 @@ def test_the_bridge_names_its_block_and_the_trainer_count_uses_it(monkeypatch):
     import bridge_phi.flops
     from bridge_phi.bridge import Phi3Bridge
 
-    from bridge_core.provider import GPTModelProvider
+    from bridge_core.model.provider import GPTModelProvider
     from bridge_core.training import flops
 
     registry = discover(environ={"BRIDGE_PLUGINS": "phi", "BRIDGE_STRICT_PLUGINS": "1"})

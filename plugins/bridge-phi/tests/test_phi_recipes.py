@@ -21,7 +21,7 @@ def test_phi35_mini_is_left_out_because_its_longrope_scaling_is_refused():
     from bridge_phi.recipes import MODELS
     from transformers import AutoConfig
 
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
     from bridge_core.errors import ConfigError
 
     values = {k: v for k, v in MODELS["phi3_mini_4k"][1].items() if k not in ("architecture", "model_type")}

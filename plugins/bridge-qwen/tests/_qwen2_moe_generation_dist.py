@@ -17,7 +17,7 @@ def run_case(spec: dict, case: dict) -> list[int]:
     import torch
 
     from bridge_core import AutoBridge
-    from bridge_core.generation import greedy_generate
+    from bridge_core.runtime.generation import greedy_generate
 
     provider = AutoBridge.from_hf_pretrained(spec["hf_path"]).to_megatron_provider(load_weights=True)
     provider.tensor_model_parallel_size = case.get("tp", 1)
@@ -33,7 +33,7 @@ def run_case(spec: dict, case: dict) -> list[int]:
 def main(spec_path: str) -> int:
     import torch.distributed as dist
 
-    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
 
     ensure_process_group()
     spec = json.loads(Path(spec_path).read_text())

@@ -17,8 +17,8 @@ from test_qwen2_moe_conformance import TOY
 
 from bridge_core import AutoBridge
 from bridge_core.errors import ConfigError
-from bridge_core.inference import forward_logits
-from bridge_core.parallel import destroy_model_parallel
+from bridge_core.runtime.inference import forward_logits
+from bridge_core.runtime.parallel import destroy_model_parallel
 from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 from bridge_core.testing.launch import run_bridgectl
 from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
@@ -114,7 +114,7 @@ def test_cli_roundtrip_of_a_stacked_expert_checkpoint_at_ep2(renorm, tmp_path_fa
 def test_greedy_generation_equals_transformers(softmax):
     from transformers import AutoModelForCausalLM
 
-    from bridge_core.generation import greedy_generate
+    from bridge_core.runtime.generation import greedy_generate
 
     new = 16
     ids = torch.randint(0, 1000, (1, 10), generator=torch.Generator().manual_seed(3))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from bridge_core.decoder import DecoderBridge
+from bridge_core.model.decoder import DecoderBridge
 
 
 def sliding_window_unused(value: Any, hf_config: Any) -> bool:
@@ -89,7 +89,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge_core.bridge import MegatronModelBridge
+from bridge_core.model.bridge import MegatronModelBridge
 from bridge_core.errors import ConfigError
 
 MISSING = (

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import overload
 
 from bridge_core.errors import CheckpointError, ConfigError
-from bridge_core.parallelism import Parallelism
+from bridge_core.runtime.parallelism import Parallelism
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -55,9 +50,9 @@ def parallelism(args: argparse.Namespace) -> Parallelism:
 
 def _precheck_gguf_source(source: str | None, sizes: Parallelism) -> None:
     """A GGUF ``--hf-model``'s header against the sizes, before it is dequantized (minutes) into a folder."""
+    from bridge_core.checkpoints.gguf_source import is_gguf, resolve_gguf
     from bridge_core.cli.launcher import under_launcher
-    from bridge_core.gguf_source import is_gguf, resolve_gguf
-    from bridge_core.parallel_checks import precheck_parallel, shape_from_gguf
+    from bridge_core.runtime.parallel_checks import precheck_parallel, shape_from_gguf
 
     if source is None or under_launcher() or not is_gguf(source):
         return
@@ -95,42 +90,10 @@ def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
     return out if done else [*out, flag, value]
 
 
-@overload
-def hf_source(path: str, action: str = ...) -> contextlib.AbstractContextManager[Path]: ...
-@overload
-def hf_source(path: None, action: str = ...) -> contextlib.AbstractContextManager[None]: ...
-
-
-@contextlib.contextmanager  # type: ignore[misc]  # mypy cannot match a decorated body to the overloads
-def hf_source(path: str | None, action: str = "bridgectl") -> Iterator[Path | None]:
-    """An HF folder for ``path``: the folder itself, the Hub snapshot of an ``org/name`` ID that is no
-    local path, or a temporary folder dequantized from a GGUF file (timed as "decoding GGUF")."""
-    if path is None:
-        yield None
-        return
-    from bridge_core.gguf_source import gguf_to_hf_folder, is_gguf
-    from bridge_core.hub import resolve_model_path
-    from bridge_core.timing import timeline
-
-    source = resolve_model_path(path, action=action)
-    if source != Path(path).expanduser():
-        timeline().mark("downloading")
-    if not is_gguf(source):
-        yield source
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="bridgectl-gguf-"))
-    try:
-        folder = gguf_to_hf_folder(source, tmp / "hf", action=action)
-        timeline().mark("decoding GGUF")
-        yield folder
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def precheck_hf(folder: Path, trust_remote_code: bool = False) -> None:
     """Cheap checks before starting ranks: config.json, architecture, a plugin that serves it."""
-    from bridge_core.hf_checkpoint import HFCheckpoint
-    from bridge_core.registry import get_registry
+    from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint
+    from bridge_core.plugins.discovery import get_registry
 
     hf = HFCheckpoint(folder, trust_remote_code=trust_remote_code)
     get_registry().bridge_for(hf.architecture)
@@ -175,8 +138,12 @@ def precheck_parallel_args(args: argparse.Namespace, hf_folder: Path | None = No
     The shape comes from ``hf_folder``'s ``config.json`` when the command reads an HF model, else
     from ``--megatron-path``'s ``run_config.json``; nothing heavy is imported and no rank is started.
     """
-    from bridge_core.hf_checkpoint import read_config_json, read_json_object
-    from bridge_core.parallel_checks import precheck_parallel, shape_from_hf_config, shape_from_provider_settings
+    from bridge_core.checkpoints.hf_checkpoint import read_config_json, read_json_object
+    from bridge_core.runtime.parallel_checks import (
+        precheck_parallel,
+        shape_from_hf_config,
+        shape_from_provider_settings,
+    )
 
     parallel = parallelism(args)
     megatron = getattr(args, "megatron_path", None)

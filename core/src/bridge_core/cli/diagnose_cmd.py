@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from bridge_core.checkpoints.hf_source import hf_source
 from bridge_core.cli.common import (
     add_parallel_args,
-    hf_source,
     parallelism,
     precheck_hf,
     run_on_ranks,
@@ -51,10 +51,10 @@ def diagnose(folder, parallel, atol: float, seq_length: int, trust_remote_code: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bridge_core.diagnose import diagnose_model, fixed_input
-    from bridge_core.parallel import rank
+    from bridge_core.authoring.diagnose import diagnose_model, fixed_input
+    from bridge_core.conversion.workflows import build_from_hf, say
     from bridge_core.progress import Progress, stage
-    from bridge_core.workflows import build_from_hf, say
+    from bridge_core.runtime.parallel import rank
 
     progress = Progress("diagnose", enabled=rank() == 0, unit="Megatron parameters", stage="reading weights")
     bridge, _, model = build_from_hf(folder, parallel, "float32", trust_remote_code, progress)

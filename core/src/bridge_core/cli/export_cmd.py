@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge_core.output_dir import check_output_dir, check_outside_inputs
+    from bridge_core.checkpoints.output_dir import check_output_dir, check_outside_inputs
     from bridge_core.sizes import parse_size
     from bridge_core.timing import begin_command
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.hf_path, args.overwrite, "--hf-path")
     reference = None
     if args.hf_model is not None:
-        from bridge_core.hub import resolve_model_path
+        from bridge_core.checkpoints.hub import resolve_model_path
 
         reference = resolve_model_path(args.hf_model)
     with timeline.handed_over():
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge_core.progress import LOADING_LIBRARIES, stage
 
     stage("export", LOADING_LIBRARIES)
-    from bridge_core.workflows import export_checkpoint
+    from bridge_core.conversion.workflows import export_checkpoint
 
     export_checkpoint(
         args.megatron_path,

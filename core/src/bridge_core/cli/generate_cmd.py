@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from bridge_core.checkpoints.hf_source import hf_source
 from bridge_core.cli.common import (
     add_common_args,
     add_parallel_args,
-    hf_source,
     parallelism,
     precheck_checkpoint,
     precheck_hf,
@@ -47,9 +47,9 @@ def encode(tokenizer, prompt: str, chat: bool):
 
 def check_tokenizer(folder: Path | None, megatron_path: str | None) -> None:
     """Refuse (before any model is built) when no tokenizer comes with --hf-model or the checkpoint."""
-    from bridge_core.checkpoint_format import TOKENIZER_DIR
+    from bridge_core.checkpoints.checkpoint_format import TOKENIZER_DIR
+    from bridge_core.checkpoints.tokenizer_check import VOCABULARY_FILES, has_tokenizer
     from bridge_core.errors import CheckpointError
-    from bridge_core.tokenizer_check import VOCABULARY_FILES, has_tokenizer
 
     if folder is not None:
         where = Path(folder)
@@ -92,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
 def generate(args: argparse.Namespace, parallel, folder) -> int:
     from transformers import AutoTokenizer
 
-    from bridge_core.generation import timed_greedy_generate
-    from bridge_core.parallel import rank
+    from bridge_core.conversion.workflows import build_from_hf, load_checkpoint
     from bridge_core.progress import Progress, stage
-    from bridge_core.workflows import build_from_hf, load_checkpoint
+    from bridge_core.runtime.generation import timed_greedy_generate
+    from bridge_core.runtime.parallel import rank
 
     if args.megatron_path is not None:
         stage("generate", f"loading {args.megatron_path}")

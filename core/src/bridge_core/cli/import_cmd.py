@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bridge_core.checkpoints.hf_source import hf_source
 from bridge_core.cli.common import (
     add_common_args,
     add_parallel_args,
-    hf_source,
     parallelism,
     precheck_hf,
     run_on_ranks,
@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def warn_without_tokenizer(folder, megatron_path: str) -> None:
     """A checkpoint without a tokenizer cannot ``generate`` on its own: say so (on stderr)."""
+    from bridge_core.checkpoints.tokenizer_check import VOCABULARY_FILES, has_tokenizer
     from bridge_core.progress import is_rank0
-    from bridge_core.tokenizer_check import VOCABULARY_FILES, has_tokenizer
 
     if is_rank0() and not has_tokenizer(folder):
         print(
@@ -42,7 +42,7 @@ def warn_without_tokenizer(folder, megatron_path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge_core.output_dir import check_output_dir, check_outside_inputs
+    from bridge_core.checkpoints.output_dir import check_output_dir, check_outside_inputs
     from bridge_core.timing import begin_command
 
     timeline_ = begin_command()
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         from bridge_core.progress import LOADING_LIBRARIES, stage
 
         stage("import", LOADING_LIBRARIES)
-        from bridge_core.workflows import import_checkpoint
+        from bridge_core.conversion.workflows import import_checkpoint
 
         import_checkpoint(
             folder,

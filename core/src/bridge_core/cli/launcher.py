@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bridge_core.ports import free_port
+from bridge_core.runtime.ports import free_port
 
 ERROR_FILE_ENV = "BRIDGECTL_ERROR_FILE"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge_core import scaffold
+    from bridge_core.authoring import scaffold
 
     if importlib.util.find_spec("cookiecutter") is None:
         raise BridgeError(f"cookiecutter is not installed: {scaffold.INSTALL_TEMPLATE}")
@@ -140,7 +140,7 @@ def print_report(report: Any) -> None:
         print(
             f"warning: quantized weights: {'; '.join(report.quantization)}. The engine refuses them unless the "
             "bridge dequantizes: set dequantizes_hf_weights = True and dequantize in maybe_modify_loaded_hf_weight "
-            "(bridge_core.quantization.dequantize_fp8_blockwise), or convert the unquantized checkpoint",
+            "(bridge_core.model.quantization.dequantize_fp8_blockwise), or convert the unquantized checkpoint",
             file=sys.stderr,
         )
     if report.unmapped:

@@ -20,14 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge_core.output_dir import check_output_dir, check_outside_inputs
+    from bridge_core.checkpoints.output_dir import check_output_dir, check_outside_inputs
     from bridge_core.progress import LOADING_LIBRARIES, stage
 
     check_outside_inputs(args.hf_path, "--hf-path", args.megatron_path, getattr(args, "base", None))
     check_output_dir(args.hf_path, args.overwrite, "--hf-path")
     stage(f"peft {args.action}", LOADING_LIBRARIES)
-    from bridge_core.cpu_support import cuda_on_cpu
     from bridge_core.peft import workflows
+    from bridge_core.runtime.cpu_support import cuda_on_cpu
 
     with cuda_on_cpu():
         if args.action == "export":

@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     parallel = parallelism(args)
     if not args.json:  # stdout is the JSON document alone
         stage("plan", LOADING_LIBRARIES)
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.config_translation import parse_dtype
+    from bridge_core.conversion.auto_bridge import AutoBridge
     from bridge_core.conversion.layout_plan import plan_layout
+    from bridge_core.model.config_translation import parse_dtype
 
     bridge = AutoBridge.from_hf_pretrained(
         args.hf_model, trust_remote_code=args.trust_remote_code, accept_config=args.accept_config

@@ -1,5 +1,5 @@
 """``bridgectl plugins``: one row per installed plugin (imports no torch); ``--mappings ARCH``: the
-architecture's tensor-name table (``bridge_core.mapping_table``; builds a meta model, so imports torch)."""
+architecture's tensor-name table (``bridge_core.authoring.mapping_table``; builds a meta model, so imports torch)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _mappings(args: argparse.Namespace) -> int:
-    from bridge_core.mapping_table import check_hf_model, format_table, mapping_table
+    from bridge_core.authoring.mapping_table import check_hf_model, format_table, mapping_table
+    from bridge_core.plugins.discovery import get_registry
     from bridge_core.progress import LOADING_LIBRARIES, stage
-    from bridge_core.registry import get_registry
 
     # an unknown architecture or a folder without config.json is refused before torch loads
     get_registry().bridge_for(args.mappings)
@@ -43,7 +43,7 @@ def _mappings(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     if args.mappings:
         return _mappings(args)

@@ -8,16 +8,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bridge_core.checkpoints.hf_source import hf_source
+from bridge_core.checkpoints.output_dir import check_outside_inputs
 from bridge_core.cli.common import (
     add_common_args,
     add_parallel_args,
-    hf_source,
     parallelism,
     positive_float,
     precheck_hf,
     run_on_ranks,
 )
-from bridge_core.output_dir import check_outside_inputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +49,9 @@ def roundtrip(args: argparse.Namespace, parallel, folder: Path, work: Path) -> i
     import torch.distributed as dist
 
     from bridge_core.cli.verify_cmd import verify
-    from bridge_core.parallel import rank
+    from bridge_core.conversion.workflows import export_checkpoint, import_checkpoint, say
+    from bridge_core.runtime.parallel import rank
     from bridge_core.testing.compare import compare_hf_weights
-    from bridge_core.workflows import export_checkpoint, import_checkpoint, say
 
     ckpt, out = work / "megatron", work / "hf"
     accepted = args.accept_config

@@ -52,8 +52,8 @@ def _precheck(recipe, args: argparse.Namespace, world: int) -> None:
 
 def _check_model(recipe, args: argparse.Namespace) -> None:
     """The recipe's architecture and sequence length against the model's config.json."""
+    from bridge_core.checkpoints.hf_checkpoint import architecture_of, read_config_json
     from bridge_core.errors import ConfigError
-    from bridge_core.hf_checkpoint import architecture_of, read_config_json
 
     config = recipe.config
     hf_config = recipe.model.hf_config

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bridge_core.checkpoints.hf_source import hf_source
 from bridge_core.cli.common import (
     add_accept_config_arg,
     add_parallel_args,
-    hf_source,
     parallelism,
     positive_float,
     precheck_checkpoint,
@@ -51,10 +51,10 @@ def verify(folder, megatron_path: str, parallel, atol: float, accept_config=()) 
     import torch
 
     from bridge_core.conversion.finite import nonfinite_logits
-    from bridge_core.inference import forward_logits
-    from bridge_core.parallel import rank
+    from bridge_core.conversion.workflows import load_checkpoint, say
     from bridge_core.progress import stage
-    from bridge_core.workflows import load_checkpoint, say
+    from bridge_core.runtime.inference import forward_logits
+    from bridge_core.runtime.parallel import rank
 
     stage("verify", f"loading {megatron_path}")
     # Built in fp32 for the logits (a bf16 checkpoint loads exactly into fp32 parameters); the

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge_core.bridge import MegatronModelBridge
 from bridge_core.conversion.groups import SplitGroup
 from bridge_core.conversion.plan import Task
 from bridge_core.conversion.row_reader import Read
 from bridge_core.mappings.base import MegatronParamMapping
+from bridge_core.model.bridge import MegatronModelBridge
 
 
 def _owner(cls: type, attr: str) -> type:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from bridge_core.errors import ConfigError
-from bridge_core.parallelism import Parallelism
+from bridge_core.runtime.parallelism import Parallelism
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 _EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
@@ -107,8 +107,8 @@ def meta_model(provider: Any) -> tuple[Any, list[Any]]:
     """``provider``'s whole model built on the ``meta`` device (no memory, any size, no initialisation) in a
     private one-rank group, and its parameters (``collect_params`` at TP=PP=1)."""
     from bridge_core.conversion.params import collect_params
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+    from bridge_core.runtime.cpu_support import cuda_on_cpu
+    from bridge_core.runtime.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
 
     provider.perform_initialization = False
     provider.use_cpu_initialization = True

@@ -7,16 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bridge_core.runtime.chunks import unwrap
+
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 _LOCAL_EXPERT = re.compile(r"\.experts\.local_experts\.(\d+)\.")
 _GROUPED_EXPERT = re.compile(r"(\.experts\.linear_fc[12]\.(?:weight|bias))(\d+)$")
-
-
-def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
-    """Strip DDP / Float16Module wrappers."""
-    while hasattr(chunk, "module") and isinstance(chunk.module, torch.nn.Module):
-        chunk = chunk.module
-    return chunk
 
 
 @dataclass(frozen=True)

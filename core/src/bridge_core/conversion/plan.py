@@ -17,8 +17,8 @@ import torch
 
 from bridge_core.conversion.params import ParamInfo
 from bridge_core.errors import CoverageError
-from bridge_core.mapping_registry import MegatronMappingRegistry
 from bridge_core.mappings.base import MappingContext, MegatronParamMapping
+from bridge_core.model.mapping_registry import MegatronMappingRegistry
 
 TIED_OUTPUT = "output_layer.weight"
 TIED_SOURCE = "embedding.word_embeddings.weight"
@@ -228,7 +228,7 @@ def check_quantization(meta: Mapping[str, Any], hf_config: Any, *, dequantizes: 
             f"the checkpoint holds quantized weights ({found}; {len(raw)} quantized tensors, {len(companions)} scale "
             f"tensors) and {owner} does not dequantize: loading raw values would corrupt the model. Dequantize the "
             "checkpoint first, or use a bridge whose maybe_modify_loaded_hf_weight does "
-            "(bridge_core.quantization.dequantize_fp8_blockwise)"
+            "(bridge_core.model.quantization.dequantize_fp8_blockwise)"
         )
 
 

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bridge_core.conversion.export_plan import ExportPlan, itemsize
-from bridge_core.conversion.params import unwrap
 from bridge_core.conversion.plan import Task, export_parts
 from bridge_core.errors import ConfigError, CoverageError
 from bridge_core.mappings.base import MegatronParamMapping
 from bridge_core.mappings.experts import FusedExpertMapping, FusedGatedExpertMapping
 from bridge_core.mappings.fused import gated_shard_rows
+from bridge_core.runtime.chunks import unwrap
 
 if TYPE_CHECKING:
     from bridge_core.conversion.groups import ParallelLayout

@@ -18,8 +18,8 @@ from typing import Any
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from bridge_core.errors import ConfigError
+from bridge_core.model.provider import GPTModelProvider
 from bridge_core.modeling.attention import SDPACoreAttention
-from bridge_core.provider import GPTModelProvider
 
 CORE_ATTENTION_CHOICES = ("auto", "sdpa", "local")
 

@@ -218,8 +218,8 @@ def read_checkpoint_adapters(weights_dir: Path) -> Adapters:
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from bridge_core.checkpoint_load import safe_dist_load
-    from bridge_core.parallel import ensure_process_group
+    from bridge_core.checkpoints.checkpoint_load import safe_dist_load
+    from bridge_core.runtime.parallel import ensure_process_group
 
     ensure_process_group()
     metadata = dist_checkpointing.load_tensors_metadata(str(weights_dir))

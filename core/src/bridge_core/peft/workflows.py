@@ -22,7 +22,7 @@ from bridge_core.training.config import EXPERT_TARGETS
 
 
 def _peft_checkpoint(megatron_path: str | Path) -> tuple[Any, dict]:
-    from bridge_core.checkpoint_format import load_megatron_checkpoint
+    from bridge_core.checkpoints.checkpoint_format import load_megatron_checkpoint
 
     info = load_megatron_checkpoint(megatron_path)
     document = read_peft_document(megatron_path)
@@ -34,8 +34,8 @@ def _peft_checkpoint(megatron_path: str | Path) -> tuple[Any, dict]:
 
 
 def _bridge_and_provider(info: Any) -> tuple[Any, Any]:
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.workflows import _hf_config_folder
+    from bridge_core.conversion.auto_bridge import AutoBridge
+    from bridge_core.conversion.workflows import _hf_config_folder
 
     with tempfile.TemporaryDirectory(prefix="bridgectl-peft-") as tmp:
         bridge = AutoBridge.from_hf_pretrained(_hf_config_folder(info, Path(tmp)))
@@ -78,7 +78,7 @@ def _expert_deltas(megatron_path: str | Path, scale: float) -> dict[str, list]:
 
 def export_adapter(megatron_path: str | Path, hf_path: str | Path, overwrite: bool = False) -> Path:
     """Write the HF PEFT folder of a PEFT checkpoint's latest iteration."""
-    from bridge_core.output_dir import atomic_output_dir, check_output_dir
+    from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
 
     check_output_dir(hf_path, overwrite, "--hf-path")
     tensors, config, _ = hf_adapter_tensors(megatron_path)
@@ -97,8 +97,8 @@ def merged_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale:
 
 def _base_folder(document: dict, base: str | Path | None, workdir: Path, megatron_path: str | Path) -> Path:
     """The base model's HF folder: ``--base``, else the recorded one (a Megatron base is exported first)."""
-    from bridge_core.parallelism import Parallelism
-    from bridge_core.workflows import export_checkpoint
+    from bridge_core.conversion.workflows import export_checkpoint
+    from bridge_core.runtime.parallelism import Parallelism
 
     recorded = document["base"]
     if base is None and recorded.get("hf_model"):
@@ -123,9 +123,9 @@ def merge_adapter(
     max_shard_size: str = "5GB",
 ) -> Path:
     """Write a full HF folder: the base's weights with the adapters merged, its config and tokenizer."""
-    from bridge_core.hf_checkpoint import HFCheckpoint
-    from bridge_core.hf_writer import ShardedSafetensorsWriter
-    from bridge_core.output_dir import atomic_output_dir, check_output_dir
+    from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint
+    from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
+    from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
 
     check_output_dir(hf_path, overwrite, "--hf-path")
     _, document = _peft_checkpoint(megatron_path)
@@ -174,8 +174,8 @@ def load_checkpoint_adapters(model: Any, megatron_path: str | Path) -> dict:
 
     Returns its ``peft.json``. The base weights are left as they are (the caller loaded the base).
     """
-    from bridge_core.checkpoint_format import CONTENT_METADATA, model_keys, unwrap_chunks
-    from bridge_core.checkpoint_load import safe_dist_load
+    from bridge_core.checkpoints.checkpoint_format import CONTENT_METADATA, model_keys, unwrap_chunks
+    from bridge_core.checkpoints.checkpoint_load import safe_dist_load
     from bridge_core.peft.apply import adapter_state
 
     info, document = _peft_checkpoint(megatron_path)

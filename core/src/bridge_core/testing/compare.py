@@ -9,7 +9,7 @@ def compare_hf_weights(original: str | Path, exported: str | Path) -> list[str]:
     """Every difference between the two folders' safetensors, as readable lines (empty: identical)."""
     import torch
 
-    from bridge_core.safetensors_io import SafetensorsCheckpoint
+    from bridge_core.checkpoints.safetensors_io import SafetensorsCheckpoint
 
     a, b = SafetensorsCheckpoint(original), SafetensorsCheckpoint(exported)
     problems = [f"missing from export: {k}" for k in sorted(set(a) - set(b))]

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from bridge_core.contract import CONTRACT_VERSION, contract_satisfies, parse_contract_range
+from bridge_core.plugins.contract import CONTRACT_VERSION, contract_satisfies, parse_contract_range
 from bridge_core.testing.toy import ToyModel, hf_logits, sample_ids
 
 __all__ = ["BridgeConformance", "ToyModel"]
@@ -125,8 +125,8 @@ class BridgeConformance:
     @pytest.fixture
     def only_this_plugin(self, monkeypatch: Any):
         """Discovery limited to this plugin, in strict mode, with a fresh registry."""
-        from bridge_core.parallel import destroy_model_parallel
-        from bridge_core.registry import reset_registry
+        from bridge_core.plugins.discovery import reset_registry
+        from bridge_core.runtime.parallel import destroy_model_parallel
 
         monkeypatch.setenv("BRIDGE_PLUGINS", self.plugin)
         monkeypatch.setenv("BRIDGE_STRICT_PLUGINS", "1")
@@ -198,7 +198,7 @@ class BridgeConformance:
     # -- registration ---------------------------------------------------------------------------
     def test_plugin_registers_and_imports_nothing_heavy(self):
         code = (
-            "import sys, json\nfrom bridge_core.discovery import discover\n"
+            "import sys, json\nfrom bridge_core.plugins.discovery import discover\n"
             f"reg = discover(environ={{'BRIDGE_PLUGINS': {self.plugin!r}, 'BRIDGE_STRICT_PLUGINS': '1'}})\n"
             f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
             "print(json.dumps({'plugins': [p.as_dict() for p in reg.plugins if p.status != 'blocked'], "
@@ -219,7 +219,7 @@ class BridgeConformance:
         )
 
     def test_every_registered_architecture_has_a_toy(self, only_this_plugin):
-        from bridge_core.registry import get_registry
+        from bridge_core.plugins.discovery import get_registry
 
         (record,) = [p for p in get_registry().plugins if p.name == self.plugin]
         toys = {t.architecture for t in self.toys.values()}
@@ -241,7 +241,7 @@ class BridgeConformance:
         from packaging.version import Version
 
         from bridge_core import __version__ as core_version
-        from bridge_core.discovery import ENTRY_POINT_GROUP, normalize
+        from bridge_core.plugins.discovery import ENTRY_POINT_GROUP, normalize
 
         (ep,) = [e for e in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP) if e.name == self.plugin]
         assert ep.dist is not None, f"entry point {self.plugin!r} belongs to no distribution"
@@ -263,8 +263,8 @@ class BridgeConformance:
             )
 
     def test_bridge_classes_import(self, only_this_plugin):
-        from bridge_core.bridge import MegatronModelBridge
-        from bridge_core.registry import get_registry
+        from bridge_core.model.bridge import MegatronModelBridge
+        from bridge_core.plugins.discovery import get_registry
 
         registry = get_registry()
         for arch in sorted({t.architecture for t in self.toys.values()}):
@@ -289,7 +289,7 @@ class BridgeConformance:
         import torch
 
         from bridge_core import AutoBridge
-        from bridge_core.inference import forward_logits
+        from bridge_core.runtime.inference import forward_logits
         from bridge_core.testing.compare import compare_hf_weights, max_abs_diff
 
         toy, folder = self.checked_toys()[toy_name], toy_folders[toy_name]

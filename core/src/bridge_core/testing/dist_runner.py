@@ -22,7 +22,8 @@ def use_plugin(spec: dict | None) -> None:
     """Register ``spec["module"]`` (importable from ``spec["path"]``) as the only plugin, or rediscover."""
     import importlib
 
-    from bridge_core.registry import Registry, reset_registry
+    from bridge_core.plugins.discovery import reset_registry
+    from bridge_core.plugins.registry import Registry
 
     if spec is None:
         reset_registry()
@@ -39,7 +40,7 @@ def run_case(case: dict) -> None:
     import torch.distributed as dist
 
     from bridge_core import AutoBridge
-    from bridge_core.inference import forward_logits
+    from bridge_core.runtime.inference import forward_logits
 
     use_plugin(case.get("plugin"))
     out = Path(case["out"])
@@ -68,7 +69,7 @@ def check_weight_sync(bridge, model, saved: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from bridge_core.safetensors_io import SafetensorsCheckpoint
+    from bridge_core.checkpoints.safetensors_io import SafetensorsCheckpoint
 
     dist.barrier()  # rank 0 has renamed the folder into place
     reference, rank, seen = SafetensorsCheckpoint(saved), dist.get_rank(), []
@@ -84,7 +85,7 @@ def check_weight_sync(bridge, model, saved: Path) -> None:
 def main(spec_path: str) -> int:
     import torch.distributed as dist
 
-    from bridge_core.parallel import destroy_model_parallel, ensure_process_group
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
 
     ensure_process_group()
     cases = json.loads(Path(spec_path).read_text())

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge_core.ports import free_port
+from bridge_core.runtime.ports import free_port
 
 CPU_ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 

@@ -14,12 +14,17 @@ def megatron_peft_logits(hf_folder: Path, checkpoint: Path, ids: torch.Tensor, t
     (every rank of a ``tp``-rank group calls it), in fp32."""
     import json
 
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.cpu_support import cuda_on_cpu
-    from bridge_core.inference import forward_logits
-    from bridge_core.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel, ensure_process_group
+    from bridge_core.conversion.auto_bridge import AutoBridge
     from bridge_core.peft.apply import apply_peft
     from bridge_core.peft.workflows import load_checkpoint_adapters
+    from bridge_core.runtime.cpu_support import cuda_on_cpu
+    from bridge_core.runtime.inference import forward_logits
+    from bridge_core.runtime.parallel import (
+        ParallelSizes,
+        destroy_model_parallel,
+        ensure_model_parallel,
+        ensure_process_group,
+    )
     from bridge_core.training.config import PeftConfig
 
     ensure_process_group()
@@ -66,8 +71,8 @@ def check_peft(
     no ``peft`` comparison (where ``peft`` itself cannot load such an adapter)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from bridge_core.parallel import destroy_model_parallel
     from bridge_core.peft.workflows import export_adapter, merge_adapter
+    from bridge_core.runtime.parallel import destroy_model_parallel
     from bridge_core.testing.compare import max_abs_diff
     from bridge_core.training.recipe import load_recipe
     from bridge_core.training.trainer import train

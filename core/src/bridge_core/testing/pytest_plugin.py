@@ -267,17 +267,18 @@ class IsolatedRegistry:
 @pytest.fixture
 def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[IsolatedRegistry]:
     """A fresh registry with discovery blocked (``BRIDGE_PLUGINS=""``); restored afterwards."""
-    from bridge_core import registry as registry_module
+    from bridge_core.plugins import discovery
+    from bridge_core.plugins.registry import Registry
 
     monkeypatch.setenv("BRIDGE_PLUGINS", "")
     monkeypatch.delenv("BRIDGE_DISABLE_PLUGINS", raising=False)
-    previous = registry_module._registry
-    fresh = registry_module.Registry()
-    registry_module.reset_registry(fresh)
+    previous = discovery._registry
+    fresh = Registry()
+    discovery.reset_registry(fresh)
     try:
         yield IsolatedRegistry(fresh)
     finally:
-        registry_module.reset_registry(previous)
+        discovery.reset_registry(previous)
 
 
 # -- loading next to every installed plugin ------------------------------------------------------
@@ -291,8 +292,8 @@ def host_load_problems(plugin: str) -> list[str]:
     failing to load, an architecture of it that another plugin also registers (an error where it is
     used), or one another plugin's override takes, is a problem. An empty list: it loads as tested.
     """
-    from bridge_core.discovery import discover
-    from bridge_core.registry import LOADED
+    from bridge_core.plugins.discovery import discover
+    from bridge_core.plugins.registry import LOADED
 
     env = {k: v for k, v in os.environ.items() if k not in PLUGIN_SELECTION_ENV}
     registry = discover(environ=env)

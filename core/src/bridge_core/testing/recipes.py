@@ -23,8 +23,7 @@ from bridge_core.training.recipe import Recipe
 
 def family_recipes(plugin: str) -> list[Recipe]:
     """Every recipe the plugin with entry-point name ``plugin`` registers (the process registry is reset)."""
-    from bridge_core.discovery import discover
-    from bridge_core.registry import reset_registry
+    from bridge_core.plugins.discovery import discover, reset_registry
     from bridge_core.training.recipe import load_recipe, recipe_registrations
 
     reset_registry(discover(environ={"BRIDGE_PLUGINS": plugin, "BRIDGE_STRICT_PLUGINS": "1"}))
@@ -113,7 +112,7 @@ def configured_provider(recipe: Recipe, values_from: Recipe) -> Any:
     ``finalize()`` (megatron-core's checks); no weights, no process group."""
     import dataclasses
 
-    from bridge_core.cpu_support import cuda_available
+    from bridge_core.runtime.cpu_support import cuda_available
     from bridge_core.training.model_source import model_source
     from bridge_core.training.trainer import configure_provider
 

@@ -22,7 +22,7 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from bridge_core.checkpoint_format import (
+from bridge_core.checkpoints.checkpoint_format import (
     CONTENT_METADATA,
     PROVENANCE,
     RUN_CONFIG,
@@ -34,12 +34,12 @@ from bridge_core.checkpoint_format import (
     run_config_document,
     unwrap_chunks,
 )
-from bridge_core.checkpoint_load import read_common_state, safe_dist_load
+from bridge_core.checkpoints.checkpoint_load import read_common_state, safe_dist_load
+from bridge_core.checkpoints.megatron_checkpoint import _shared_atomic_dir, _SyncSaveStrategy
+from bridge_core.checkpoints.output_dir import fsync_path
 from bridge_core.errors import CheckpointError
-from bridge_core.megatron_checkpoint import _shared_atomic_dir, _SyncSaveStrategy
-from bridge_core.output_dir import fsync_path
-from bridge_core.parallel import rank
 from bridge_core.peft.document import PEFT_FILE, read_peft_document
+from bridge_core.runtime.parallel import rank
 
 TRAINING_CONFIG = "training_config.json"
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge_core.checkpoints.output_dir import fsync_path, output_lock, remove_stale, writing_to
+from bridge_core.checkpoints.tokenizer_check import VOCABULARY_FILES, has_tokenizer
 from bridge_core.errors import DataError
-from bridge_core.output_dir import fsync_path, output_lock, remove_stale, writing_to
 from bridge_core.progress import Progress
-from bridge_core.tokenizer_check import VOCABULARY_FILES, has_tokenizer
 from bridge_core.training import sft_files
 
 FORMATS = ("pretrain", "sft")

@@ -213,7 +213,8 @@ def training_flops_per_token(
 
 def decoder_layer_block(bridge: Any, registry: Any = None) -> BlockFlops | None:
     """The registered function of the block ``bridge`` names (``FLOPS_DECODER_LAYER``), or None."""
-    from bridge_core.registry import get_registry, import_target
+    from bridge_core.plugins.discovery import get_registry
+    from bridge_core.plugins.registry import import_target
 
     name = getattr(bridge, "FLOPS_DECODER_LAYER", None)
     if name is None:

@@ -39,7 +39,7 @@ def _check_architecture(recipe: Recipe, architecture: str, where: str) -> None:
 
 
 def _parallelism(recipe: Recipe) -> Any:
-    from bridge_core.parallelism import Parallelism
+    from bridge_core.runtime.parallelism import Parallelism
 
     p = recipe.config.parallel
     return Parallelism(tp=p.tp, pp=p.pp, ep=p.ep, etp=p.etp)
@@ -49,8 +49,8 @@ def model_source(
     recipe: Recipe, hf_model: str | Path | None = None, megatron_path: str | Path | None = None
 ) -> ModelSource:
     """The model for ``recipe``: weights from ``megatron_path`` or ``hf_model``, else built from its config."""
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.workflows import provenance
+    from bridge_core.conversion.auto_bridge import AutoBridge
+    from bridge_core.conversion.workflows import provenance
 
     if megatron_path is not None:
         return _from_megatron(recipe, Path(megatron_path), hf_model)
@@ -83,9 +83,9 @@ def model_source(
 
 
 def _from_megatron(recipe: Recipe, path: Path, hf_model: str | Path | None) -> ModelSource:
-    from bridge_core.auto_bridge import AutoBridge
-    from bridge_core.megatron_checkpoint import load_megatron_checkpoint, load_weights_into
-    from bridge_core.workflows import _hf_config_folder
+    from bridge_core.checkpoints.megatron_checkpoint import load_megatron_checkpoint, load_weights_into
+    from bridge_core.conversion.auto_bridge import AutoBridge
+    from bridge_core.conversion.workflows import _hf_config_folder
 
     info = load_megatron_checkpoint(path)
     with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:

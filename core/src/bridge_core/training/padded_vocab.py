@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from bridge_core.conversion.params import unwrap
+from bridge_core.runtime.chunks import unwrap
 
 
 def mask_padded_vocabulary(chunks: list, vocab_size: int) -> list:

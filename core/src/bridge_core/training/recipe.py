@@ -96,14 +96,15 @@ class Recipe:
 
 def recipe_registrations() -> list[Any]:
     """Every installed recipe's registration (name, target, family, kind, distribution), by name."""
-    from bridge_core.registry import get_registry
+    from bridge_core.plugins.discovery import get_registry
 
     return sorted(get_registry().recipes.values(), key=lambda r: r.name)
 
 
 def load_recipe(name: str) -> Recipe:
     """Import and return the installed recipe ``name`` (a one-line error naming the choices otherwise)."""
-    from bridge_core.registry import get_registry, import_target
+    from bridge_core.plugins.discovery import get_registry
+    from bridge_core.plugins.registry import import_target
 
     registry = get_registry()
     reg = registry.recipes.get(name)

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.cpu_support import cuda_available, cuda_on_cpu
 from bridge_core.errors import ConfigError
-from bridge_core.mcore_versions import reset_moe_metrics
-from bridge_core.parallel import ensure_process_group, rank
+from bridge_core.model.mcore_versions import reset_moe_metrics
 from bridge_core.peft.document import peft_document
+from bridge_core.runtime.cpu_support import cuda_available, cuda_on_cpu
+from bridge_core.runtime.parallel import ensure_process_group, rank
 from bridge_core.training.config import TrainingConfig
 from bridge_core.training.data import batches, build_datasets, check_dataset_helpers
 from bridge_core.training.flops import FlopsUnsupported, model_training_flops_per_token

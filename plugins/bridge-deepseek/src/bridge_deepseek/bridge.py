@@ -19,10 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from bridge_core.bridge import MegatronModelBridge
-from bridge_core.config_translation import dtype_name, parse_dtype, read_rope, rope_to_hf
 from bridge_core.errors import ConfigError
-from bridge_core.mapping_registry import MegatronMappingRegistry
 from bridge_core.mappings import (
     AutoMapping,
     FusedExpertMapping,
@@ -33,7 +30,10 @@ from bridge_core.mappings import (
     RowParallelMapping,
     VocabParallelMapping,
 )
-from bridge_core.quantization import dequantize_fp8_blockwise
+from bridge_core.model.bridge import MegatronModelBridge
+from bridge_core.model.config_translation import dtype_name, parse_dtype, read_rope, rope_to_hf
+from bridge_core.model.mapping_registry import MegatronMappingRegistry
+from bridge_core.model.quantization import dequantize_fp8_blockwise
 
 from bridge_deepseek.mappings import MAIN, VocabCopiesMapping
 from bridge_deepseek.provider import DeepseekProvider

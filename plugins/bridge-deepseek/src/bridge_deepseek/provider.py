@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge_core.cpu_support import tensor_cuda_is_identity
 from bridge_core.errors import ConfigError
-from bridge_core.provider import GPTModelProvider
+from bridge_core.model.provider import GPTModelProvider
+from bridge_core.runtime.cpu_support import tensor_cuda_is_identity
 from megatron.core.transformer.transformer_config import MLATransformerConfig
 
 

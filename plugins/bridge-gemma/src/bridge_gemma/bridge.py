@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from bridge_core.decoder import DecoderBridge
 from bridge_core.errors import ConfigError
 from bridge_core.mappings import AutoMapping, GatedMLPMapping, MegatronParamMapping, RowParallelMapping
+from bridge_core.model.decoder import DecoderBridge
 from bridge_gemma.modeling_gemma.provider import GemmaModelProvider
 
 GELU_TANH = ("gelu_pytorch_tanh", "gelu")  # transformers reads Gemma's legacy "gelu" as the tanh GELU

@@ -25,9 +25,6 @@ from collections.abc import Collection
 from typing import Any, ClassVar
 
 import torch
-from bridge_core.bridge import MegatronModelBridge
-from bridge_core.config_translation import read_rope, rope_to_hf
-from bridge_core.decoder import DecoderBridge
 from bridge_core.errors import ConfigError
 from bridge_core.mappings import (
     AutoMapping,
@@ -37,6 +34,9 @@ from bridge_core.mappings import (
 )
 from bridge_core.mappings.base import MappingContext, Tensor
 from bridge_core.mappings.fused import merge_gated, split_gated
+from bridge_core.model.bridge import MegatronModelBridge
+from bridge_core.model.config_translation import read_rope, rope_to_hf
+from bridge_core.model.decoder import DecoderBridge
 from megatron.core.activations import quick_gelu  # the one a Megatron checkpoint names (run_config.json)
 
 from bridge_gpt_oss.modeling_gpt_oss.provider import GptOssProvider

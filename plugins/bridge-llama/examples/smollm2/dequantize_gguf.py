@@ -6,7 +6,7 @@ Usage: python dequantize_gguf.py GGUF_FILE OUT_FOLDER
 import sys
 import time
 
-from bridge_core.gguf_source import gguf_to_hf_folder
+from bridge_core.checkpoints.gguf_source import gguf_to_hf_folder
 
 
 def main() -> int:

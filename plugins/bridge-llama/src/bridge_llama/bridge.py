@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge_core.decoder import DecoderBridge
+from bridge_core.model.decoder import DecoderBridge
 from bridge_core.modeling.sliding_window import sliding_window_hf, sliding_window_kwargs
 from bridge_core.modeling.specs import SDPAAttentionProvider
 

@@ -16,7 +16,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bridge_core.decoder import DecoderBridge
 from bridge_core.errors import ConfigError
 from bridge_core.mappings import (
     AutoMapping,
@@ -27,7 +26,8 @@ from bridge_core.mappings import (
     ReplicatedMapping,
     RowParallelMapping,
 )
-from bridge_core.provider import GPTModelProvider
+from bridge_core.model.decoder import DecoderBridge
+from bridge_core.model.provider import GPTModelProvider
 
 PER_EXPERT, FUSED = "per_expert", "fused"
 FUSED_MARK = ".mlp.experts.gate_up_proj"

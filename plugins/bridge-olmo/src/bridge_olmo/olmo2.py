@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from bridge_core.decoder import DecoderBridge
 from bridge_core.mappings import (
     ColumnParallelMapping,
     GatedMLPMapping,
@@ -21,6 +20,7 @@ from bridge_core.mappings import (
     ReplicatedMapping,
     RowParallelMapping,
 )
+from bridge_core.model.decoder import DecoderBridge
 
 from bridge_olmo.providers import Olmo2Provider
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, ClassVar
 
-from bridge_core.decoder import DecoderBridge
 from bridge_core.errors import ConfigError
 from bridge_core.mappings import (
     AutoMapping,
@@ -27,6 +26,7 @@ from bridge_core.mappings import (
     ReplicatedMapping,
     RowParallelMapping,
 )
+from bridge_core.model.decoder import DecoderBridge
 
 from bridge_olmo.olmo2 import qk_norm_mappings
 from bridge_olmo.providers import OlmoeProvider

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge_core.errors import ConfigError
-from bridge_core.provider import GPTModelProvider
+from bridge_core.model.provider import GPTModelProvider
 
 
 def own_spec(provider: GPTModelProvider) -> bool:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from bridge_core.config_translation import read_rope, rope_to_hf
-from bridge_core.decoder import DecoderBridge
 from bridge_core.errors import ConfigError
 from bridge_core.mappings import AutoMapping, MegatronParamMapping, RowParallelMapping
+from bridge_core.model.config_translation import read_rope, rope_to_hf
+from bridge_core.model.decoder import DecoderBridge
 from bridge_core.modeling.sliding_window import sliding_window_hf, sliding_window_kwargs
 from bridge_core.modeling.specs import SDPAAttentionProvider
 from bridge_phi.mappings import FusedGatedMLPMapping, FusedQKVMapping

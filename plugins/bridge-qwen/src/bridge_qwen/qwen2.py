@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from bridge_core.decoder import DecoderBridge
+from bridge_core.model.decoder import DecoderBridge
 
 
 def no_sliding_window(value: Any, hf_config: Any) -> bool:

@@ -26,7 +26,7 @@ from bridge_core.mappings import (
     ReplicatedMapping,
     RowParallelMapping,
 )
-from bridge_core.provider import GPTModelProvider
+from bridge_core.model.provider import GPTModelProvider
 from bridge_qwen.qwen2 import Qwen2Bridge
 from bridge_qwen.qwen3_moe import hf_sparsity, moe_layer_pattern, moe_layer_pattern_from_freq
 

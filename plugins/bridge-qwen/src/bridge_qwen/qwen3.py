@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from bridge_core.decoder import DecoderBridge
 from bridge_core.mappings import MegatronParamMapping, ReplicatedMapping
+from bridge_core.model.decoder import DecoderBridge
 from bridge_qwen.qwen2 import no_sliding_window
 
 

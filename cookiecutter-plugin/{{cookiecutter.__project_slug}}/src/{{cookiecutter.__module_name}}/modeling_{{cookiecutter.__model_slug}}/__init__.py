@@ -9,7 +9,7 @@ another activation layout, a vision tower. Keep it to what megatron-core lacks:
 - a megatron-core module (a ``MegatronModule`` subclass) implementing the block, following
   megatron-core's tensor-parallel conventions so that the engine can shard its parameters;
 - a ``ModuleSpec`` / layer spec function that swaps it into the transformer layer;
-- a provider subclass (``bridge_core.provider.GPTModelProvider``) whose ``layer_spec()`` returns that
+- a provider subclass (``bridge_core.model.provider.GPTModelProvider``) whose ``layer_spec()`` returns that
   spec, set as the bridge's ``PROVIDER_CLASS``;
 - the mappings of its parameters in the bridge, and its FLOPs in ``flops.py``.
 

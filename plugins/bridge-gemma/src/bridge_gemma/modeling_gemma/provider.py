@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from bridge_core.errors import ConfigError
-from bridge_core.mcore_versions import mlp_submodules
+from bridge_core.model.mcore_versions import mlp_submodules
+from bridge_core.model.provider import GPTModelProvider
 from bridge_core.modeling.specs import install_core_attention
-from bridge_core.provider import GPTModelProvider
 from bridge_gemma.modeling_gemma.attention import DualRopeSelfAttention
 from bridge_gemma.modeling_gemma.norm import GemmaRMSNorm, PostNormRowParallelLinear, gelu_tanh
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge_core.errors import ConfigError
-from bridge_core.mcore_versions import mlp_submodules
+from bridge_core.model.mcore_versions import mlp_submodules
+from bridge_core.model.provider import GPTModelProvider
 from bridge_core.modeling.specs import install_core_attention
-from bridge_core.provider import GPTModelProvider
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from bridge_gpt_oss.modeling_gpt_oss.attention import SinkCoreAttention

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bridge_core.mcore_versions import mlp_submodules
+from bridge_core.model.mcore_versions import mlp_submodules
 from megatron.core.models.gpt import gpt_layer_specs
 from megatron.core.transformer.identity_op import IdentityOp
 

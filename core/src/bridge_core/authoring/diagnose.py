@@ -154,8 +154,8 @@ def diagnose_model(
     """
     import torch.distributed as dist
 
-    from bridge_core.conversion.params import unwrap
-    from bridge_core.inference import forward_logits
+    from bridge_core.runtime.chunks import unwrap
+    from bridge_core.runtime.inference import forward_logits
 
     chunks = [unwrap(c) for c in (model if isinstance(model, (list, tuple)) else [model])]
     if len(chunks) != 1 or getattr(chunks[0].config, "pipeline_model_parallel_size", 1) != 1:

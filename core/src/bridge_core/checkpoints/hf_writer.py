@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
+from bridge_core.checkpoints.output_dir import fsync_path
+from bridge_core.checkpoints.safetensors_io import INDEX_NAME, SINGLE_NAME
 from bridge_core.errors import CheckpointError
-from bridge_core.output_dir import fsync_path
-from bridge_core.safetensors_io import INDEX_NAME, SINGLE_NAME
 from bridge_core.sizes import parse_size
 
 _ST_DTYPES: dict[torch.dtype, str] = {

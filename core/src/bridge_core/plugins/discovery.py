@@ -1,6 +1,6 @@
-"""Plugin discovery through the ``bridge_core.plugins`` entry-point group.
+"""Plugin discovery through the ``bridge_core.plugins`` entry-point group, and the process-wide registry.
 
-Runs on first need, once per process (see ``registry.get_registry``). Imports each plugin's tiny
+``get_registry()`` discovers on first need, once per process, into a ``registry.Registry``. Imports each plugin's tiny
 entry-point module only; never torch, megatron or transformers, never CUDA. Environment variables:
 ``BRIDGE_PLUGINS`` selects (unset: all, empty: none, else a comma list of entry-point or distribution
 names), ``BRIDGE_DISABLE_PLUGINS`` blocks, ``BRIDGE_STRICT_PLUGINS=1`` raises instead of skipping.
@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 
 import importlib_metadata
 
 from bridge_core.errors import ConfigError, PluginError
-from bridge_core.registry import BLOCKED, FAILED, PluginRecord, Registry, describe, normalize
+from bridge_core.plugins.registry import BLOCKED, FAILED, PluginRecord, Registry, describe, normalize
 
 ENTRY_POINT_GROUP = "bridge_core.plugins"
 
@@ -97,3 +98,23 @@ def plugin_output_to_stderr() -> Iterator[None]:
     """What plugin code prints goes to stderr: stdout stays the command's (``plugins --json``)."""
     with contextlib.redirect_stdout(sys.stderr):
         yield
+
+
+_registry: Registry | None = None
+_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, discovering the installed plugins on first call."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = discover()
+        return _registry
+
+
+def reset_registry(registry: Registry | None = None) -> None:
+    """Forget (or replace) the process-wide registry; the next ``get_registry()`` rediscovers."""
+    global _registry
+    with _lock:
+        _registry = registry

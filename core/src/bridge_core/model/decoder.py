@@ -12,10 +12,7 @@ from typing import Any, ClassVar
 
 import torch.nn.functional as F
 
-from bridge_core.bridge import MegatronModelBridge
-from bridge_core.config_translation import read_rope, rope_to_hf
 from bridge_core.errors import ConfigError
-from bridge_core.mapping_registry import MegatronMappingRegistry
 from bridge_core.mappings import (
     AutoMapping,
     GatedMLPMapping,
@@ -25,6 +22,9 @@ from bridge_core.mappings import (
     RowParallelMapping,
     VocabParallelMapping,
 )
+from bridge_core.model.bridge import MegatronModelBridge
+from bridge_core.model.config_translation import read_rope, rope_to_hf
+from bridge_core.model.mapping_registry import MegatronMappingRegistry
 
 STOCK_PREFIX = "model."  # the HF prefix the mapping tables are written with
 

@@ -1,28 +1,28 @@
 """The plugin registry: who registered which bridge, recipe and FLOPs contribution.
 
 The registry holds strings only ("module:attribute"); nothing heavy is imported until a bridge or
-recipe is used. ``get_registry()`` discovers the installed plugins on first call, once per process.
+recipe is used. It knows nothing of entry points: ``discovery`` fills one, and holds the process-wide one
+(``discovery.get_registry()``).
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pluggy
 
-from bridge_core import hookspecs
-from bridge_core.contract import (
+from bridge_core.errors import BridgeError, PluginError, UnsupportedArchitectureError
+from bridge_core.plugins import hookspecs
+from bridge_core.plugins.contract import (
     ContractRangeError,
     contract_satisfies,
     incompatibility_fix,
     parse_contract_range,
 )
-from bridge_core.errors import BridgeError, PluginError, UnsupportedArchitectureError
-from bridge_core.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, install_hint, not_published_hint
+from bridge_core.plugins.known_plugins import KNOWN_ARCHITECTURES, NOT_PUBLISHED, install_hint, not_published_hint
 
 LOADED, FAILED, INCOMPATIBLE, BLOCKED = "loaded", "failed", "incompatible", "blocked"
 RECIPE_KINDS = ("pretrain", "sft", "peft")
@@ -361,25 +361,3 @@ class Registry:
 
     def supported_architectures(self) -> list[str]:
         return sorted(self.bridges)
-
-
-_registry: Registry | None = None
-_lock = threading.Lock()
-
-
-def get_registry() -> Registry:
-    """The process-wide registry, discovering the installed plugins on first call."""
-    global _registry
-    with _lock:
-        if _registry is None:
-            from bridge_core.discovery import discover
-
-            _registry = discover()
-        return _registry
-
-
-def reset_registry(registry: Registry | None = None) -> None:
-    """Forget (or replace) the process-wide registry; the next ``get_registry()`` rediscovers."""
-    global _registry
-    with _lock:
-        _registry = registry

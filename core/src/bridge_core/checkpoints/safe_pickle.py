@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from bridge_core.checkpoints.input_files import check_input_file
 from bridge_core.errors import CheckpointError
-from bridge_core.input_files import check_input_file
 
 # Every global a torch_dist ``.metadata`` pickle may name, by module: plain data classes, enums and
 # torch's size/layout helpers. Building or calling any of these runs no code of the file's choosing.

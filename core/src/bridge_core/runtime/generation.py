@@ -5,7 +5,7 @@ megatron-core ``StaticInferenceContext``: one prefill pass over the prompt, then
 With ``use_cache=False`` every step recomputes the whole sequence (slower; the plain reference).
 
 Every rank of the model-parallel world calls the same function with the same prompt. Hidden states
-travel between pipeline stages by point-to-point sends (as in ``bridge_core.inference.forward_logits``),
+travel between pipeline stages by point-to-point sends (as in ``bridge_core.runtime.inference.forward_logits``),
 the last stage picks the token (argmax over the real vocabulary, padded columns excluded) and
 broadcasts it, so the generated tokens are identical on every rank.
 """
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.conversion.params import unwrap
-from bridge_core.cpu_support import causal_mask
 from bridge_core.errors import ConfigError
-from bridge_core.inference import first_rank_where
+from bridge_core.runtime.chunks import unwrap
+from bridge_core.runtime.cpu_support import causal_mask
+from bridge_core.runtime.inference import first_rank_where
 
 
 @dataclass(frozen=True)

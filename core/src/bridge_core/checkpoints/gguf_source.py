@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
+from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.errors import CheckpointError
-from bridge_core.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.progress import Progress, is_rank0, stage
 
 GGUF_MAGIC = b"GGUF"

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.conversion.params import unwrap
-from bridge_core.cpu_support import causal_mask
 from bridge_core.errors import ConfigError
+from bridge_core.runtime.chunks import unwrap
+from bridge_core.runtime.cpu_support import causal_mask
 
 
 def _device(chunk: torch.nn.Module) -> torch.device:

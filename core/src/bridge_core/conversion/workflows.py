@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 
 from bridge_core import CONTRACT_VERSION, __version__
-from bridge_core.auto_bridge import AutoBridge
+from bridge_core.checkpoints.input_files import folder_files
+from bridge_core.conversion.auto_bridge import AutoBridge
 from bridge_core.errors import CheckpointError
-from bridge_core.input_files import folder_files
-from bridge_core.parallel import rank
-from bridge_core.parallelism import Parallelism  # re-exported: it used to live here
 from bridge_core.progress import Progress, stage
+from bridge_core.runtime.parallel import rank
+from bridge_core.runtime.parallelism import Parallelism  # re-exported: it used to live here
 from bridge_core.timing import timeline
 
 
@@ -117,8 +117,8 @@ def import_checkpoint(
     accept_config: Iterable[str] = (),
 ) -> Path:
     """HF folder -> Megatron-LM ``torch_dist`` checkpoint (run config, provenance, tokenizer)."""
-    from bridge_core.megatron_checkpoint import save_megatron_checkpoint
-    from bridge_core.output_dir import check_output_dir
+    from bridge_core.checkpoints.megatron_checkpoint import save_megatron_checkpoint
+    from bridge_core.checkpoints.output_dir import check_output_dir
 
     check_output_dir(megatron_path, overwrite, "--megatron-path")
     timeline().mark("loading libraries")
@@ -193,7 +193,7 @@ def check_reference(bridge: AutoBridge, saved: dict[str, Any], info: Any, hf_mod
         )
     provider = bridge.bridge.provider_bridge(bridge.hf)  # the bridge's own translation (and key checks)
     translated = set(bridge.bridge.hf_config_to_provider_kwargs(bridge.hf.config))
-    from bridge_core.checkpoint_format import saved_form
+    from bridge_core.checkpoints.checkpoint_format import saved_form
 
     differing = [
         f"{name} {getattr(provider, name)!r} (checkpoint: {saved[name]!r})"
@@ -220,8 +220,8 @@ def load_checkpoint(
     ``dtype``: build the model in this dtype (e.g. fp32 for logit checks of a bf16 checkpoint) and
     load the stored weights into it; default: the dtype the checkpoint was saved in.
     """
-    from bridge_core.config_translation import dtype_settings
-    from bridge_core.megatron_checkpoint import load_megatron_checkpoint, load_weights_into
+    from bridge_core.checkpoints.megatron_checkpoint import load_megatron_checkpoint, load_weights_into
+    from bridge_core.model.config_translation import dtype_settings
 
     info = load_megatron_checkpoint(megatron_path)
     accept_config = {*accept_config, *info.accepted_config()}  # what the user accepted at import
@@ -259,7 +259,7 @@ def export_checkpoint(
     trust_remote_code: bool = False,
 ) -> Path | None:
     """Megatron checkpoint -> complete HF folder (weights, regenerated config, tokenizer, generation config)."""
-    from bridge_core.output_dir import check_output_dir
+    from bridge_core.checkpoints.output_dir import check_output_dir
 
     check_output_dir(hf_path, overwrite, "--hf-path")
     timeline().mark("loading libraries")

@@ -8,8 +8,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from bridge_core.checkpoints.input_files import check_input_file, check_regular
 from bridge_core.errors import CheckpointError, ConfigError
-from bridge_core.input_files import check_input_file, check_regular
 
 # Files copied verbatim next to exported weights (whichever exist).
 SIDE_FILES = (
@@ -95,7 +95,7 @@ class HFCheckpoint:
     @cached_property
     def weights(self):
         """The checkpoint's tensors (``SafetensorsCheckpoint``), read on demand."""
-        from bridge_core.safetensors_io import SafetensorsCheckpoint
+        from bridge_core.checkpoints.safetensors_io import SafetensorsCheckpoint
 
         if self.path is None:
             raise CheckpointError("this bridge was made from a config only; it has no weights to load")

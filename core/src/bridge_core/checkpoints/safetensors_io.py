@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from bridge_core.checkpoints.input_files import check_input_file, check_regular
 from bridge_core.errors import CheckpointError, MissingTensorError
-from bridge_core.input_files import check_input_file, check_regular
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

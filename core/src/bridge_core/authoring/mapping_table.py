@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from bridge_core.errors import CheckpointError, ConfigError, PluginError
-from bridge_core.registry import BridgeRegistration, describe, get_registry
+from bridge_core.plugins.discovery import get_registry
+from bridge_core.plugins.registry import BridgeRegistration, describe
 
 if TYPE_CHECKING:  # the mappings import torch; this module is imported before it loads
     from bridge_core.mappings import MegatronParamMapping
@@ -195,7 +196,7 @@ def toy_config(reg: BridgeRegistration, tests: Path | None = None) -> tuple[Any,
 
 def check_hf_model(architecture: str, folder: Path) -> None:
     """Refuse, in one line and before torch loads, a folder that is not an HF folder of ``architecture``."""
-    from bridge_core.hf_checkpoint import architecture_of, read_config_json
+    from bridge_core.checkpoints.hf_checkpoint import architecture_of, read_config_json
 
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such folder (expected an HF model folder with config.json)")
@@ -206,7 +207,7 @@ def check_hf_model(architecture: str, folder: Path) -> None:
 
 def checkpoint_names(folder: Path) -> frozenset[str] | None:
     """The tensor names of an HF folder (its index, else its safetensors headers); None without weights."""
-    from bridge_core.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, read_weight_map
+    from bridge_core.checkpoints.safetensors_io import INDEX_NAME, SafetensorsCheckpoint, read_weight_map
 
     if (folder / INDEX_NAME).exists():
         return frozenset(read_weight_map(folder))
@@ -216,7 +217,7 @@ def checkpoint_names(folder: Path) -> frozenset[str] | None:
 def mapping_table(architecture: str, hf_model: Path | None = None, tests: Path | None = None) -> MappingTable:
     """``architecture``'s table for ``hf_model``'s config.json (its tensor names pick the layout where a
     bridge has several), or for the plugin's conformance toy (found in ``tests`` if given)."""
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
 
     reg = get_registry().bridge_for(architecture)
     names: frozenset[str] | None = None

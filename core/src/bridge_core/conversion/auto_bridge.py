@@ -21,26 +21,27 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.config_translation import (
+from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
+from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
+from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
+from bridge_core.conversion import plan, weight_sync
+from bridge_core.conversion.export import export_tasks, gather_plan
+from bridge_core.conversion.groups import ParallelLayout
+from bridge_core.conversion.host_copy import to_host
+from bridge_core.conversion.load import LoadReport, load_tasks
+from bridge_core.conversion.megatron_bridge_names import MegatronBridgeNames
+from bridge_core.conversion.params import collect_params
+from bridge_core.conversion.weight_sync import WeightSyncPlan
+from bridge_core.errors import ConfigError
+from bridge_core.model.config_translation import (
     dtype_name,
     dtype_settings,
     hf_dtype,
     parse_dtype,
     write_both_rope_spellings,
 )
-from bridge_core.conversion import plan, weight_sync
-from bridge_core.conversion.export import export_tasks, gather_plan
-from bridge_core.conversion.groups import ParallelLayout
-from bridge_core.conversion.host_copy import to_host
-from bridge_core.conversion.load import LoadReport, load_tasks
-from bridge_core.conversion.params import collect_params, unwrap
-from bridge_core.conversion.weight_sync import WeightSyncPlan
-from bridge_core.errors import ConfigError
-from bridge_core.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
-from bridge_core.hf_writer import ShardedSafetensorsWriter
-from bridge_core.megatron_bridge_names import MegatronBridgeNames
-from bridge_core.output_dir import atomic_output_dir, check_output_dir
-from bridge_core.registry import get_registry
+from bridge_core.plugins.discovery import get_registry
+from bridge_core.runtime.chunks import unwrap
 
 # Keys of the source config.json that are regenerated or must not be carried over.
 _DROPPED_KEYS = (

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from bridge_core.cpu_support import apply_cpu_patches, cuda_available
 from bridge_core.errors import ConfigError
-from bridge_core.ports import free_port
+from bridge_core.runtime.cpu_support import apply_cpu_patches, cuda_available
+from bridge_core.runtime.ports import free_port
 
 
 def rank() -> int:
@@ -114,7 +114,7 @@ def ensure_model_parallel(sizes: ParallelSizes, seed: int = 1234) -> None:
         if have != want:
             raise ConfigError(
                 f"model parallelism is already initialised as {have}, but the provider asks for {want}; "
-                "call bridge_core.parallel.destroy_model_parallel() first"
+                "call bridge_core.runtime.parallel.destroy_model_parallel() first"
             )
         return
     before = set(_process_groups())

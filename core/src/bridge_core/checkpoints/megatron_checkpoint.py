@@ -28,7 +28,7 @@ from megatron.core.dist_checkpointing.strategies.torch import (
 )
 from torch.distributed.checkpoint import FileSystemWriter
 
-from bridge_core.checkpoint_format import (
+from bridge_core.checkpoints.checkpoint_format import (
     CONTENT_METADATA,
     ITER_DIR,
     ITERATION,
@@ -45,10 +45,10 @@ from bridge_core.checkpoint_format import (
     run_config_document,
     unwrap_chunks,
 )
-from bridge_core.checkpoint_load import load_weights_into
+from bridge_core.checkpoints.checkpoint_load import load_weights_into
+from bridge_core.checkpoints.output_dir import atomic_output_dir, writing_to
 from bridge_core.errors import CheckpointError
-from bridge_core.output_dir import atomic_output_dir, writing_to
-from bridge_core.parallel import rank, world_size
+from bridge_core.runtime.parallel import rank, world_size
 
 
 def _from_rank0(value: Any) -> Any:

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bridge_core.conversion.params import unwrap
+from bridge_core.checkpoints.hf_checkpoint import read_json_object
 from bridge_core.errors import CheckpointError
-from bridge_core.hf_checkpoint import read_json_object
+from bridge_core.runtime.chunks import unwrap
 
 TRACKER = "latest_checkpointed_iteration.txt"
 ITERATION = 0
@@ -142,10 +142,10 @@ def provider_kwargs_from_run_config(run_config: dict, provider_class: Any = None
     model is a ``CheckpointError`` naming it. Missing settings take the installed default.
     Machine-local settings (CPU initialisation, CUDA fusions) are left out and derived again.
     """
-    from bridge_core.mcore_versions import CHANGED_DEFAULTS, FOREIGN_DEFAULTS, HARMLESS_FOREIGN
+    from bridge_core.model.mcore_versions import CHANGED_DEFAULTS, FOREIGN_DEFAULTS, HARMLESS_FOREIGN
 
     if provider_class is None:
-        from bridge_core.provider import GPTModelProvider as provider_class
+        from bridge_core.model.provider import GPTModelProvider as provider_class
     settings = run_config.get("provider") if isinstance(run_config, dict) else None
     if not isinstance(settings, dict):
         raise CheckpointError(f"{RUN_CONFIG}: has no 'provider' section with the model settings")
@@ -180,8 +180,8 @@ def provider_kwargs_from_run_config(run_config: dict, provider_class: Any = None
 
 
 def _check_saved_settings(kwargs: dict[str, Any]) -> None:
-    from bridge_core.config_translation import check_model_settings
     from bridge_core.errors import ConfigError
+    from bridge_core.model.config_translation import check_model_settings
 
     try:
         check_model_settings(kwargs, f"{RUN_CONFIG} provider")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge_core.checkpoints.hf_checkpoint import read_json_object
 from bridge_core.errors import BridgeError, CheckpointError
-from bridge_core.hf_checkpoint import read_json_object
 
 INSTALL_TEMPLATE = "pip install 'bridge-core[template]'"
 # Config keys the template's own bridge handles on top of the stock DecoderBridge (see its bridge.py).
@@ -162,9 +162,9 @@ def known_config_keys(notes: list[str] | None = None) -> tuple[set[str], dict[st
     ``SUPPORTED_HF_CONFIG`` keys; ``served`` maps each registered architecture to its distribution.
     Bridges that fail to import are skipped with a line in ``notes``.
     """
-    from bridge_core.config_translation import NEUTRAL_HF_KEYS
-    from bridge_core.decoder import DecoderBridge
-    from bridge_core.registry import get_registry
+    from bridge_core.model.config_translation import NEUTRAL_HF_KEYS
+    from bridge_core.model.decoder import DecoderBridge
+    from bridge_core.plugins.discovery import get_registry
 
     keys = set(NEUTRAL_HF_KEYS) | set(TEMPLATE_HANDLED_KEYS) | bridge_keys(DecoderBridge)
     registry = get_registry()
@@ -204,7 +204,7 @@ def stock_refusals(config: dict[str, Any]) -> dict[str, str]:
     """Values the stock ``DecoderBridge`` would refuse: ``{key: "value (supported: ...)"}``."""
     from types import SimpleNamespace
 
-    from bridge_core.decoder import DecoderBridge
+    from bridge_core.model.decoder import DecoderBridge
 
     view = SimpleNamespace(**config)
     out = {}
@@ -230,8 +230,8 @@ def uncovered_tensors(config: dict[str, Any]) -> list[str] | None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from bridge_core.decoder import DecoderBridge
     from bridge_core.mappings.base import compile_pattern
+    from bridge_core.model.decoder import DecoderBridge
 
     values = {k: v for k, v in config.items() if k not in ("quantization_config", "auto_map")}
     model_type = values.pop("model_type", None)

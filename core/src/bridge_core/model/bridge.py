@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bridge_core.config_translation import (
+from bridge_core.model.config_translation import (
     Check,
     check_hf_config,
     check_model_settings,
@@ -21,8 +21,8 @@ from bridge_core.config_translation import (
     hf_to_provider,
     provider_to_hf,
 )
-from bridge_core.mapping_registry import MegatronMappingRegistry
-from bridge_core.provider import GPTModelProvider
+from bridge_core.model.mapping_registry import MegatronMappingRegistry
+from bridge_core.model.provider import GPTModelProvider
 
 
 class MegatronModelBridge:

@@ -249,7 +249,7 @@ def check_hf_config(
        cannot change the computation the bridge reproduces (``is_llama_config``, ``use_mrope``).
     Anything else is one error naming every such key, its value and the override.
     """
-    from bridge_core.hf_reference import read_by_reference
+    from bridge_core.model.hf_reference import read_by_reference
 
     accepted = set(accepted)
     values = hf_config.to_dict()

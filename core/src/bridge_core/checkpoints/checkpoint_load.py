@@ -28,7 +28,7 @@ from megatron.core.dist_checkpointing.strategies.torch import MCoreLoadPlanner, 
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
-from bridge_core.checkpoint_format import (
+from bridge_core.checkpoints.checkpoint_format import (
     CONTENT_METADATA,
     RUN_CONFIG,
     CheckpointInfo,
@@ -36,9 +36,9 @@ from bridge_core.checkpoint_format import (
     model_keys,
     unwrap_chunks,
 )
+from bridge_core.checkpoints.input_files import check_input_file
+from bridge_core.checkpoints.safe_pickle import load_weights_only, read_dcp_metadata
 from bridge_core.errors import CheckpointError
-from bridge_core.input_files import check_input_file
-from bridge_core.safe_pickle import load_weights_only, read_dcp_metadata
 
 try:  # megatron-core < 0.17: the common state is common.pt, read through a strategy
     from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from megatron.core.transformer import TransformerConfig
 
-from bridge_core.cpu_support import cuda_available, tensor_cuda_is_identity
 from bridge_core.errors import ConfigError
-from bridge_core.parallel import ParallelSizes, ensure_model_parallel
-from bridge_core.parallel_checks import ModelShape, check_parallel_sizes
+from bridge_core.runtime.cpu_support import cuda_available, tensor_cuda_is_identity
+from bridge_core.runtime.parallel import ParallelSizes, ensure_model_parallel
+from bridge_core.runtime.parallel_checks import ModelShape, check_parallel_sizes
 
 
 def transformer_engine_available() -> bool:

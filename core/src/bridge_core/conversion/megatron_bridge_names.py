@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from bridge_core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bridge_core.auto_bridge import AutoBridge
+    from bridge_core.conversion.auto_bridge import AutoBridge
 
 # mp_overrides keys (Megatron-Bridge's ModelParallelKwargs) -> bridge-core's Parallelism fields
 _MP_KEYS = {
@@ -34,8 +34,8 @@ def _refuse(call: str, kwargs: dict[str, Any]) -> None:
 
 
 def _parallelism_of(model: list[Any]) -> Any:
-    from bridge_core.conversion.params import unwrap
-    from bridge_core.parallelism import Parallelism
+    from bridge_core.runtime.chunks import unwrap
+    from bridge_core.runtime.parallelism import Parallelism
 
     config = unwrap(model[0]).config
     return Parallelism(
@@ -63,12 +63,12 @@ class MegatronBridgeNames:
     ) -> None:
         """HF model (folder, ``.gguf`` file or Hub ID) -> Megatron checkpoint, in this process at TP=PP=1.
 
-        ``bridge_core.workflows.import_checkpoint`` (what ``bridgectl import`` runs).
+        ``bridge_core.conversion.workflows.import_checkpoint`` (what ``bridgectl import`` runs).
         """
         _refuse("import_ckpt", kwargs)
-        from bridge_core.cli.common import hf_source
-        from bridge_core.parallelism import Parallelism
-        from bridge_core.workflows import import_checkpoint
+        from bridge_core.checkpoints.hf_source import hf_source
+        from bridge_core.conversion.workflows import import_checkpoint
+        from bridge_core.runtime.parallelism import Parallelism
 
         with hf_source(str(hf_model_id), "import") as folder:
             import_checkpoint(
@@ -93,12 +93,12 @@ class MegatronBridgeNames:
         """Megatron checkpoint -> complete HF folder, in this process at TP=PP=1; this bridge's HF
         folder (if it has one) is the reference, else the config the checkpoint stored.
 
-        ``bridge_core.workflows.export_checkpoint`` (what ``bridgectl export`` runs).
+        ``bridge_core.conversion.workflows.export_checkpoint`` (what ``bridgectl export`` runs).
         """
         _refuse("export_ckpt", kwargs)
-        from bridge_core.parallelism import Parallelism
+        from bridge_core.conversion.workflows import export_checkpoint
         from bridge_core.progress import progress_enabled, set_progress
-        from bridge_core.workflows import export_checkpoint
+        from bridge_core.runtime.parallelism import Parallelism
 
         hf = cast("AutoBridge", self).hf
         was = progress_enabled()
@@ -126,11 +126,11 @@ class MegatronBridgeNames:
         HF config the checkpoint stored at import (``AutoBridge.from_hf_config``)."""
         auto = cast("type[AutoBridge]", cls)
         if hf_model_id is not None:
-            from bridge_core.hub import resolve_model_path
+            from bridge_core.checkpoints.hub import resolve_model_path
 
             return auto.from_hf_pretrained(resolve_model_path(str(hf_model_id)), trust_remote_code=trust_remote_code)
-        from bridge_core.megatron_checkpoint import load_megatron_checkpoint
-        from bridge_core.workflows import _hf_config_folder
+        from bridge_core.checkpoints.megatron_checkpoint import load_megatron_checkpoint
+        from bridge_core.conversion.workflows import _hf_config_folder
 
         info = load_megatron_checkpoint(megatron_path)
         with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
@@ -163,13 +163,13 @@ class MegatronBridgeNames:
         """Write ``model`` as a Megatron-LM ``torch_dist`` checkpoint (every rank calls it), with the
         tokenizer files of ``hf_tokenizer_path`` (default: this bridge's HF folder) and provenance.
 
-        ``bridge_core.megatron_checkpoint.save_megatron_checkpoint`` (what ``bridgectl import`` writes).
+        ``bridge_core.checkpoints.megatron_checkpoint.save_megatron_checkpoint`` (what ``bridgectl import`` writes).
         """
         _refuse("save_megatron_model", kwargs)
-        from bridge_core.conversion.params import unwrap
-        from bridge_core.hf_checkpoint import HFCheckpoint
-        from bridge_core.megatron_checkpoint import save_megatron_checkpoint
-        from bridge_core.workflows import provenance
+        from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint
+        from bridge_core.checkpoints.megatron_checkpoint import save_megatron_checkpoint
+        from bridge_core.conversion.workflows import provenance
+        from bridge_core.runtime.chunks import unwrap
 
         bridge = cast("AutoBridge", self)
         chunks = model if isinstance(model, (list, tuple)) else [model]
@@ -195,10 +195,10 @@ class MegatronBridgeNames:
     ) -> list[Any]:
         """This rank's model chunks loaded from a Megatron checkpoint at any TP/PP (``mp_overrides``:
         ``tensor_model_parallel_size``, ``pipeline_model_parallel_size``, ``expert_model_parallel_size``,
-        ``expert_tensor_parallel_size``; default 1). ``bridge_core.workflows.load_checkpoint``.
+        ``expert_tensor_parallel_size``; default 1). ``bridge_core.conversion.workflows.load_checkpoint``.
         """
-        from bridge_core.parallelism import Parallelism
-        from bridge_core.workflows import load_checkpoint
+        from bridge_core.conversion.workflows import load_checkpoint
+        from bridge_core.runtime.parallelism import Parallelism
 
         if wrap_with_ddp:
             raise ConfigError("AutoBridge.load_megatron_model: wrap_with_ddp=True is not supported by bridge-core")

@@ -1,0 +1,1 @@
+"""Checkpoint I/O: HF folders, safetensors, GGUF, Hub downloads, Megatron-LM checkpoints, atomic outputs."""
