@@ -1,0 +1,141 @@
+"""The package's layering, read from its source (AST; nothing is imported): which layer may import which.
+
+"Top level" is a module's body outside functions (``if TYPE_CHECKING:`` blocks excluded): what runs when
+the module is imported. "Anywhere" also counts imports inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+import bridge_core
+
+PACKAGE = Path(bridge_core.__file__).parent
+HEAVY = ("torch", "megatron", "transformers", "safetensors", "gguf", "peft", "accelerate", "transformer_engine")
+PLAN_MODULES = (
+    "bridge_core.conversion.plan",
+    "bridge_core.conversion.export_plan",
+    "bridge_core.conversion.layout_plan",
+)
+DISTRIBUTED = ("torch.distributed", "megatron.core.parallel_state")
+
+
+def _name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+MODULES = {_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _walk(node: ast.AST, in_function: bool, out: list[tuple[str, bool]]) -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            continue
+        nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        if isinstance(child, ast.Import):
+            out += [(a.name, nested) for a in child.names]
+        elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+            out.append((child.module, nested))
+            out += [(f"{child.module}.{a.name}", nested) for a in child.names if child.module.startswith("bridge_core")]
+        _walk(child, nested, out)
+
+
+@cache
+def imports(module: str) -> tuple[tuple[str, bool], ...]:
+    """(imported name, inside a function) for every import statement of ``module``."""
+    out: list[tuple[str, bool]] = []
+    _walk(ast.parse(MODULES[module].read_text(encoding="utf-8")), False, out)
+    return tuple(out)
+
+
+def _module_of(name: str) -> str | None:
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def top_level_closure(module: str, packages: bool = True) -> set[str]:
+    """``module`` and the bridge_core modules importing it imports at top level, transitively (with the
+    packages holding them, whose ``__init__`` runs first, unless ``packages`` is false)."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        parts = current.split(".")
+        if packages:
+            todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in MODULES]
+        todo += [m for name, lazy in imports(current) if not lazy and (m := _module_of(name))]
+    return seen
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _in(package: str) -> list[str]:
+    return sorted(m for m in MODULES if _under(m, (f"bridge_core.{package}",)))
+
+
+def test_the_tree_is_read():
+    assert len(MODULES) > 100 and "bridge_core.plugins.registry" in MODULES
+    assert ("torch", False) in imports("bridge_core.conversion.params")
+    assert "bridge_core.plugins.registry" in top_level_closure("bridge_core.plugins.discovery")
+
+
+@pytest.mark.parametrize("module", ["bridge_core", "bridge_core._moved", *_in("plugins")])
+def test_the_plugin_system_imports_no_torch_anywhere(module):
+    # Anywhere, functions included: discovery and the registry must stay cheap for `bridgectl plugins`.
+    heavy = [name for name, _ in imports(module) if _under(name, HEAVY)]
+    assert not heavy, f"{module} imports {heavy}"
+    for dep in top_level_closure(module):
+        assert not [n for n, lazy in imports(dep) if not lazy and _under(n, HEAVY)], f"{module} -> {dep} imports torch"
+
+
+@pytest.mark.parametrize("module", PLAN_MODULES)
+def test_the_conversion_plan_needs_no_process_group(module):
+    # Top level, transitively: planning imports no torch.distributed (the layout probe may, in a function).
+    for dep in top_level_closure(module):
+        found = [n for n, lazy in imports(dep) if not lazy and _under(n, DISTRIBUTED)]
+        assert not found, f"{module} -> {dep} imports {found} at top level"
+    assert not [n for n, _ in imports(module) if _under(n, DISTRIBUTED)], f"{module} imports torch.distributed"
+
+
+@pytest.mark.parametrize("module", _in("checkpoints"))
+def test_checkpoint_io_imports_no_conversion_engine(module):
+    # Anywhere: the I/O layer reads and writes files; the engine builds on it, never the reverse.
+    found = [n for n, _ in imports(module) if _under(n, ("bridge_core.conversion", "bridge_core.cli"))]
+    assert not found, f"{module} imports {found}"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if not _under(m, ("bridge_core.cli", "bridge_core.testing"))])
+def test_only_the_command_line_imports_the_command_line(module):
+    # Anywhere. testing/ is exempt: its recipe check runs `bridgectl train` end to end, as a user does.
+    found = [n for n, _ in imports(module) if _under(n, ("bridge_core.cli",))]
+    assert not found, f"{module} imports {found}"
+
+
+@pytest.mark.parametrize("module", _in("model") + _in("runtime"))
+def test_the_model_contract_and_runtime_import_no_engine_or_io(module):
+    found = [n for n, _ in imports(module) if _under(n, ("bridge_core.conversion", "bridge_core.checkpoints"))]
+    assert not found, f"{module} imports {found}"
+
+
+def test_discovery_fills_the_registry_and_the_registry_knows_no_discovery():
+    assert not [n for n, _ in imports("bridge_core.plugins.registry") if _under(n, ("bridge_core.plugins.discovery",))]
+    assert any(n == "bridge_core.plugins.registry" for n, lazy in imports("bridge_core.plugins.discovery") if not lazy)
+
+
+def test_no_import_cycle_at_top_level():
+    for module in MODULES:
+        for name, lazy in imports(module):
+            dep = _module_of(name)
+            if not lazy and dep and dep != module and not module.startswith(dep + "."):
+                assert module not in top_level_closure(dep, packages=False), (
+                    f"{module} <-> {dep} import each other at top level"
+                )
