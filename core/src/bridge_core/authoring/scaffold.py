@@ -30,7 +30,7 @@ MAX_HEADERS = 16
 
 def template_dir() -> Path:
     """The plugin template folder: the packaged copy, else the development checkout's."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # bridge_core/ (this module is bridge_core/authoring/scaffold.py)
     for candidate in (here / "_template", here.parents[2] / "cookiecutter-plugin"):
         if (candidate / "cookiecutter.json").is_file():
             return candidate
