@@ -28,7 +28,8 @@ def _name(path: Path) -> str:
     return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
 
 
-MODULES = {_name(p): p for p in PACKAGE.rglob("*.py")}
+# The cookiecutter template an installed wheel carries (``_template/``) is package data, not modules.
+MODULES = {_name(p): p for p in PACKAGE.rglob("*.py") if "_template" not in p.relative_to(PACKAGE).parts}
 
 
 def _walk(node: ast.AST, in_function: bool, out: list[tuple[str, bool]]) -> None:
