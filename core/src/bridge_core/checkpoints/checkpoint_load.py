@@ -80,11 +80,19 @@ class _SafeLoadStrategy(TorchDistLoadShardedStrategy):
             return super().load(sharded_state_dict, checkpoint_dir, *args, **kwargs)
 
 
-def safe_dist_load(sharded_state_dict: dict, weights_dir: str | os.PathLike) -> dict:
-    """``dist_checkpointing.load`` with the restricted readers (safe unpickling) and the common kwargs."""
+def safe_dist_load(sharded_state_dict: dict, weights_dir: str | os.PathLike, *, partial: bool = False) -> dict:
+    """``dist_checkpointing.load`` with the restricted readers (safe unpickling) and the common kwargs.
+
+    ``partial``: the state dict asks for some of the stored tensors only (some layers of a stacked
+    key), so megatron-core's check that the ranks together ask for all of each is skipped.
+    """
     with _safe_readers():  # megatron-core 0.17+ reads the common state outside the strategy
         return dist_checkpointing.load(
-            sharded_state_dict, str(weights_dir), sharded_strategy=_SafeLoadStrategy(), **_COMMON_KWARGS
+            sharded_state_dict,
+            str(weights_dir),
+            sharded_strategy=_SafeLoadStrategy(),
+            validate_access_integrity=not partial,
+            **_COMMON_KWARGS,
         )
 
 

@@ -116,6 +116,8 @@ class _SyncSaveStrategy(TorchDistSaveShardedStrategy):
     like one. torch DCP fsyncs every file before the save returns.
     """
 
+    planner_class: type = MCoreSavePlanner
+
     def __init__(self) -> None:
         super().__init__("torch_dist", 1, thread_count=2)
 
@@ -125,12 +127,13 @@ class _SyncSaveStrategy(TorchDistSaveShardedStrategy):
             torch.distributed.checkpoint.save(
                 mcore_to_pyt_state_dict(state, False),
                 storage_writer=FileSystemWriter(checkpoint_dir, thread_count=self.thread_count),
-                planner=MCoreSavePlanner(
-                    dedup_replicated_tensors=not self.keep_only_main_replica, flatten_state_dict=False
-                ),
+                planner=self.planner(),
             )
         if errors:  # a writer thread failed (its file is incomplete) while this thread finished
             raise errors[0]
+
+    def planner(self) -> Any:
+        return self.planner_class(dedup_replicated_tensors=not self.keep_only_main_replica, flatten_state_dict=False)
 
 
 @contextlib.contextmanager
@@ -170,6 +173,8 @@ def save_megatron_checkpoint(
     provenance: dict,
     tokenizer_files: list[Path],
     overwrite: bool = False,
+    strategy: _SyncSaveStrategy | None = None,
+    layout_world: int | None = None,
 ) -> Path:
     """Write this model as a Megatron-LM ``torch_dist`` checkpoint at ``path`` (every rank calls it).
 
@@ -178,6 +183,10 @@ def save_megatron_checkpoint(
     tracker, ``run_config.json`` (provider settings plus ``run_config`` under ``"run"``),
     ``provenance.json`` and ``tokenizer/``. Everything goes into a temporary sibling that is renamed
     into place at the end, so an interrupted save leaves no complete-looking folder.
+
+    ``strategy``: another writer of the same format (the streaming import's, whose model is on the
+    meta device); ``layout_world``: the world size the checkpoint describes when the ranks saving it
+    are workers of one layout-free model rather than that layout's ranks.
     """
     path = Path(path)
     chunks = unwrap_chunks(model_chunks)
@@ -191,7 +200,7 @@ def save_megatron_checkpoint(
                 raise CheckpointError(f"{file}: tokenizer file does not exist")
         if len(set(names)) != len(names):
             raise CheckpointError(f"{path / TOKENIZER_DIR}: two tokenizer files have the same name: {names}")
-        document = run_config_document(provider, run_config, world_size())
+        document = run_config_document(provider, run_config, layout_world or world_size())
         documents[RUN_CONFIG] = _json_text(document, path / RUN_CONFIG)
         documents[PROVENANCE] = _json_text(provenance, path / PROVENANCE)
         (tmp / ITER_DIR).mkdir()
@@ -204,11 +213,14 @@ def save_megatron_checkpoint(
         state.update(
             checkpoint_version=3.0,
             iteration=ITERATION,
-            args=megatron_args(provider, world_size(), tokenizer=bool(tokenizer_files)),
+            args=megatron_args(provider, layout_world or world_size(), tokenizer=bool(tokenizer_files)),
             num_floating_point_operations_so_far=0,
         )
         dist_checkpointing.save(
-            state, str(tmp / ITER_DIR), sharded_strategy=_SyncSaveStrategy(), content_metadata=dict(CONTENT_METADATA)
+            state,
+            str(tmp / ITER_DIR),
+            sharded_strategy=strategy or _SyncSaveStrategy(),
+            content_metadata=dict(CONTENT_METADATA),
         )
         if rank() == 0:
             if tokenizer_files:

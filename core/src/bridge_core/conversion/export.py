@@ -177,13 +177,15 @@ def export_tasks(
     progress: Any = None,
     on_plan: Callable[[list[Output]], None] | None = None,
     plan: ExportPlan | None = None,
+    materialize: Callable[[Task], Task] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(hf_name, tensor)`` on the receiving rank(s); other ranks yield nothing but take part.
 
     ``plan``: the ``ExportPlan`` of these tasks (every rank's; built here with one collective when
     None). ``on_plan`` is called on the receiving rank(s), before the first tensor, with
     ``plan.outputs``: the name, shape and dtype of every tensor to come (a writer lays its files out
-    from it).
+    from it). ``materialize``: the task with its parameter's values, asked for when its unit's turn
+    comes (a streaming export's parameters are meta tensors until then).
     """
     if plan is None:
         plan = gather_plan(tasks, layout, config, bridge.hf_config, dtype)[0]
@@ -200,6 +202,8 @@ def export_tasks(
         task = by_name.get(unit.global_name)
         if task is None or not layout.for_param(task.param).replica_zero:
             return None
+        if materialize is not None:
+            task = materialize(task)
         produced = _produce(task, bridge, config, layout, dtype, everywhere)
         if produced is not None:
             for n, t in produced.items():

@@ -11,7 +11,9 @@ tensor parallel splits the experts' linears. ``bridgectl plan`` prints it.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +108,15 @@ def _itemsize(dtype: torch.dtype) -> int:
 def meta_model(provider: Any) -> tuple[Any, list[Any]]:
     """``provider``'s whole model built on the ``meta`` device (no memory, any size, no initialisation) in a
     private one-rank group, and its parameters (``collect_params`` at TP=PP=1)."""
+    with meta_session(provider) as built:
+        return built
+
+
+@contextlib.contextmanager
+def meta_session(provider: Any) -> Iterator[tuple[Any, list[Any]]]:
+    """``meta_model`` with megatron-core's parallel state kept while inside (TP=PP=1: data parallel over
+    the world, so every rank of a launched world builds the same whole model), e.g. for its sharded
+    state dict."""
     from bridge_core.conversion.params import collect_params
     from bridge_core.runtime.cpu_support import cuda_on_cpu
     from bridge_core.runtime.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
@@ -118,7 +129,7 @@ def meta_model(provider: Any) -> tuple[Any, list[Any]]:
             provider.finalize()
             with torch.device("meta"):
                 model = provider.provide()
-            return model, collect_params([model], 1, 1, 0)
+            yield model, collect_params([model], 1, 1, 0)
         finally:
             destroy_model_parallel()
 

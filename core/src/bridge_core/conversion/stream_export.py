@@ -1,0 +1,166 @@
+"""Megatron-LM ``torch_dist`` -> HF safetensors without building the model (memory independent of its size).
+
+The model is built on the ``meta`` device at TP=PP=1 from the checkpoint's run config; the export
+walks its parameters in export order and loads them from the checkpoint a window at a time (through
+megatron-core's own ``dist_checkpointing.load``, with the safe readers), each window freed once its
+HF tensors are written. The HF shards are laid out up front and written tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+
+from bridge_core.checkpoints.checkpoint_format import CONTENT_METADATA, load_megatron_checkpoint
+from bridge_core.checkpoints.checkpoint_load import read_common_state
+from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
+from bridge_core.checkpoints.input_files import folder_files
+from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
+from bridge_core.checkpoints.piece_reader import PieceReader
+from bridge_core.conversion import plan
+from bridge_core.conversion.auto_bridge import AutoBridge
+from bridge_core.conversion.export import export_tasks, gather_plan
+from bridge_core.conversion.layout_plan import meta_session
+from bridge_core.model.config_translation import parse_dtype, write_both_rope_spellings
+from bridge_core.progress import Progress, stage
+from bridge_core.runtime.parallelism import Parallelism
+from bridge_core.timing import timeline
+
+WINDOW_BYTES = 1 << 30  # parameters loaded per read of the checkpoint (one larger parameter alone)
+_GROUP = re.compile(r"^decoder\.layers\.(\d+)\.(?:.*\.local_experts\.(\d+)\.)?")
+
+
+class CheckpointWindow:
+    """Parameters loaded from the checkpoint in runs of consecutive export units of at most ``window``
+    bytes (a layer's or an expert's tensors together), the previous run freed when the next loads."""
+
+    def __init__(self, sharded: dict, weights_dir: Path, order: list[plan.Task], window: int = WINDOW_BYTES):
+        self.sharded, self.reader = sharded, PieceReader(weights_dir)
+        self.run_of: dict[str, int] = {}
+        self.runs: list[list[plan.Task]] = []
+        size = 0
+        for task in order:
+            nbytes = task.param.tensor.numel() * task.param.tensor.element_size()
+            if not self.runs or size + nbytes > window:
+                self.runs.append([])
+                size = 0
+            self.runs[-1].append(task)
+            self.run_of[task.param.global_name] = len(self.runs) - 1
+            size += nbytes
+        self.current, self.loaded = -1, {}
+        self.reads = 0
+
+    def materialize(self, task: plan.Task) -> plan.Task:
+        run = self.run_of[task.param.global_name]
+        if run != self.current:
+            self.loaded = {}  # free the previous run first
+            self.loaded = self._load(self.runs[run])
+            self.current = run
+        param = dataclasses.replace(task.param, tensor=self.loaded[task.param.global_name])
+        return dataclasses.replace(task, param=param)
+
+    def _load(self, tasks: list[plan.Task]) -> dict[str, torch.Tensor]:
+        out, requests = {}, []
+        for task in tasks:
+            name, meta = task.param.global_name, task.param.tensor
+            out[name] = torch.empty(meta.shape, dtype=meta.dtype)
+            stored = dataclasses.replace(self.sharded[name], data=out[name])
+            built = stored.build() if isinstance(stored, ShardedTensorFactory) else stored
+            for sh in nested_values({"_": built}):  # views of the buffer: read in place
+                box = (1,) * sh.prepend_axis_num + tuple(sh.local_shape)
+                requests.append((sh.key, tuple(sh.global_offset), sh.data.view(box)))
+        self.reader.read(requests)
+        self.reads += 1
+        return out
+
+
+def _run_order(tasks: list[plan.Task], units: Iterable[Any]) -> list[plan.Task]:
+    by_name = {t.param.global_name: t for t in tasks if not t.tied_copy}
+    return [by_name[u.global_name] for u in units if u.global_name in by_name]
+
+
+def _checkpoint_bridge(info: Any, hf_model: str | Path | None, trust_remote_code: bool, accept_config: Iterable[str]):
+    from bridge_core.conversion.workflows import _hf_config_folder, check_reference
+
+    accept_config = {*accept_config, *info.accepted_config()}
+    with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
+        reference = hf_model if hf_model is not None else _hf_config_folder(info, Path(tmp))
+        bridge = AutoBridge.from_hf_pretrained(
+            reference, trust_remote_code=trust_remote_code, accept_config=accept_config
+        )
+        _ = bridge.hf.config  # read while the folder exists
+    kwargs = info.provider_kwargs(bridge.bridge.PROVIDER_CLASS)
+    if hf_model is not None:
+        check_reference(bridge, kwargs, info, hf_model)
+    return bridge, kwargs
+
+
+def stream_export(
+    megatron_path: str | Path,
+    hf_path: str | Path,
+    hf_model: str | Path | None = None,
+    dtype: str | None = None,
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+    accept_config: Iterable[str] = (),
+    trust_remote_code: bool = False,
+    window: int = WINDOW_BYTES,
+) -> Path:
+    """Megatron checkpoint -> complete HF folder (weights, regenerated config, tokenizer), no model built."""
+    from bridge_core.conversion.workflows import hf_tensors, say
+
+    check_output_dir(hf_path, overwrite, "--hf-path")
+    timeline().mark("loading libraries")
+    stage("export", f"planning from {megatron_path}")
+    info = load_megatron_checkpoint(megatron_path)
+    bridge, kwargs = _checkpoint_bridge(info, hf_model, trust_remote_code, accept_config)
+    provider = Parallelism().apply(bridge.bridge.PROVIDER_CLASS(**kwargs))
+    metadata = read_common_state(info.weights_dir).get("content_metadata") or dict(CONTENT_METADATA)
+    side = folder_files(info.tokenizer_dir, info.path, "tokenizer file") if info.tokenizer_dir else []
+    side = side if hf_model is None else bridge.hf.side_files()
+    progress = Progress("export", enabled=True, unit="HF tensors", stage="converting")
+    with meta_session(provider) as (model, _):
+        tasks, layout, config = bridge._tasks([model])
+        want = parse_dtype(dtype) if dtype is not None else config.params_dtype
+        export = gather_plan(tasks, layout, config, bridge.bridge.hf_config, want)[0]
+        sharded = model.sharded_state_dict(metadata=dict(metadata))
+        window_ = CheckpointWindow(sharded, info.weights_dir, _run_order(tasks, export.units), window)
+        timeline().mark("planning")
+        with (
+            atomic_output_dir(Path(hf_path), overwrite) as tmp,
+            ShardedSafetensorsWriter(tmp, max_shard_size) as writer,
+        ):
+            for name, tensor in export_tasks(
+                tasks,
+                bridge.bridge,
+                config,
+                layout,
+                to_rank=0,
+                dtype=want,
+                device=torch.device("cpu"),
+                progress=progress,
+                on_plan=writer.plan,
+                plan=export,
+                materialize=window_.materialize,
+            ):
+                writer.add(name, tensor)
+            writer.finish()
+            bridge.hf_config_for_export(config, want).save_pretrained(tmp)
+            write_both_rope_spellings(tmp / "config.json")
+            for file in side:
+                shutil.copy2(file, tmp / file.name)
+    progress.finish()
+    timeline().mark("converting")
+    written = hf_tensors(progress.tensors, progress.bytes)
+    say(f"export: streamed {written} to {hf_path} in {window_.reads} reads (no model built)")
+    say(f"export: {timeline().summary()}")
+    return Path(hf_path)

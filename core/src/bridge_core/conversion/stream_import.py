@@ -1,0 +1,237 @@
+"""HF safetensors -> Megatron-LM ``torch_dist`` without building the model (memory independent of its size).
+
+The target layout comes from the provider's model built on the ``meta`` device: its sharded state
+dict names every stored tensor with its global shape, which the ``torch_dist`` format keeps whatever
+the TP/PP/EP layout (only the padded vocabulary depends on TP, and it is set to the target's). That
+state dict goes through megatron-core's own ``dist_checkpointing.save`` and torch's filesystem
+writer; only the data are lazy: the planner resolves each stored tensor when the writer reaches it
+(read its HF tensors, map them, slice) and frees it once written. With several worker processes
+each writes a balanced share of the tensors (``bridgectl import --workers N``).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
+from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner
+
+from bridge_core.checkpoints.megatron_checkpoint import _SyncSaveStrategy, save_megatron_checkpoint
+from bridge_core.conversion import plan
+from bridge_core.conversion.auto_bridge import AutoBridge
+from bridge_core.conversion.finite import checked_cast
+from bridge_core.conversion.layout_plan import meta_session
+from bridge_core.conversion.load import read_full
+from bridge_core.errors import CoverageError
+from bridge_core.progress import Progress, stage
+from bridge_core.runtime.parallel import rank, world_size
+from bridge_core.runtime.parallelism import Parallelism
+from bridge_core.timing import timeline
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Where one stored tensor's data lie in its parameter (a view: size, stride, storage offset)."""
+
+    task: plan.Task
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+
+def _pieces(sharded: Any, tasks: Iterable[plan.Task]) -> dict[tuple[str, tuple[int, ...]], _Piece]:
+    """(stored key, global offset) -> its piece. The ShardedTensors' data are the meta parameters or
+    views of them (the gate/up halves of ``linear_fc1``), matched by identity."""
+    by_param = {id(t.param.tensor): t for t in tasks if not t.tied_copy}
+    out = {}
+    for sh in nested_values(sharded):
+        if not isinstance(sh, ShardedTensor):
+            continue
+        base = sh.data if sh.data._base is None else sh.data._base
+        task = by_param.get(id(base))
+        if task is None:
+            raise CoverageError(f"{sh.key}: a stored tensor of no mapped Megatron parameter")
+        out[(sh.key, tuple(sh.global_offset))] = _Piece(
+            task, tuple(sh.data.size()), tuple(sh.data.stride()), sh.data.storage_offset()
+        )
+    return out
+
+
+def _spread(sharded: Any, me: int, workers: int) -> None:
+    """Give each worker a share of the stored tensors, balanced by bytes (the same on every worker):
+    a worker keeps as main replica (and writes) only its own; objects stay with worker 0."""
+    tensors = sorted(
+        (sh for sh in nested_values(sharded) if isinstance(sh, ShardedTensor)),
+        key=lambda sh: (-sh.data.numel() * sh.data.element_size(), sh.key, tuple(sh.global_offset)),
+    )
+    load = [0] * workers
+    for sh in tensors:
+        owner = min(range(workers), key=lambda w: (load[w], w))
+        load[owner] += sh.data.numel() * sh.data.element_size()
+        sh.replica_id = 0 if owner == me else 1
+    for obj in nested_values(sharded):
+        if isinstance(obj, ShardedObject):
+            obj.replica_id = 0 if me == 0 else 1
+
+
+class _Resolver:
+    """Each stored tensor's values, made when the writer asks: the full parameter from the HF files
+    (kept until its last piece is written), sliced like the meta view."""
+
+    def __init__(self, pieces: dict, bridge: Any, source: Any, config: Any, progress: Progress | None):
+        self.pieces, self.bridge, self.source, self.config, self.progress = pieces, bridge, source, config, progress
+        self.left: Counter[str] = Counter()
+        self.full: dict[str, torch.Tensor] = {}
+        self.lock = threading.Lock()  # the HF reader is not shared between the writer threads
+
+    def expect(self, keys: Iterable[tuple[str, tuple[int, ...]]]) -> None:
+        for key in keys:
+            self.left[self.pieces[key].task.param.global_name] += 1
+
+    def __call__(self, key: tuple[str, tuple[int, ...]], shape: torch.Size) -> torch.Tensor:
+        piece = self.pieces[key]
+        name = piece.task.param.global_name
+        with self.lock:
+            full = self.full.get(name)
+            if full is None:
+                full = read_full(piece.task, self.bridge, self.source, self.config)
+                full = checked_cast(full, piece.task.param.dtype, " + ".join(piece.task.hf_keys)).contiguous()
+                if self.progress is not None:
+                    self.progress.update(full.numel() * full.element_size())
+            self.left[name] -= 1
+            if self.left[name] > 0:
+                self.full[name] = full
+            else:
+                self.full.pop(name, None)
+        return full.as_strided(piece.size, piece.stride, piece.offset).clone().view(shape)
+
+
+class _LazyPlanner(MCoreSavePlanner):
+    """megatron-core's planner whose meta tensors are resolved when written, and freed after.
+
+    torch's writer keeps every tensor it wrote to a file referenced until the file closes; the
+    previous tensor of each writer thread is released (its storage emptied) at the thread's next
+    request, when it has been written. ``thread_count`` > 1 keeps torch on its serial loader, which
+    asks for a tensor only once the one before it is written.
+    """
+
+    resolver: _Resolver
+
+    def resolve_data(self, write_item: Any) -> Any:
+        obj = self.lookup_object(write_item.index)
+        if not (isinstance(obj, torch.Tensor) and obj.is_meta):
+            return super().resolve_data(write_item)
+        local = threading.local() if not hasattr(self, "_local") else self._local
+        self._local = local
+        previous = getattr(local, "previous", None)
+        if previous is not None:
+            previous.untyped_storage().resize_(0)
+        tensor = self.resolver((write_item.index.fqn, tuple(write_item.index.offset)), obj.shape)
+        local.previous = tensor
+        return tensor
+
+
+class StreamingSaveStrategy(_SyncSaveStrategy):
+    """The torch_dist writer for a meta-device model: values are read from the HF files when written."""
+
+    def __init__(self, tasks: list[plan.Task], bridge: Any, source: Any, config: Any, progress: Progress | None):
+        super().__init__()
+        self.tasks, self.bridge, self.source, self.config, self.progress = tasks, bridge, source, config, progress
+        self.resolver: _Resolver | None = None
+
+    def save(self, sharded_state_dict: Any, checkpoint_dir: str | Path) -> None:
+        self.resolver = _Resolver(
+            _pieces(sharded_state_dict, self.tasks), self.bridge, self.source, self.config, self.progress
+        )
+        _spread(sharded_state_dict, rank(), world_size())
+        mine = [
+            (sh.key, tuple(sh.global_offset))
+            for sh in nested_values(sharded_state_dict)
+            if isinstance(sh, ShardedTensor) and sh.replica_id == 0
+        ]
+        self.resolver.expect(mine)
+        if self.progress is not None:
+            params = [t.param.tensor for t in self.tasks if t.param.global_name in self.resolver.left]
+            self.progress.begin(len(params), sum(p.numel() * p.element_size() for p in params))
+        super().save(sharded_state_dict, checkpoint_dir)
+
+    def planner(self) -> Any:
+        planner = _LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False)
+        assert self.resolver is not None, "save() sets the resolver first"
+        planner.resolver = self.resolver
+        return planner
+
+
+def _build_provider(target: Any) -> Any:
+    """The target provider at TP=PP=EP=1 with the target's padded vocabulary: the same stored tensors."""
+    build = copy.deepcopy(target)
+    Parallelism().apply(build)
+    build.padded_vocab_size = target.vocab_size_with_padding
+    return build
+
+
+def stream_import(
+    hf_model: str | Path,
+    megatron_path: str | Path,
+    parallel: Parallelism,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    source: str | None = None,
+    accept_config: Iterable[str] = (),
+) -> Path:
+    """HF folder -> Megatron-LM ``torch_dist`` checkpoint for layout ``parallel``, no model built (every
+    worker calls it; ``bridgectl import`` starts them)."""
+    from bridge_core.checkpoints.output_dir import check_output_dir
+    from bridge_core.conversion.workflows import hf_tensors, provenance, say
+
+    check_output_dir(megatron_path, overwrite, "--megatron-path")
+    timeline().mark("loading libraries")
+    accepted = sorted(set(accept_config))
+    stage("import", "planning the Megatron checkpoint")
+    bridge = AutoBridge.from_hf_pretrained(
+        hf_model, trust_remote_code=trust_remote_code, torch_dtype=dtype, accept_config=accepted
+    )
+    target = parallel.apply(bridge.to_megatron_provider())
+    target.perform_initialization = False
+    weights = bridge.hf.weights
+    workers = world_size()
+    where = f" (worker 1 of {workers})" if workers > 1 else ""
+    progress = Progress("import", enabled=rank() == 0, unit="Megatron parameters", stage="converting" + where)
+    with meta_session(_build_provider(target)) as (model, _):
+        tasks, _, config = bridge._tasks([model], weights.meta)
+        dequantizes = bridge.bridge.dequantizes_hf_weights
+        plan.check_quantization(weights.meta, bridge.bridge.hf_config, dequantizes=dequantizes, owner=bridge.owner)
+        plan.check_import_shapes(tasks, weights.meta, config, bridge.bridge.hf_config)
+        plan.check_import_coverage(plan.consumption(tasks), weights.meta, companions_ok=dequantizes)
+        target.finalize()
+        timeline().mark("planning")
+        strategy = StreamingSaveStrategy(tasks, bridge.bridge, weights, config, progress)
+        path = save_megatron_checkpoint(
+            [model],
+            target,
+            megatron_path,
+            run_config={
+                "command": "import",
+                "parallelism": provenance(bridge, source or hf_model, parallel)["parallelism"],
+                **({"accept_config": accepted} if accepted else {}),
+            },
+            provenance=provenance(bridge, source or hf_model, parallel),
+            tokenizer_files=bridge.hf.side_files(),
+            overwrite=overwrite,
+            strategy=strategy,
+            layout_world=parallel.world_size,
+        )
+    progress.finish()
+    timeline().mark("converting")
+    say(f"import: streamed {hf_tensors(len(weights), weights.total_bytes)} into {path} (no model built)")
+    say(f"import: {timeline().summary()}")
+    return path
