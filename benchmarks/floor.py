@@ -15,12 +15,12 @@ from pathlib import Path
 CHUNK = 16 * 2**20  # of 256 KiB .. 64 MiB, 16 MiB was the fastest and steadiest here
 
 
-def copy_floor(src: str | os.PathLike, dst_dir: str | os.PathLike) -> dict:
-    """Copy ``src``'s safetensors files into ``dst_dir`` (read once, write once, fsync each file)."""
+def copy_floor(src: str | os.PathLike, dst_dir: str | os.PathLike, pattern: str = "*.safetensors") -> dict:
+    """Copy ``src``'s ``pattern`` files into ``dst_dir`` (read once, write once, fsync each file)."""
     src, dst_dir = Path(src), Path(dst_dir)
     shutil.rmtree(dst_dir, ignore_errors=True)
     dst_dir.mkdir(parents=True)
-    files = sorted(src.glob("*.safetensors"))
+    files = sorted(src.glob(pattern))
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     total = 0

@@ -53,7 +53,7 @@ def toy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(toy, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "megatron"
-    proc = bridgectl("import", "--hf-model", str(toy), "--megatron-path", str(path), "--tp", "2")
+    proc = bridgectl("import", "--hf-model", str(toy), "--megatron-path", str(path), "--tp", "2", "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     return path
 

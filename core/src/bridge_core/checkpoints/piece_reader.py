@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from bridge_core.checkpoints.checkpoint_load import _SafeReader
+from bridge_core.checkpoints.checkpoint_load import _one_line, _SafeReader
 from bridge_core.errors import CheckpointError
 
 Request = tuple[str, tuple[int, ...], torch.Tensor]  # (stored key, global offset, destination)
@@ -83,6 +84,7 @@ class PieceReader:
                 dcp.load({}, storage_reader=self.reader, planner=_BoxPlanner(requests), no_dist=True)
         except CheckpointError:
             raise
-        except Exception as exc:
+        except (Exception, CheckpointException) as exc:  # torch's CheckpointException is a BaseException
             first = requests[0][0] if requests else "nothing"
-            raise CheckpointError(f"{self.weights_dir}: cannot read {first} (+{len(requests) - 1}): {exc}") from exc
+            more = f" (+{len(requests) - 1} more)" if len(requests) > 1 else ""
+            raise CheckpointError(f"{self.weights_dir}: cannot read {first}{more}: {_one_line(exc)}") from exc

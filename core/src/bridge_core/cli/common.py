@@ -20,6 +20,27 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--etp", type=int, default=None, help="expert tensor parallel size (default: --tp)")
 
 
+def add_stream_args(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_argument_group("streaming (the default: no model is built, memory stays flat at any size)")
+    group.add_argument(
+        "--workers", type=positive_int, default=1, help="processes that convert a share of the tensors each"
+    )
+    group.add_argument(
+        "--via-model", action="store_true", help=f"build {what} in memory instead (the rank processes of the layout)"
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-dtype", choices=DTYPES, default=None, help="parameter dtype (default: the checkpoint's)"

@@ -8,10 +8,12 @@ from bridge_core.cli.common import (
     DTYPES,
     add_accept_config_arg,
     add_parallel_args,
+    add_stream_args,
     parallelism,
     precheck_checkpoint,
     run_on_ranks,
 )
+from bridge_core.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true", help="allow a reference model that needs remote code"
     )
     add_parallel_args(parser)
+    add_stream_args(parser, "the model (as --tp/--pp/--ep above 1 do)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,13 +57,30 @@ def run(args: argparse.Namespace) -> int:
         from bridge_core.checkpoints.hub import resolve_model_path
 
         reference = resolve_model_path(args.hf_model)
+    live = args.via_model or parallel.world_size > 1  # the streaming export reads any layout in one process
+    if not live and args.workers > 1:
+        raise ConfigError("--workers: the streaming export runs in one process; leave --workers out")
     with timeline.handed_over():
-        code = run_on_ranks(args, parallel.world_size, reference)
+        code = run_on_ranks(args, parallel.world_size if live else 1, reference)
     if code is not None:
         return code
     from bridge_core.progress import LOADING_LIBRARIES, stage
 
     stage("export", LOADING_LIBRARIES)
+    if not live:
+        from bridge_core.conversion.stream_export import stream_export
+
+        stream_export(
+            args.megatron_path,
+            args.hf_path,
+            reference,
+            args.torch_dtype,
+            args.max_shard_size,
+            args.overwrite,
+            accept_config=args.accept_config,
+            trust_remote_code=args.trust_remote_code,
+        )
+        return 0
     from bridge_core.conversion.workflows import export_checkpoint
 
     export_checkpoint(

@@ -9,6 +9,7 @@ from bridge_core.checkpoints.hf_source import hf_source
 from bridge_core.cli.common import (
     add_common_args,
     add_parallel_args,
+    add_stream_args,
     parallelism,
     precheck_hf,
     run_on_ranks,
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --megatron-path")
     parser.add_argument("--source-label", default=None, help=argparse.SUPPRESS)
     add_parallel_args(parser)
+    add_stream_args(parser, "the model")
     add_common_args(parser)
 
 
@@ -54,13 +56,16 @@ def run(args: argparse.Namespace) -> int:
         label = args.source_label or args.hf_model
         args.argv += ["--source-label", label] if args.source_label is None else []
         with timeline_.handed_over():
-            code = run_on_ranks(args, parallel.world_size, folder)
+            code = run_on_ranks(args, parallel.world_size if args.via_model else args.workers, folder)
         if code is not None:
             return code
         from bridge_core.progress import LOADING_LIBRARIES, stage
 
         stage("import", LOADING_LIBRARIES)
-        from bridge_core.conversion.workflows import import_checkpoint
+        if args.via_model:
+            from bridge_core.conversion.workflows import import_checkpoint
+        else:
+            from bridge_core.conversion.stream_import import stream_import as import_checkpoint
 
         import_checkpoint(
             folder,

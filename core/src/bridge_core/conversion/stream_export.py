@@ -32,6 +32,7 @@ from bridge_core.conversion.export import export_tasks, gather_plan
 from bridge_core.conversion.layout_plan import meta_session
 from bridge_core.model.config_translation import parse_dtype, write_both_rope_spellings
 from bridge_core.progress import Progress, stage
+from bridge_core.runtime.memory import release_large_frees
 from bridge_core.runtime.parallelism import Parallelism
 from bridge_core.timing import timeline
 
@@ -119,6 +120,7 @@ def stream_export(
     from bridge_core.conversion.workflows import hf_tensors, say
 
     check_output_dir(hf_path, overwrite, "--hf-path")
+    release_large_frees()
     timeline().mark("loading libraries")
     stage("export", f"planning from {megatron_path}")
     info = load_megatron_checkpoint(megatron_path)
@@ -160,7 +162,12 @@ def stream_export(
                 shutil.copy2(file, tmp / file.name)
     progress.finish()
     timeline().mark("converting")
+    params = [t.param.tensor for t in tasks if not t.tied_copy]
+    nbytes = sum(p.numel() * p.element_size() for p in params)
     written = hf_tensors(progress.tensors, progress.bytes)
-    say(f"export: streamed {written} to {hf_path} in {window_.reads} reads (no model built)")
+    say(
+        f"export: wrote {written} from {len(params)} Megatron parameters ({nbytes / 1e9:.2f} GB) to {hf_path}, "
+        f"streamed in {window_.reads} reads: no model built"
+    )
     say(f"export: {timeline().summary()}")
     return Path(hf_path)

@@ -27,11 +27,12 @@ from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner
 from bridge_core.checkpoints.megatron_checkpoint import _SyncSaveStrategy, save_megatron_checkpoint
 from bridge_core.conversion import plan
 from bridge_core.conversion.auto_bridge import AutoBridge
-from bridge_core.conversion.finite import checked_cast
+from bridge_core.conversion.finite import NonfiniteScan, checked_cast, warn_nonfinite
 from bridge_core.conversion.layout_plan import meta_session
 from bridge_core.conversion.load import read_full
 from bridge_core.errors import CoverageError
 from bridge_core.progress import Progress, stage
+from bridge_core.runtime.memory import release_large_frees
 from bridge_core.runtime.parallel import rank, world_size
 from bridge_core.runtime.parallelism import Parallelism
 from bridge_core.timing import timeline
@@ -91,6 +92,7 @@ class _Resolver:
         self.left: Counter[str] = Counter()
         self.full: dict[str, torch.Tensor] = {}
         self.lock = threading.Lock()  # the HF reader is not shared between the writer threads
+        self.scan = NonfiniteScan()
 
     def expect(self, keys: Iterable[tuple[str, tuple[int, ...]]]) -> None:
         for key in keys:
@@ -103,6 +105,7 @@ class _Resolver:
             full = self.full.get(name)
             if full is None:
                 full = read_full(piece.task, self.bridge, self.source, self.config)
+                self.scan.add(full, *piece.task.hf_keys)
                 full = checked_cast(full, piece.task.param.dtype, " + ".join(piece.task.hf_keys)).contiguous()
                 if self.progress is not None:
                     self.progress.update(full.numel() * full.element_size())
@@ -194,6 +197,7 @@ def stream_import(
     from bridge_core.conversion.workflows import hf_tensors, provenance, say
 
     check_output_dir(megatron_path, overwrite, "--megatron-path")
+    release_large_frees()
     timeline().mark("loading libraries")
     accepted = sorted(set(accept_config))
     stage("import", "planning the Megatron checkpoint")
@@ -231,7 +235,11 @@ def stream_import(
             layout_world=parallel.world_size,
         )
     progress.finish()
+    warn_nonfinite(strategy.resolver.scan.names() if strategy.resolver else [], "HF", workers)
     timeline().mark("converting")
-    say(f"import: streamed {hf_tensors(len(weights), weights.total_bytes)} into {path} (no model built)")
-    say(f"import: {timeline().summary()}")
+    params = [t.param.tensor for t in tasks if not t.tied_copy]
+    nbytes = sum(p.numel() * p.element_size() for p in params)
+    read = hf_tensors(len(weights), weights.total_bytes)
+    say(f"import: read {read} into {len(params)} Megatron parameters ({nbytes / 1e9:.2f} GB), streamed: no model built")
+    say(f"import: wrote {path}; {timeline().summary()}")
     return path
