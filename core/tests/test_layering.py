@@ -18,6 +18,8 @@ PACKAGE = Path(bridge_core.__file__).parent
 HEAVY = ("torch", "megatron", "transformers", "safetensors", "gguf", "peft", "accelerate", "transformer_engine")
 PLAN_MODULES = (
     "bridge_core.conversion.plan",
+    "bridge_core.conversion.tasks",
+    "bridge_core.conversion.import_plan",
     "bridge_core.conversion.export_plan",
     "bridge_core.conversion.layout_plan",
 )
@@ -140,3 +142,50 @@ def test_no_import_cycle_at_top_level():
                 assert module not in top_level_closure(dep, packages=False), (
                     f"{module} <-> {dep} import each other at top level"
                 )
+
+
+def runtime_edges(modules: list[str]) -> dict[str, list[str]]:
+    """Which of ``modules`` each one imports when it runs: top level and inside functions (``if
+    TYPE_CHECKING:`` excluded; a package's own ``__init__`` is not an edge)."""
+    inside = set(modules)
+    return {
+        m: sorted({d for n, _ in imports(m) if (d := _module_of(n)) in inside and d != m and not m.startswith(d + ".")})
+        for m in modules
+    }
+
+
+def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
+    """One cycle of the graph ``edges`` as ``[a, b, ..., a]``, or None when every edge goes one way."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return path[path.index(node) :] + [node]
+        if node in done:
+            return None
+        for dep in edges.get(node, []):
+            if found := visit(dep, [*path, node]):
+                return found
+        done.add(node)
+        return None
+
+    return next((c for node in edges if (c := visit(node, [])) is not None), None)
+
+
+def test_find_cycle_finds_a_cycle_and_only_a_cycle():
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": ["b", "c"], "b": ["c"], "c": []}) is None
+    assert find_cycle({"x": ["a"], "a": ["b"], "b": ["a"]}) == ["a", "b", "a"]
+
+
+def test_an_import_inside_a_function_is_an_edge():
+    # AutoBridge.load_hf_adapter imports the PEFT loader when called
+    assert ("bridge_core.peft.load", True) in imports("bridge_core.conversion.auto_bridge")
+    edges = runtime_edges([*_in("conversion"), "bridge_core.peft.load"])
+    assert "bridge_core.peft.load" in edges["bridge_core.conversion.auto_bridge"]
+
+
+def test_no_import_cycle_in_the_conversion_engine_even_inside_functions():
+    # An import placed inside a function to dodge a cycle still makes the modules depend on each other.
+    cycle = find_cycle(runtime_edges(_in("conversion")))
+    assert cycle is None, f"import cycle (imports inside functions included): {' -> '.join(cycle or [])}"

@@ -24,13 +24,15 @@ import torch.distributed as dist
 from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
 from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
 from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
-from bridge_core.conversion import plan, weight_sync
+from bridge_core.conversion import weight_sync
 from bridge_core.conversion.export import export_tasks, gather_plan
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.host_copy import to_host
+from bridge_core.conversion.import_plan import ImportPlan
 from bridge_core.conversion.load import LoadReport, load_tasks
 from bridge_core.conversion.megatron_bridge_names import MegatronBridgeNames
 from bridge_core.conversion.params import collect_params
+from bridge_core.conversion.tasks import Task, build_tasks
 from bridge_core.conversion.weight_sync import WeightSyncPlan
 from bridge_core.errors import ConfigError
 from bridge_core.model.config_translation import (
@@ -161,14 +163,14 @@ class AutoBridge(MegatronBridgeNames):
         return self.to_megatron_provider().finalize()
 
     # -- planning -------------------------------------------------------------------------------
-    def _tasks(self, model: Any, hf_names: Iterable[str] | None = None) -> tuple[list[plan.Task], ParallelLayout, Any]:
+    def _tasks(self, model: Any, hf_names: Iterable[str] | None = None) -> tuple[list[Task], ParallelLayout, Any]:
         chunks = _chunks(model)
         layout = ParallelLayout()
         params = collect_params(chunks, layout.tp.size, layout.etp.size, layout.ep_rank)
         tied = bool(getattr(unwrap(chunks[0]), "share_embeddings_and_output_weights", False))
         config = unwrap(chunks[0]).config
         self.bridge.select_hf_layout(config, None if hf_names is None else frozenset(hf_names))
-        tasks = plan.build_tasks(params, self.bridge.mapping_registry(), tied=tied, owner=self.owner)
+        tasks = build_tasks(params, self.bridge.mapping_registry(), tied=tied, owner=self.owner)
         return tasks, layout, config
 
     # -- import ---------------------------------------------------------------------------------
@@ -181,16 +183,22 @@ class AutoBridge(MegatronBridgeNames):
     ) -> LoadReport:
         """Fill every parameter of this rank's model chunks from the HF checkpoint.
 
-        Refuses (before reading any weight) quantized sources the bridge does not dequantize, shape
-        mismatches, and any HF tensor or Megatron parameter left unmapped, missing or used twice.
+        Refuses (before reading any weight: ``ImportPlan.check``) quantized sources the bridge does not
+        dequantize, shape mismatches, and any HF tensor or Megatron parameter left unmapped, missing or
+        used twice. Every rank's reads are gathered first (one collective), then every rank checks.
         """
         source = HFCheckpoint(hf_path).weights if hf_path is not None else self.hf.weights
         tasks, layout, config = self._tasks(model, source.meta)
-        dequantizes = self.bridge.dequantizes_hf_weights
-        plan.check_quantization(source.meta, self.bridge.hf_config, dequantizes=dequantizes, owner=self.owner)
-        plan.check_import_shapes(tasks, source.meta, config, self.bridge.hf_config)
-        consumed = [c for rank in _all_gather(plan.consumption(tasks)) for c in rank]
-        plan.check_import_coverage(consumed, source.meta, allow_unused=allow_unmapped, companions_ok=dequantizes)
+        plan = ImportPlan.build(
+            tasks,
+            source.meta,
+            config,
+            self.bridge.hf_config,
+            owner=self.owner,
+            dequantizes=self.bridge.dequantizes_hf_weights,
+            allow_unused=allow_unmapped,
+        )
+        plan.check(c for rank in _all_gather(plan.consumption()) for c in rank)
         return load_tasks(tasks, self.bridge, source, config, layout, hf_dtype(self.bridge.hf_config), progress)
 
     def load_hf_adapter(self, model: Any, adapter_path: str | os.PathLike[str]) -> Any:

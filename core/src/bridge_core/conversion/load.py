@@ -17,8 +17,8 @@ import torch.distributed as dist
 from bridge_core.conversion.direct import plan_reads
 from bridge_core.conversion.finite import NonfiniteScan, checked_cast, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout
-from bridge_core.conversion.plan import Task
 from bridge_core.conversion.row_reader import RowReader, read_threads
+from bridge_core.conversion.tasks import Task
 from bridge_core.errors import CoverageError
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ Mixed into ``AutoBridge`` so that code written for Megatron-Bridge finds ``impor
 ``export_ckpt``, ``from_auto_config``, ``to_megatron_model``, ``save_megatron_model`` and
 ``load_megatron_model``. Each one forwards to the bridge-core function that does the work (named
 in its docstring); arguments Megatron-Bridge has and bridge-core does not honour are refused by
-name rather than silently ignored.
+name rather than silently ignored. The jobs run with the caller's own class (``cls``, ``type(self)``),
+so this module imports neither ``auto_bridge`` nor ``workflows`` when it runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from bridge_core.conversion import jobs
 from bridge_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -67,11 +69,11 @@ class MegatronBridgeNames:
         """
         _refuse("import_ckpt", kwargs)
         from bridge_core.checkpoints.hf_source import hf_source
-        from bridge_core.conversion.workflows import import_checkpoint
         from bridge_core.runtime.parallelism import Parallelism
 
         with hf_source(str(hf_model_id), "import") as folder:
-            import_checkpoint(
+            jobs.import_checkpoint(
+                cast("type[AutoBridge]", cls),
                 folder,
                 os.fspath(megatron_path),
                 Parallelism(),
@@ -96,15 +98,16 @@ class MegatronBridgeNames:
         ``bridge_core.conversion.workflows.export_checkpoint`` (what ``bridgectl export`` runs).
         """
         _refuse("export_ckpt", kwargs)
-        from bridge_core.conversion.workflows import export_checkpoint
         from bridge_core.progress import progress_enabled, set_progress
         from bridge_core.runtime.parallelism import Parallelism
 
-        hf = cast("AutoBridge", self).hf
+        bridge = cast("AutoBridge", self)
+        hf = bridge.hf
         was = progress_enabled()
         set_progress(show_progress and was)
         try:
-            export_checkpoint(
+            jobs.export_checkpoint(
+                type(bridge),
                 os.fspath(megatron_path),
                 os.fspath(hf_path),
                 Parallelism(),
@@ -130,11 +133,10 @@ class MegatronBridgeNames:
 
             return auto.from_hf_pretrained(resolve_model_path(str(hf_model_id)), trust_remote_code=trust_remote_code)
         from bridge_core.checkpoints.megatron_checkpoint import load_megatron_checkpoint
-        from bridge_core.conversion.workflows import _hf_config_folder
 
         info = load_megatron_checkpoint(megatron_path)
         with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
-            folder = _hf_config_folder(info, Path(tmp))
+            folder = jobs.hf_config_folder(info, Path(tmp))
             bridge = auto.from_hf_pretrained(folder, trust_remote_code=trust_remote_code)
             config = bridge.hf.config  # read while the folder exists
         return auto.from_hf_config(config)
@@ -168,7 +170,6 @@ class MegatronBridgeNames:
         _refuse("save_megatron_model", kwargs)
         from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint
         from bridge_core.checkpoints.megatron_checkpoint import save_megatron_checkpoint
-        from bridge_core.conversion.workflows import provenance
         from bridge_core.runtime.chunks import unwrap
 
         bridge = cast("AutoBridge", self)
@@ -179,7 +180,7 @@ class MegatronBridgeNames:
         else:
             tokenizer_files = bridge.hf.side_files() if bridge.hf.path is not None else []
         source = str(bridge.hf.path) if bridge.hf.path is not None else "python"
-        info = provenance(bridge, source, parallel)
+        info = jobs.provenance(bridge, source, parallel)
         save_megatron_checkpoint(
             list(chunks),
             unwrap(chunks[0]).config,
@@ -197,7 +198,6 @@ class MegatronBridgeNames:
         ``tensor_model_parallel_size``, ``pipeline_model_parallel_size``, ``expert_model_parallel_size``,
         ``expert_tensor_parallel_size``; default 1). ``bridge_core.conversion.workflows.load_checkpoint``.
         """
-        from bridge_core.conversion.workflows import load_checkpoint
         from bridge_core.runtime.parallelism import Parallelism
 
         if wrap_with_ddp:
@@ -208,6 +208,9 @@ class MegatronBridgeNames:
                 f"AutoBridge.load_megatron_model: unknown mp_overrides keys: {', '.join(sorted(unknown))}"
             )
         sizes = {_MP_KEYS[k]: v for k, v in (mp_overrides or {}).items() if v is not None}
-        hf = cast("AutoBridge", self).hf
-        loaded = load_checkpoint(os.fspath(path), Parallelism(**sizes), hf.path, trust_remote_code=hf.trust_remote_code)
+        bridge = cast("AutoBridge", self)
+        hf = bridge.hf
+        loaded = jobs.load_checkpoint(
+            type(bridge), os.fspath(path), Parallelism(**sizes), hf.path, trust_remote_code=hf.trust_remote_code
+        )
         return loaded.model
