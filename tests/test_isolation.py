@@ -120,7 +120,7 @@ def test_launcher_starts_ranks_without_importing_anything_heavy(tmp_path):
     ckpt.mkdir()
     (ckpt / "latest_checkpointed_iteration.txt").write_text("1")
     commands = [
-        ["import", "--hf-model", str(hf), "--megatron-path", str(tmp_path / "out"), "--tp", "2"],
+        ["import", "--hf-model", str(hf), "--megatron-path", str(tmp_path / "out"), "--tp", "2", "--workers", "2"],
         ["export", "--megatron-path", str(ckpt), "--hf-path", str(tmp_path / "exp"), "--tp", "2"],
     ]
     out = _assert_no_heavy(

@@ -81,7 +81,9 @@ def test_pp_not_dividing_layers_is_refused_before_ranks(hf_folder, tmp_path):
 
 
 def test_valid_sizes_still_start_the_ranks(hf_folder, tmp_path):
-    report, err = bridgectl("import", "--hf-model", str(hf_folder), "--megatron-path", str(tmp_path / "m"), "--tp", "2")
+    report, err = bridgectl(
+        "import", "--hf-model", str(hf_folder), "--megatron-path", str(tmp_path / "m"), "--tp", "2", "--workers", "2"
+    )
     assert report == {"code": 0, "started": [2], "heavy": []}, err
 
 

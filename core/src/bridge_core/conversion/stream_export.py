@@ -21,7 +21,7 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 
 from bridge_core.checkpoints.checkpoint_format import CONTENT_METADATA, load_megatron_checkpoint
-from bridge_core.checkpoints.checkpoint_load import read_common_state
+from bridge_core.checkpoints.checkpoint_load import _refuse_adapters_only, read_common_state
 from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
 from bridge_core.checkpoints.input_files import folder_files
 from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
@@ -57,7 +57,8 @@ class CheckpointWindow:
             self.runs[-1].append(task)
             self.run_of[task.param.global_name] = len(self.runs) - 1
             size += nbytes
-        self.current, self.loaded = -1, {}
+        self.current = -1
+        self.loaded: dict[str, torch.Tensor] = {}
         self.reads = 0
 
     def materialize(self, task: plan.Task) -> plan.Task:
@@ -124,6 +125,7 @@ def stream_export(
     timeline().mark("loading libraries")
     stage("export", f"planning from {megatron_path}")
     info = load_megatron_checkpoint(megatron_path)
+    _refuse_adapters_only(info.path)
     bridge, kwargs = _checkpoint_bridge(info, hf_model, trust_remote_code, accept_config)
     provider = Parallelism().apply(bridge.bridge.PROVIDER_CLASS(**kwargs))
     metadata = read_common_state(info.weights_dir).get("content_metadata") or dict(CONTENT_METADATA)

@@ -129,15 +129,17 @@ class _LazyPlanner(MCoreSavePlanner):
     resolver: _Resolver
 
     def resolve_data(self, write_item: Any) -> Any:
-        obj = self.lookup_object(write_item.index)
-        if not (isinstance(obj, torch.Tensor) and obj.is_meta):
+        key = (write_item.index.fqn, tuple(write_item.index.offset or ()))  # objects have no offset
+        if key not in self.resolver.pieces:  # not a parameter: an object (extra state), as stored
             return super().resolve_data(write_item)
-        local = threading.local() if not hasattr(self, "_local") else self._local
-        self._local = local
+        # (a parameter megatron-core creates on an explicit device, e.g. the learnable softmax offset, is
+        # not on the meta device but uninitialised memory: resolved like the others)
+        obj = self.lookup_object(write_item.index)
+        local = self.__dict__.setdefault("_writer_threads", threading.local())
         previous = getattr(local, "previous", None)
         if previous is not None:
             previous.untyped_storage().resize_(0)
-        tensor = self.resolver((write_item.index.fqn, tuple(write_item.index.offset)), obj.shape)
+        tensor = self.resolver(key, obj.shape)
         local.previous = tensor
         return tensor
 
@@ -210,6 +212,7 @@ def stream_import(
     workers = world_size()
     where = f" (worker 1 of {workers})" if workers > 1 else ""
     progress = Progress("import", enabled=rank() == 0, unit="Megatron parameters", stage="converting" + where)
+    bridge.bridge.select_hf_layout(target, frozenset(weights.meta))  # recorded in run_config.json, as live
     with meta_session(_build_provider(target)) as (model, _):
         tasks, _, config = bridge._tasks([model], weights.meta)
         dequantizes = bridge.bridge.dequantizes_hf_weights
