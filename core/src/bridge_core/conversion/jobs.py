@@ -217,6 +217,28 @@ def check_reference(bridge: AutoBridge, saved: dict[str, Any], info: Any, hf_mod
         )
 
 
+def checkpoint_bridge(
+    bridge_class: type[AutoBridge],
+    info: Any,
+    hf_model: str | Path | None,
+    trust_remote_code: bool = False,
+    accept_config: Iterable[str] = (),
+) -> tuple[AutoBridge, dict[str, Any]]:
+    """The bridge of a loaded checkpoint's ``info`` (its stored HF config, or the ``hf_model`` reference,
+    checked against it) and the provider settings that rebuild its model."""
+    accept_config = {*accept_config, *info.accepted_config()}  # what the user accepted at import
+    with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
+        reference = hf_model if hf_model is not None else hf_config_folder(info, Path(tmp))
+        bridge = bridge_class.from_hf_pretrained(
+            reference, trust_remote_code=trust_remote_code, accept_config=accept_config
+        )
+        _ = bridge.hf.config  # read while the folder exists
+    kwargs = info.provider_kwargs(bridge.bridge.PROVIDER_CLASS)
+    if hf_model is not None:
+        check_reference(bridge, kwargs, info, hf_model)
+    return bridge, kwargs
+
+
 def load_checkpoint(
     bridge_class: type[AutoBridge],
     megatron_path: str | Path,
@@ -235,16 +257,7 @@ def load_checkpoint(
     from bridge_core.model.config_translation import dtype_settings
 
     info = load_megatron_checkpoint(megatron_path)
-    accept_config = {*accept_config, *info.accepted_config()}  # what the user accepted at import
-    with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
-        reference = hf_model if hf_model is not None else hf_config_folder(info, Path(tmp))
-        bridge = bridge_class.from_hf_pretrained(
-            reference, trust_remote_code=trust_remote_code, accept_config=accept_config
-        )
-        _ = bridge.hf.config  # read while the folder exists
-    kwargs = info.provider_kwargs(bridge.bridge.PROVIDER_CLASS)
-    if hf_model is not None:
-        check_reference(bridge, kwargs, info, hf_model)
+    bridge, kwargs = checkpoint_bridge(bridge_class, info, hf_model, trust_remote_code, accept_config)
     saved_dtype = kwargs.get("params_dtype", torch.float32)
     if dtype is not None:
         kwargs.update(dtype_settings(dtype))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,11 @@ from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
 from bridge_core.checkpoints.input_files import folder_files
 from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.checkpoints.piece_reader import PieceReader
-from bridge_core.conversion import plan
 from bridge_core.conversion.auto_bridge import AutoBridge
 from bridge_core.conversion.export import export_tasks, gather_plan
+from bridge_core.conversion.jobs import checkpoint_bridge, hf_tensors, say
 from bridge_core.conversion.layout_plan import meta_session
+from bridge_core.conversion.tasks import Task
 from bridge_core.model.config_translation import parse_dtype, write_both_rope_spellings
 from bridge_core.progress import Progress, stage
 from bridge_core.runtime.memory import release_large_frees
@@ -44,10 +44,10 @@ class CheckpointWindow:
     """Parameters loaded from the checkpoint in runs of consecutive export units of at most ``window``
     bytes (a layer's or an expert's tensors together), the previous run freed when the next loads."""
 
-    def __init__(self, sharded: dict, weights_dir: Path, order: list[plan.Task], window: int = WINDOW_BYTES):
+    def __init__(self, sharded: dict, weights_dir: Path, order: list[Task], window: int = WINDOW_BYTES):
         self.sharded, self.reader = sharded, PieceReader(weights_dir)
         self.run_of: dict[str, int] = {}
-        self.runs: list[list[plan.Task]] = []
+        self.runs: list[list[Task]] = []
         size = 0
         for task in order:
             nbytes = task.param.tensor.numel() * task.param.tensor.element_size()
@@ -61,7 +61,7 @@ class CheckpointWindow:
         self.loaded: dict[str, torch.Tensor] = {}
         self.reads = 0
 
-    def materialize(self, task: plan.Task) -> plan.Task:
+    def materialize(self, task: Task) -> Task:
         run = self.run_of[task.param.global_name]
         if run != self.current:
             self.loaded = {}  # free the previous run first
@@ -70,7 +70,7 @@ class CheckpointWindow:
         param = dataclasses.replace(task.param, tensor=self.loaded[task.param.global_name])
         return dataclasses.replace(task, param=param)
 
-    def _load(self, tasks: list[plan.Task]) -> dict[str, torch.Tensor]:
+    def _load(self, tasks: list[Task]) -> dict[str, torch.Tensor]:
         out, requests = {}, []
         for task in tasks:
             name, meta = task.param.global_name, task.param.tensor
@@ -85,25 +85,9 @@ class CheckpointWindow:
         return out
 
 
-def _run_order(tasks: list[plan.Task], units: Iterable[Any]) -> list[plan.Task]:
+def _run_order(tasks: list[Task], units: Iterable[Any]) -> list[Task]:
     by_name = {t.param.global_name: t for t in tasks if not t.tied_copy}
     return [by_name[u.global_name] for u in units if u.global_name in by_name]
-
-
-def _checkpoint_bridge(info: Any, hf_model: str | Path | None, trust_remote_code: bool, accept_config: Iterable[str]):
-    from bridge_core.conversion.workflows import _hf_config_folder, check_reference
-
-    accept_config = {*accept_config, *info.accepted_config()}
-    with tempfile.TemporaryDirectory(prefix="bridgectl-config-") as tmp:
-        reference = hf_model if hf_model is not None else _hf_config_folder(info, Path(tmp))
-        bridge = AutoBridge.from_hf_pretrained(
-            reference, trust_remote_code=trust_remote_code, accept_config=accept_config
-        )
-        _ = bridge.hf.config  # read while the folder exists
-    kwargs = info.provider_kwargs(bridge.bridge.PROVIDER_CLASS)
-    if hf_model is not None:
-        check_reference(bridge, kwargs, info, hf_model)
-    return bridge, kwargs
 
 
 def stream_export(
@@ -118,15 +102,13 @@ def stream_export(
     window: int = WINDOW_BYTES,
 ) -> Path:
     """Megatron checkpoint -> complete HF folder (weights, regenerated config, tokenizer), no model built."""
-    from bridge_core.conversion.workflows import hf_tensors, say
-
     check_output_dir(hf_path, overwrite, "--hf-path")
     release_large_frees()
     timeline().mark("loading libraries")
     stage("export", f"planning from {megatron_path}")
     info = load_megatron_checkpoint(megatron_path)
     _refuse_adapters_only(info.path)
-    bridge, kwargs = _checkpoint_bridge(info, hf_model, trust_remote_code, accept_config)
+    bridge, kwargs = checkpoint_bridge(AutoBridge, info, hf_model, trust_remote_code, accept_config)
     provider = Parallelism().apply(bridge.bridge.PROVIDER_CLASS(**kwargs))
     metadata = read_common_state(info.weights_dir).get("content_metadata") or dict(CONTENT_METADATA)
     side = folder_files(info.tokenizer_dir, info.path, "tokenizer file") if info.tokenizer_dir else []

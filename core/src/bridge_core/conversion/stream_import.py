@@ -25,11 +25,12 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTenso
 from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner
 
 from bridge_core.checkpoints.megatron_checkpoint import _SyncSaveStrategy, save_megatron_checkpoint
-from bridge_core.conversion import plan
 from bridge_core.conversion.auto_bridge import AutoBridge
 from bridge_core.conversion.finite import NonfiniteScan, checked_cast, warn_nonfinite
+from bridge_core.conversion.import_plan import ImportPlan
 from bridge_core.conversion.layout_plan import meta_session
 from bridge_core.conversion.load import read_full
+from bridge_core.conversion.tasks import Task
 from bridge_core.errors import CoverageError
 from bridge_core.progress import Progress, stage
 from bridge_core.runtime.memory import release_large_frees
@@ -42,13 +43,13 @@ from bridge_core.timing import timeline
 class _Piece:
     """Where one stored tensor's data lie in its parameter (a view: size, stride, storage offset)."""
 
-    task: plan.Task
+    task: Task
     size: tuple[int, ...]
     stride: tuple[int, ...]
     offset: int
 
 
-def _pieces(sharded: Any, tasks: Iterable[plan.Task]) -> dict[tuple[str, tuple[int, ...]], _Piece]:
+def _pieces(sharded: Any, tasks: Iterable[Task]) -> dict[tuple[str, tuple[int, ...]], _Piece]:
     """(stored key, global offset) -> its piece. The ShardedTensors' data are the meta parameters or
     views of them (the gate/up halves of ``linear_fc1``), matched by identity."""
     by_param = {id(t.param.tensor): t for t in tasks if not t.tied_copy}
@@ -147,7 +148,7 @@ class _LazyPlanner(MCoreSavePlanner):
 class StreamingSaveStrategy(_SyncSaveStrategy):
     """The torch_dist writer for a meta-device model: values are read from the HF files when written."""
 
-    def __init__(self, tasks: list[plan.Task], bridge: Any, source: Any, config: Any, progress: Progress | None):
+    def __init__(self, tasks: list[Task], bridge: Any, source: Any, config: Any, progress: Progress | None):
         super().__init__()
         self.tasks, self.bridge, self.source, self.config, self.progress = tasks, bridge, source, config, progress
         self.resolver: _Resolver | None = None
@@ -196,7 +197,7 @@ def stream_import(
     """HF folder -> Megatron-LM ``torch_dist`` checkpoint for layout ``parallel``, no model built (every
     worker calls it; ``bridgectl import`` starts them)."""
     from bridge_core.checkpoints.output_dir import check_output_dir
-    from bridge_core.conversion.workflows import hf_tensors, provenance, say
+    from bridge_core.conversion.jobs import hf_tensors, provenance, say
 
     check_output_dir(megatron_path, overwrite, "--megatron-path")
     release_large_frees()
@@ -215,10 +216,15 @@ def stream_import(
     bridge.bridge.select_hf_layout(target, frozenset(weights.meta))  # recorded in run_config.json, as live
     with meta_session(_build_provider(target)) as (model, _):
         tasks, _, config = bridge._tasks([model], weights.meta)
-        dequantizes = bridge.bridge.dequantizes_hf_weights
-        plan.check_quantization(weights.meta, bridge.bridge.hf_config, dequantizes=dequantizes, owner=bridge.owner)
-        plan.check_import_shapes(tasks, weights.meta, config, bridge.bridge.hf_config)
-        plan.check_import_coverage(plan.consumption(tasks), weights.meta, companions_ok=dequantizes)
+        reads = ImportPlan.build(
+            tasks,
+            weights.meta,
+            config,
+            bridge.bridge.hf_config,
+            owner=bridge.owner,
+            dequantizes=bridge.bridge.dequantizes_hf_weights,
+        )
+        reads.check(reads.consumption())  # every worker plans the whole model: its reads are all of them
         target.finalize()
         timeline().mark("planning")
         strategy = StreamingSaveStrategy(tasks, bridge.bridge, weights, config, progress)
