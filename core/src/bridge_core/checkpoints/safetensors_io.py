@@ -9,6 +9,7 @@ process's resident memory. Pickle files are never loaded.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import operator
@@ -310,7 +311,9 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
         if nbytes == 0:
             return
         f = self._handle(file_name)
-        view = memoryview(out.numpy())
+        # a view of the tensor's memory made without numpy (``out.numpy()`` would mark the storage
+        # non-resizable, and the streaming import frees each tensor's storage once it is written)
+        view = memoryview((ctypes.c_char * nbytes).from_address(out.data_ptr())).cast("B")
         got = 0
         try:
             while got < nbytes:

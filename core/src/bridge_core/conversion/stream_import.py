@@ -115,6 +115,9 @@ class _Resolver:
                 self.full[name] = full
             else:
                 self.full.pop(name, None)
+        whole = piece.offset == 0 and piece.size == tuple(full.shape)
+        if whole and full.untyped_storage().resizable():  # no copy (the planner frees it once written)
+            return full.view(shape)
         return full.as_strided(piece.size, piece.stride, piece.offset).clone().view(shape)
 
 
@@ -138,7 +141,7 @@ class _LazyPlanner(MCoreSavePlanner):
         obj = self.lookup_object(write_item.index)
         local = self.__dict__.setdefault("_writer_threads", threading.local())
         previous = getattr(local, "previous", None)
-        if previous is not None:
+        if previous is not None and previous.untyped_storage().resizable():  # the resolver's own memory
             previous.untyped_storage().resize_(0)
         tensor = self.resolver(key, obj.shape)
         local.previous = tensor
