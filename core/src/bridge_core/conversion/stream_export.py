@@ -8,10 +8,11 @@ HF tensors are written. The HF shards are laid out up front and written tensor b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import re
 import shutil
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,13 @@ from bridge_core.runtime.memory import release_large_frees
 from bridge_core.runtime.parallelism import Parallelism
 from bridge_core.timing import timeline
 
-WINDOW_BYTES = 1 << 30  # parameters loaded per read of the checkpoint (one larger parameter alone)
-_GROUP = re.compile(r"^decoder\.layers\.(\d+)\.(?:.*\.local_experts\.(\d+)\.)?")
+WINDOW_BYTES = 512 << 20  # parameters loaded per read of the checkpoint (one larger parameter alone)
 
 
 class CheckpointWindow:
     """Parameters loaded from the checkpoint in runs of consecutive export units of at most ``window``
-    bytes (a layer's or an expert's tensors together), the previous run freed when the next loads."""
+    bytes, the next run read by a background thread while this one is converted and written (two runs
+    in memory at most; the previous one is freed when the next is taken)."""
 
     def __init__(self, sharded: dict, weights_dir: Path, order: list[Task], window: int = WINDOW_BYTES):
         self.sharded, self.reader = sharded, PieceReader(weights_dir)
@@ -60,15 +61,24 @@ class CheckpointWindow:
         self.current = -1
         self.loaded: dict[str, torch.Tensor] = {}
         self.reads = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-window")
+        self.ahead: tuple[int, Future] | None = None
 
     def materialize(self, task: Task) -> Task:
         run = self.run_of[task.param.global_name]
         if run != self.current:
             self.loaded = {}  # free the previous run first
-            self.loaded = self._load(self.runs[run])
+            ahead, self.ahead = self.ahead, None
+            self.loaded = ahead[1].result() if ahead and ahead[0] == run else self._load(self.runs[run])
             self.current = run
+            if run + 1 < len(self.runs):
+                self.ahead = (run + 1, self.pool.submit(self._load, self.runs[run + 1]))
         param = dataclasses.replace(task.param, tensor=self.loaded[task.param.global_name])
         return dataclasses.replace(task, param=param)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.loaded, self.ahead = {}, None
 
     def _load(self, tasks: list[Task]) -> dict[str, torch.Tensor]:
         out, requests = {}, []
@@ -122,6 +132,7 @@ def stream_export(
         window_ = CheckpointWindow(sharded, info.weights_dir, _run_order(tasks, export.units), window)
         timeline().mark("planning")
         with (
+            contextlib.closing(window_),
             atomic_output_dir(Path(hf_path), overwrite) as tmp,
             ShardedSafetensorsWriter(tmp, max_shard_size) as writer,
         ):
