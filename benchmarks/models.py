@@ -78,29 +78,34 @@ def make_toy(spec: ToySpec, folder: str | Path, seed: int = 0) -> Path:
     config = _hf_config(spec)
     dtype = getattr(torch, spec.dtype)
     gen = torch.Generator().manual_seed(seed)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    total = 0
+    # the shard layout from the shapes first, then each shard generated and written alone (a toy larger
+    # than memory fits)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    layout: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = total = 0
     for name, shape in _shapes(config).items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
-        if name.endswith("norm.weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        else:
-            t = 0.02 * torch.randn(shape, generator=gen)
-        t = t.to(dtype)
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > spec.shard_bytes:
-            shards.append({})
+        nbytes = itemsize * int(torch.Size(shape).numel())
+        if layout[-1] and size + nbytes > spec.shard_bytes:
+            layout.append([])
             size = 0
-        shards[-1][name] = t
+        layout[-1].append((name, shape))
         size += nbytes
         total += nbytes
     weight_map = {}
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    for i, entries in enumerate(layout):
+        shard = {}
+        for name, shape in entries:
+            if name.endswith("norm.weight"):
+                t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            else:
+                t = 0.02 * torch.randn(shape, generator=gen)
+            shard[name] = t.to(dtype)
+        file = f"model-{i + 1:05d}-of-{len(layout):05d}.safetensors"
         save_file(shard, str(tmp / file), metadata={"format": "pt"})
         weight_map.update({name: file for name in shard})
+        del shard
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     config.save_pretrained(tmp)

@@ -1,11 +1,12 @@
 """Conversion without building the model: time and peak memory against the I/O floor, in one run.
 
-``python benchmarks/stream_convert.py --work DIR --size 2:24 --size 26:313`` (GB label : layers of
-the Qwen2-1.5B-wide bf16 toy). For each toy: the floor (read its bytes once, write them once with
-fsync: ``floor.copy_floor``), then ``bridgectl import`` (streamed, ``--workers``), the floor of the
-way back (the checkpoint's files), and ``bridgectl export``; the page cache is dropped before each
-timed step where the kernel allows it. The round trip is checked tensor by tensor against hashes of
-the source taken before it is deleted (``--delete-source`` lets a toy larger than half the disk fit).
+``python benchmarks/stream_convert.py --work DIR --size smollm2:0 --size 2:24 --size 26:315``: the
+real SmolLM2-135M (fp32, from its GGUF), and Qwen2-1.5B-wide bf16 toys (GB label : layers). For each:
+the floor (read its bytes once, write them once with fsync: ``floor.copy_floor``), ``bridgectl
+import`` (streamed, ``--workers``), the floor of the way back (the checkpoint's files), and
+``bridgectl export``; the page cache is dropped before each timed step where the kernel allows it.
+The round trip is checked tensor by tensor against hashes of the source taken before it is deleted
+(``--delete-source`` lets a toy larger than half the disk fit).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 from floor import copy_floor  # noqa: E402
 from harness import check, measure, remove, settle  # noqa: E402
-from models import ToySpec, folder_bytes, make_toy  # noqa: E402
+from models import ToySpec, folder_bytes, make_smollm2, make_toy  # noqa: E402
 
 
 def drop_caches() -> bool:
@@ -51,7 +52,10 @@ def tensor_hashes(folder: Path) -> dict[str, str]:
 
 def run_size(label: str, layers: int, work: Path, workers: int, delete_source: bool) -> dict:
     bridgectl = str(Path(sys.executable).parent / "bridgectl")
-    toy = make_toy(ToySpec(f"stream-{label}", layers), work / f"toy-{label}")
+    if label == "smollm2":  # the real SmolLM2-135M (fp32, from its GGUF), kept: the source is not deleted
+        toy, delete_source = make_smollm2(work)["fp32"], False
+    else:
+        toy = make_toy(ToySpec(f"stream-{label}", layers), work / f"toy-{label}")
     nbytes = folder_bytes(toy)
     hashes = tensor_hashes(toy)
     megatron, back = work / f"megatron-{label}", work / f"hf-{label}"
@@ -84,7 +88,7 @@ def run_size(label: str, layers: int, work: Path, workers: int, delete_source: b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--size", action="append", default=[], help="LABEL:LAYERS, e.g. 2:24")
+    parser.add_argument("--size", action="append", default=[], help="LABEL:LAYERS, e.g. 2:24; smollm2:0 the real one")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--delete-source", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "stream_convert.json")
