@@ -4,6 +4,7 @@ memory stays flat while the model grows."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -177,7 +178,9 @@ PEAK = textwrap.dedent(
 
 def peak_rss(mode: str, hf: Path, out: Path) -> int:
     code = PEAK.format(here=str(HERE))
-    proc = subprocess.run([sys.executable, "-c", code, mode, str(hf), str(out)], capture_output=True, text=True)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # host memory: with a GPU the live model would sit there
+    argv = [sys.executable, "-c", code, mode, str(hf), str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return int(proc.stdout.split()[-1])
 
