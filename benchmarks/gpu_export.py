@@ -1,18 +1,22 @@
 """GPU export throughput (RL weight sync): an ~8B-shaped random bf16 model, TP=1 and TP=2, to CPU tensors.
 
     python benchmarks/gpu_export.py --layers 32 --tp 1 2 --repeats 3 --out benchmarks/results/gpu.json
+    python benchmarks/gpu_export.py --shape qwen3_moe --layers 8 --tp 1 --out moe.json  # many small tensors
 
 The driver (this command) starts one ``torchrun --nproc_per_node TP`` per TP size (NCCL), collects
 rank 0's JSON and prints / writes the combined result. Each worker builds the model with our provider
 directly on its GPU (Llama-3-8B widths by default: hidden 4096, MLP 14336, 32 heads, 8 KV groups,
-vocabulary 128256, untied; ``--layers`` sets the depth), fills it with random values, then alternates
-``--repeats`` times:
+vocabulary 128256, untied; ``--layers`` sets the depth; ``--shape qwen3_moe``: Qwen3-30B-A3B's layer
+shapes, 128 experts of 3 tensors each per layer), fills it with random values, measures the limit (the
+best pinned device-to-host copy of 1 GiB, on rank 0), then alternates ``--repeats`` times:
 
 - ours: ``for name, t in AutoBridge.export_hf_weights(model, cpu=True)`` (every rank receives every tensor);
 - mbridge 0.15.1 (when it imports): ``for name, t in export_weights(model): t.cpu()``, with the local
-  layer spec's norm names added to its tables and the vocabulary padding told.
+  layer spec's norm names added to its tables, the vocabulary padding told and, for MoE, the local
+  spec's expert names (``local_experts.J.linear_fc1.weight``) told as TE's (``linear_fc1.weightJ``).
 
-Both sides see the same model object. Without CUDA the driver prints ``{"skipped": ...}`` and exits 0.
+Both sides see the same model object. Without CUDA the driver prints ``{"skipped": ...}`` and exits 0
+(``--allow-cpu`` runs the same code on gloo; ``--tiny`` shrinks the widths, for a dry run).
 The module imports neither mbridge nor megatron at import time, so ours runs alone where mbridge is
 missing or fails to import (its error is recorded).
 
@@ -28,6 +32,8 @@ import argparse
 import datetime as _dt
 import json
 import os
+import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -47,51 +53,91 @@ LLAMA3_8B = {
     "rope_theta": 500000.0,
     "tie_word_embeddings": False,
 }
+# architecture and model type of each shape; the HF config values come from shape_values()
+SHAPES = {"llama3_8b": ("LlamaForCausalLM", "llama"), "qwen3_moe": ("Qwen3MoeForCausalLM", "qwen3_moe")}
+# widths for a dry run of the same code on the CPU (``--tiny``)
+TINY = {
+    "llama3_8b": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+    },
+    "qwen3_moe": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 512,
+    },
+}
 CARRY_WHEELS = ["megatron-core==0.19.2", "mbridge==0.15.1", "einops"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _use_checkout() -> None:
-    """Import this checkout's bridge-core and bridge-llama (installed or not) and register the Llama bridge
-    directly, so that no installed entry point (and no importlib-metadata) is needed on the GPU machine."""
+    """Import this checkout's bridge-core, bridge-llama and bridge-qwen (installed or not) and register those
+    bridges directly, so that no installed entry point (and no importlib-metadata) is needed on the GPU machine."""
+    import importlib
+
     try:
         import bridge_core  # noqa: F401
-        import bridge_llama
+        import bridge_llama  # noqa: F401
+        import bridge_qwen  # noqa: F401
     except ImportError:
-        for sub in ("core/src", "plugins/bridge-llama/src"):
+        for sub in ("core/src", "plugins/bridge-llama/src", "plugins/bridge-qwen/src"):
             sys.path.insert(0, str(ROOT / sub))
-    import bridge_llama
-    import bridge_llama.plugin
     from bridge_core.plugins.discovery import reset_registry
     from bridge_core.plugins.registry import Registry
 
     registry = Registry()
-    registry.add_plugin(
-        bridge_llama.plugin, name="llama", distribution="bridge-llama", version=bridge_llama.__version__, strict=True
-    )
+    for name in ("llama", "qwen"):
+        package = importlib.import_module(f"bridge_{name}")
+        plugin = importlib.import_module(f"bridge_{name}.plugin")
+        version = getattr(package, "__version__", "0")
+        registry.add_plugin(plugin, name=name, distribution=f"bridge-{name}", version=version, strict=True)
     reset_registry(registry)
 
 
 # -- worker (one process per rank, under torchrun) ------------------------------------------------
 
 
-def _hf_config(args):
-    from transformers import LlamaConfig
+def shape_values(shape: str) -> dict:
+    """The HF config values of a shape (Qwen3-30B-A3B's are train_throughput.py's)."""
+    if shape == "llama3_8b":
+        return dict(LLAMA3_8B)
+    from train_throughput import QWEN3_30B_A3B
 
-    values = dict(LLAMA3_8B)
-    values.update(
-        num_hidden_layers=args.layers,
-        hidden_size=args.hidden or values["hidden_size"],
-        intermediate_size=args.ffn or values["intermediate_size"],
-    )
+    return dict(QWEN3_30B_A3B)
+
+
+def make_hf_config(shape: str, layers: int, dtype: str = "bfloat16", tiny: bool = False, **overrides):
+    """The HF config of ``shape`` with ``layers`` decoder layers (``tiny``: the dry-run widths)."""
+    from transformers import AutoConfig
+
+    architecture, model_type = SHAPES[shape]
+    values = {**shape_values(shape), **(TINY[shape] if tiny else {}), **overrides, "num_hidden_layers": layers}
     theta = values.pop("rope_theta")
     try:
-        config = LlamaConfig(**values, rope_parameters={"rope_type": "default", "rope_theta": theta})
+        config = AutoConfig.for_model(
+            model_type, **values, rope_parameters={"rope_type": "default", "rope_theta": theta}
+        )
     except TypeError:
-        config = LlamaConfig(**values, rope_theta=theta)
-    config.architectures = ["LlamaForCausalLM"]
-    config.dtype = "bfloat16"
+        config = AutoConfig.for_model(model_type, **values, rope_theta=theta)
+    config.architectures = [architecture]
+    config.dtype = dtype
     return config
+
+
+def _hf_config(args):
+    widths = {"hidden_size": args.hidden, "intermediate_size": args.ffn}
+    shape, tiny = getattr(args, "shape", "llama3_8b"), getattr(args, "tiny", False)
+    return make_hf_config(shape, args.layers, tiny=tiny, **{k: v for k, v in widths.items() if v})
 
 
 def _mbridge(hf_config, provider, dtype):
@@ -120,7 +166,50 @@ def _mbridge(hf_config, provider, dtype):
     mb.make_vocab_size_divisible_by = provider.make_vocab_size_divisible_by * provider.tensor_model_parallel_size
     mb.vocab_size = provider.vocab_size
     mb.padded_vocab_size = provider.vocab_size_with_padding
+    if getattr(provider, "num_moe_experts", None):
+        _te_expert_names(mb)
     return mb
+
+
+LOCAL_EXPERT = re.compile(r"\.mlp\.experts\.local_experts\.(\d+)\.(linear_fc[12])\.weight$")
+
+
+def _te_expert_names(mb) -> None:
+    """mbridge knows experts by TE's grouped-GEMM names (``mlp.experts.linear_fc1.weight7``); the local spec
+    (megatron-core's SequentialMLP) has ``mlp.experts.local_experts.7.linear_fc1.weight``. Rename them in its
+    map of local to global names, which every name of its ``export_weights`` passes through."""
+    original = mb._weight_name_mapping_mcore_local_to_global
+
+    def local_to_global(model, consider_ep: bool = True) -> dict[str, str]:
+        out = original(model, consider_ep=consider_ep)
+        per_rank = mb.config.num_moe_experts // mb.mpu.ep_size
+        offset = per_rank * mb.mpu.ep_rank if consider_ep and mb.mpu.ep_size > 1 else 0
+        for key, name in out.items():
+            found = LOCAL_EXPERT.search(name)
+            if found:
+                head = name[: found.start()]
+                out[key] = f"{head}.mlp.experts.{found.group(2)}.weight{int(found.group(1)) + offset}"
+        return out
+
+    mb._weight_name_mapping_mcore_local_to_global = local_to_global
+
+
+def pinned_d2h(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Best GB/s of one device-to-pinned-host copy of ``nbytes`` (the limit of an export to host)."""
+    import torch
+
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    best = 0.0
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        host.copy_(dev, non_blocking=True)
+        torch.cuda.synchronize()
+        best = max(best, nbytes / (time.perf_counter() - start) / 1e9)
+    del dev, host
+    torch.cuda.empty_cache()
+    return best
 
 
 def worker(args) -> None:
@@ -153,6 +242,7 @@ def worker(args) -> None:
     build_s = time.perf_counter() - t0
     rank = dist.get_rank()
     local_bytes = sum(p.numel() * p.element_size() for p in params)
+    limit = pinned_d2h() if cuda and rank == 0 else None
 
     sides, errors = ["ours"], {}
     mb = None
@@ -205,7 +295,10 @@ def worker(args) -> None:
             else (f"differ: {len(set(a) ^ set(b))} names, {sum(1 for k in set(a) & set(b) if a[k] != b[k])} values")
         )
     if rank == 0:
+        median = {s: statistics.median(v) for s, v in times.items() if v}
+        rate = {s: sizes[s][1] / t / 1e9 for s, t in median.items()}
         doc = {
+            "shape": args.shape,
             "tp": args.tp_size,
             "layers": args.layers,
             "build_s": build_s,
@@ -214,7 +307,10 @@ def worker(args) -> None:
             "tensors": {s: sizes[s][0] for s in sizes},
             "bytes_by_side": {s: sizes[s][1] for s in sizes},
             "times": {s: v for s, v in times.items() if v},
-            "median": {s: statistics.median(v) for s, v in times.items() if v},
+            "median": median,
+            "GB_per_s": rate,
+            "pinned_d2h_GB_per_s": limit,
+            "of_pinned_limit": {s: r / limit for s, r in rate.items()} if limit else None,
             "checks": checks,
             "errors": errors,
         }
@@ -242,6 +338,45 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             out[dist_name] = None
     return out
+
+
+def run_group(cmd: list[str], timeout: float, env: dict | None = None, echo: str | None = None) -> tuple[int, str]:
+    """Run ``cmd`` in a process group of its own: ``(exit status, the last 3000 characters of its stderr)``.
+    At ``timeout`` seconds, or when this process gets SIGTERM, the whole group is killed (torchrun's workers
+    too, so that none keeps the GPU); the status is then 124. Lines of stderr starting with ``echo`` are
+    passed on to ours as they come."""
+    import collections
+    import threading
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+
+    def read() -> None:
+        for line in proc.stderr:
+            tail.append(line)
+            if echo and line.startswith(echo):
+                print(line, end="", file=sys.stderr, flush=True)
+
+    def stop(signum, frame) -> None:  # we are stopped (e.g. by `timeout`): take the group along
+        os.killpg(proc.pid, signal.SIGKILL)
+        sys.exit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = 124
+        tail.append(f"killed after {timeout:.0f} s\n")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    reader.join(timeout=5)
+    return rc, "".join(tail)[-3000:]
 
 
 def use_wheels(folder: str) -> Path:
@@ -283,7 +418,12 @@ def driver(args) -> int:
         "transformers": versions["transformers"],
         "mbridge": versions["mbridge"],
         "python": sys.version.split()[0],
-        "model": {**LLAMA3_8B, "num_hidden_layers": args.layers},
+        "shape": args.shape,
+        "model": {
+            **shape_values(args.shape),
+            **(TINY[args.shape] if args.tiny else {}),
+            "num_hidden_layers": args.layers,
+        },
         "runs": [],
     }
     for tp in args.tp:
@@ -316,14 +456,15 @@ def driver(args) -> int:
         cmd += ["--hidden", str(args.hidden)] if args.hidden else []
         cmd += ["--ffn", str(args.ffn)] if args.ffn else []
         cmd += ["--ours-only"] if args.ours_only else []
+        cmd += ["--shape", args.shape] + (["--tiny"] if args.tiny else [])
         print(f"[gpu_export] TP={tp}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        rc, stderr = run_group(cmd, args.timeout)
         if out.is_file():
             run = json.loads(out.read_text())
             out.unlink()
         else:
-            run = {"tp": tp, "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
+            run = {"tp": tp, "error": f"exit {rc}", "stderr_tail": stderr}
         run["process_wall_s"] = time.perf_counter() - start
         doc["runs"].append(run)
     text = json.dumps(doc, indent=1)
@@ -360,6 +501,8 @@ def fetch_wheels(folder: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3_8b", help="model shape (default llama3_8b)")
+    parser.add_argument("--tiny", action="store_true", help="tiny widths of the shape (a dry run, e.g. on CPU)")
     parser.add_argument("--layers", type=int, default=32, help="decoder layers (32: Llama-3-8B)")
     parser.add_argument("--hidden", type=int, default=None, help="hidden size (default 4096)")
     parser.add_argument("--ffn", type=int, default=None, help="MLP size (default 14336)")
