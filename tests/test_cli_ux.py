@@ -137,7 +137,8 @@ def test_generate_without_a_tokenizer_refuses_before_building(toy):
 @pytest.fixture(scope="module")
 def imported(toy, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     path = tmp_path_factory.mktemp("ckpt") / "megatron"
-    return path, bridgectl("import", "--hf-model", str(toy), "--megatron-path", str(path), "--tp", "2", "--workers", "2")
+    argv = ("import", "--hf-model", str(toy), "--megatron-path", str(path), "--tp", "2", "--workers", "2")
+    return path, bridgectl(*argv)
 
 
 def test_import_warns_without_a_tokenizer_and_generate_refuses_the_checkpoint(imported, toy):
