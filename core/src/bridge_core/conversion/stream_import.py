@@ -115,8 +115,9 @@ class _Resolver:
                 self.full[name] = full
             else:
                 self.full.pop(name, None)
-        whole = piece.offset == 0 and piece.size == tuple(full.shape)
-        if whole and full.untyped_storage().resizable():  # no copy (the planner frees it once written)
+        storage = full.untyped_storage()
+        whole = piece.offset == 0 and piece.size == tuple(full.shape) and storage.nbytes() == full.nbytes
+        if whole and storage.resizable():  # its own memory, no copy: the planner frees it once written
             return full.view(shape)
         return full.as_strided(piece.size, piece.stride, piece.offset).clone().view(shape)
 
