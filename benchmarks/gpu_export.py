@@ -340,11 +340,31 @@ def _versions() -> dict:
     return out
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (torchrun puts each worker in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, found = [pid], []
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    for one in found:
+        try:
+            os.kill(one, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_group(cmd: list[str], timeout: float, env: dict | None = None, echo: str | None = None) -> tuple[int, str]:
-    """Run ``cmd`` in a process group of its own: ``(exit status, the last 3000 characters of its stderr)``.
-    At ``timeout`` seconds, or when this process gets SIGTERM, the whole group is killed (torchrun's workers
-    too, so that none keeps the GPU); the status is then 124. Lines of stderr starting with ``echo`` are
-    passed on to ours as they come."""
+    """Run ``cmd`` in a session of its own: ``(exit status, the last 3000 characters of its stderr)``.
+    At ``timeout`` seconds, or when this process gets SIGTERM, it is killed with every process below it
+    (torchrun's workers too, so that none keeps the GPU); the status is then 124. Lines of stderr starting
+    with ``echo`` are passed on to ours as they come."""
     import collections
     import threading
 
@@ -359,8 +379,8 @@ def run_group(cmd: list[str], timeout: float, env: dict | None = None, echo: str
             if echo and line.startswith(echo):
                 print(line, end="", file=sys.stderr, flush=True)
 
-    def stop(signum, frame) -> None:  # we are stopped (e.g. by `timeout`): take the group along
-        os.killpg(proc.pid, signal.SIGKILL)
+    def stop(signum, frame) -> None:  # we are stopped (e.g. by `timeout`): take the workers along
+        _kill_tree(proc.pid)
         sys.exit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -369,7 +389,7 @@ def run_group(cmd: list[str], timeout: float, env: dict | None = None, echo: str
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid)
         proc.wait()
         rc = 124
         tail.append(f"killed after {timeout:.0f} s\n")
