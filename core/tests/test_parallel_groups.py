@@ -37,3 +37,28 @@ def test_model_parallel_set_up_and_tear_down_leaks_no_groups_or_threads():
             destroy_model_parallel()
     assert len(_process_groups()) == groups
     assert _threads() <= threads + 2
+
+
+_EXIT_PROBE = """
+import atexit, torch.distributed as dist
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))  # runs after later handlers
+from bridge_core.runtime.parallel import ensure_process_group
+ensure_process_group()
+dist.barrier()
+"""
+
+
+def test_a_launched_rank_ends_its_group_before_the_interpreter_does(tmp_path):
+    """A torchrun rank that never calls ``destroy_process_group`` (as a user's script may not) must not
+    leave gloo's group to interpreter finalisation, where it can abort the process (a flaky SIGABRT
+    with "terminate called without an active exception" in CI)."""
+    import subprocess
+    import sys
+
+    from bridge_core.runtime.ports import free_port
+
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", _EXIT_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "initialized at exit: False" in done.stdout

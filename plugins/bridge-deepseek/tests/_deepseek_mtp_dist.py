@@ -47,6 +47,8 @@ def main(spec_path: str) -> int:
         errors[case["name"]] = "\n".join(r for r in ranks if r) or None
     if dist.get_rank() == 0:
         (Path(spec["out"]) / "errors.json").write_text(json.dumps(errors))
+    dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 

@@ -47,15 +47,18 @@ def ensure_process_group() -> None:
                 )
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
         dist.init_process_group(backend)
-        return
-    # One process, on a free port. The environment is left alone, so that a process started later
-    # from this one (e.g. a ``bridgectl`` subprocess) does not believe it runs under torchrun.
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    atexit.register(_destroy_private_group)  # it has no peers to wait for: end it before the interpreter
+    else:
+        # One process, on a free port. The environment is left alone, so that a process started later
+        # from this one (e.g. a ``bridgectl`` subprocess) does not believe it runs under torchrun.
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    # A group left to the interpreter's finalisation can abort the process: gloo's worker threads still
+    # hold tensors whose release needs the GIL ("terminate called without an active exception",
+    # pytorch/pytorch#190489). End it while Python is alive; a no-op if the caller ended it already.
+    atexit.register(_destroy_group_at_exit)
 
 
-def _destroy_private_group() -> None:
-    if dist.is_initialized() and dist.get_world_size() == 1:
+def _destroy_group_at_exit() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
