@@ -87,3 +87,15 @@ def test_library_log_warnings_stay_off_the_terminal():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``bridgectl plugins | head -1``: the reader leaving is no error (exit 141, like a tool killed by SIGPIPE)."""
+    environ = {**os.environ, "BRIDGE_PLUGINS": ""}
+    environ.pop("WORLD_SIZE", None)
+    code = "import sys\nfrom bridge_core.cli import main\nsys.exit(main.main(['plugins']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""

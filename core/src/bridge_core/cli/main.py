@@ -88,6 +88,8 @@ def _run(argv: list[str]) -> int:
     except Exception as exc:
         from bridge_core.errors import BridgeError
 
+        if isinstance(exc, BrokenPipeError):
+            return _reader_went_away()
         if args.debug:
             raise
         if isinstance(exc, BridgeError):
@@ -101,6 +103,17 @@ def _run(argv: list[str]) -> int:
             "(rerun with --debug for the traceback)"
         )
         return 1
+
+
+def _reader_went_away() -> int:
+    """Output piped into a reader that stopped (``bridgectl plugins | head``): end quietly like a Unix tool
+    killed by SIGPIPE (exit 141); the rest of the output goes to /dev/null, so exit's flush cannot fail."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:
