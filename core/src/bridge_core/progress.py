@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
 
+from bridge_core.runtime.parallelism import rank
+
 PROGRESS_ENV = "BRIDGECTL_PROGRESS"
 TTY_INTERVAL = 0.2  # seconds between redraws of a bar
 LOG_INTERVAL = 10.0  # seconds between status lines in a log
@@ -48,7 +50,8 @@ def set_progress(enabled: bool) -> None:
 
 
 def is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    """Rank 0 prints (``runtime.parallelism.rank``: torchrun's ``RANK``, else the group's, else 0)."""
+    return rank() == 0
 
 
 def _isatty(stream: TextIO) -> bool:

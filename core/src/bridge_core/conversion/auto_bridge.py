@@ -44,6 +44,7 @@ from bridge_core.model.config_translation import (
 )
 from bridge_core.plugins.discovery import get_registry
 from bridge_core.runtime.chunks import unwrap
+from bridge_core.runtime.parallelism import rank
 
 # Keys of the source config.json that are regenerated or must not be carried over.
 _DROPPED_KEYS = (
@@ -320,9 +321,8 @@ class AutoBridge(MegatronBridgeNames):
         end, so an interrupted save never leaves a complete-looking folder.
         """
         path = check_output_dir(path, overwrite)
-        rank = dist.get_rank() if dist.is_initialized() else 0
         want = parse_dtype(dtype) if dtype is not None else None
-        if rank != 0:
+        if rank() != 0:
             for _ in self.export_hf_weights(model, cpu=True, to_rank=0, dtype=want, progress=progress):
                 pass
             return None

@@ -119,12 +119,12 @@ def meta_session(provider: Any) -> Iterator[tuple[Any, list[Any]]]:
     state dict."""
     from bridge_core.conversion.params import collect_params
     from bridge_core.runtime.cpu_support import cuda_on_cpu
-    from bridge_core.runtime.parallel import ParallelSizes, destroy_model_parallel, ensure_model_parallel
+    from bridge_core.runtime.parallel import destroy_model_parallel, ensure_model_parallel
 
     provider.perform_initialization = False
     provider.use_cpu_initialization = True
     with cuda_on_cpu():
-        ensure_model_parallel(ParallelSizes())
+        ensure_model_parallel(Parallelism())
         try:
             provider.finalize()
             with torch.device("meta"):

@@ -6,9 +6,10 @@ Every rank calls these (one process per rank); output and progress come from ran
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,11 +25,12 @@ from bridge_core.conversion.jobs import (
 )
 from bridge_core.conversion.jobs import hf_config_folder as _hf_config_folder
 from bridge_core.progress import Progress
-from bridge_core.runtime.parallelism import Parallelism  # re-exported: it used to live here
+
+if TYPE_CHECKING:
+    from bridge_core.runtime.parallelism import Parallelism
 
 __all__ = [
     "LoadedCheckpoint",
-    "Parallelism",
     "_hf_config_folder",
     "build_from_hf",
     "check_reference",
@@ -106,3 +108,17 @@ def export_checkpoint(
         accept_config,
         trust_remote_code,
     )
+
+
+def __getattr__(name: str) -> Any:
+    # ``Parallelism`` was importable from here (pre-1.0 it lived in workflows); it goes in 2.0.
+    if name == "Parallelism":
+        warnings.warn(
+            "bridge_core.conversion.workflows.Parallelism moved to bridge_core.runtime.parallelism.Parallelism",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from bridge_core.runtime.parallelism import Parallelism
+
+        return Parallelism
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,9 @@ from megatron.core.transformer import TransformerConfig
 
 from bridge_core.errors import ConfigError
 from bridge_core.runtime.cpu_support import cuda_available, tensor_cuda_is_identity
-from bridge_core.runtime.parallel import ParallelSizes, ensure_model_parallel
+from bridge_core.runtime.parallel import ensure_model_parallel
 from bridge_core.runtime.parallel_checks import ModelShape, check_parallel_sizes
+from bridge_core.runtime.parallelism import Parallelism
 
 
 def transformer_engine_available() -> bool:
@@ -114,8 +115,8 @@ class GPTModelProvider(TransformerConfig):  # type: ignore[misc]  # megatron-cor
         return int(math.ceil(self.vocab_size / multiple) * multiple)
 
     @property
-    def parallel_sizes(self) -> ParallelSizes:
-        return ParallelSizes(
+    def parallel_sizes(self) -> Parallelism:
+        return Parallelism(
             tp=self.tensor_model_parallel_size,
             pp=self.pipeline_model_parallel_size,
             vp=self.virtual_pipeline_model_parallel_size,

@@ -7,25 +7,19 @@ without; a single process needs no launcher) and initialises megatron-core's mod
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from bridge_core.errors import ConfigError
 from bridge_core.runtime.cpu_support import apply_cpu_patches, cuda_available
+from bridge_core.runtime.parallelism import Parallelism
+from bridge_core.runtime.parallelism import ParallelSizes as ParallelSizes  # the 1.0 name, the same class
+from bridge_core.runtime.parallelism import rank as rank  # torch-free; imported from here by 1.0 callers
+from bridge_core.runtime.parallelism import world_size as world_size
 from bridge_core.runtime.ports import free_port
-
-
-def rank() -> int:
-    """This process's global rank: torch.distributed's, or torchrun's ``RANK`` before the group starts."""
-    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    """The number of ranks: torch.distributed's, or torchrun's ``WORLD_SIZE`` before the group starts."""
-    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def ensure_process_group() -> None:
@@ -62,35 +56,11 @@ def _destroy_group_at_exit() -> None:
         dist.destroy_process_group()
 
 
-@dataclass(frozen=True)
-class ParallelSizes:
-    """Tensor, pipeline, virtual-pipeline, expert and expert-tensor parallel sizes."""
-
-    tp: int = 1
-    pp: int = 1
-    vp: int | None = None
-    ep: int = 1
-    etp: int | None = None
-
-    def check_world(self, world: int) -> None:
-        if world % (self.tp * self.pp):
-            raise ConfigError(
-                f"world size {world} is not a multiple of tensor parallel {self.tp} x pipeline parallel {self.pp}"
-            )
-        dp = world // (self.tp * self.pp)
-        etp = self.etp or self.tp
-        if (dp * self.tp) % (self.ep * etp):
-            raise ConfigError(
-                f"world size {world} cannot hold expert parallel {self.ep} x expert tensor parallel {etp} "
-                f"(tensor parallel {self.tp} x data parallel {dp} must be a multiple of it)"
-            )
-
-
-def current_sizes() -> ParallelSizes:
+def current_sizes() -> Parallelism:
     """The sizes megatron-core's model-parallel state was initialised with."""
     from megatron.core import parallel_state as ps
 
-    return ParallelSizes(
+    return Parallelism(
         tp=ps.get_tensor_model_parallel_world_size(),
         pp=ps.get_pipeline_model_parallel_world_size(),
         vp=ps.get_virtual_pipeline_model_parallel_world_size(),
@@ -99,7 +69,7 @@ def current_sizes() -> ParallelSizes:
     )
 
 
-def ensure_model_parallel(sizes: ParallelSizes, seed: int = 1234) -> None:
+def ensure_model_parallel(sizes: Parallelism, seed: int = 1234) -> None:
     """Start the process group if needed and initialise model parallelism with ``sizes``.
 
     If model parallelism is already initialised with other sizes this is an error (call
@@ -113,7 +83,7 @@ def ensure_model_parallel(sizes: ParallelSizes, seed: int = 1234) -> None:
     sizes.check_world(dist.get_world_size())
     if ps.model_parallel_is_initialized():
         have = current_sizes()
-        want = ParallelSizes(sizes.tp, sizes.pp, sizes.vp, sizes.ep, sizes.etp or sizes.tp)
+        want = dataclasses.replace(sizes, etp=sizes.etp or sizes.tp)
         if have != want:
             raise ConfigError(
                 f"model parallelism is already initialised as {have}, but the provider asks for {want}; "
