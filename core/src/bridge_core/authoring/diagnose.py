@@ -154,10 +154,10 @@ def diagnose_model(
     """
     import torch.distributed as dist
 
-    from bridge_core.runtime.chunks import unwrap
+    from bridge_core.runtime.chunks import unwrap_chunks
     from bridge_core.runtime.inference import forward_logits
 
-    chunks = [unwrap(c) for c in (model if isinstance(model, (list, tuple)) else [model])]
+    chunks = unwrap_chunks(model)
     if len(chunks) != 1 or getattr(chunks[0].config, "pipeline_model_parallel_size", 1) != 1:
         from bridge_core.errors import ConfigError
 

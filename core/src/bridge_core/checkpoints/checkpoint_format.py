@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from bridge_core.checkpoints.hf_checkpoint import read_json_object
 from bridge_core.errors import CheckpointError
-from bridge_core.runtime.chunks import unwrap
+from bridge_core.runtime.chunks import unwrap_chunks as unwrap_chunks  # its 1.0 home; defined in runtime
 
 TRACKER = "latest_checkpointed_iteration.txt"
 ITERATION = 0
@@ -375,12 +375,6 @@ def load_megatron_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
 
 
 # -- model chunks -------------------------------------------------------------------------------
-
-
-def unwrap_chunks(model_chunks: Any) -> list[torch.nn.Module]:
-    """The model chunk list (a single module becomes a list of one), unwrapped from DDP/FP16 wrappers."""
-    chunks = list(model_chunks) if isinstance(model_chunks, (list, tuple)) else [model_chunks]
-    return [unwrap(c) for c in chunks]
 
 
 def model_keys(n: int) -> list[str]:

@@ -34,11 +34,11 @@ from bridge_core.checkpoints.checkpoint_format import (
     CheckpointInfo,
     load_megatron_checkpoint,
     model_keys,
-    unwrap_chunks,
 )
 from bridge_core.checkpoints.input_files import check_input_file
 from bridge_core.checkpoints.safe_pickle import load_weights_only, read_dcp_metadata
 from bridge_core.errors import CheckpointError
+from bridge_core.runtime.chunks import unwrap_chunks
 
 try:  # megatron-core < 0.17: the common state is common.pt, read through a strategy
     from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy

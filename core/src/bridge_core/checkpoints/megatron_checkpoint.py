@@ -43,11 +43,11 @@ from bridge_core.checkpoints.checkpoint_format import (
     provider_kwargs_from_run_config,
     provider_settings,
     run_config_document,
-    unwrap_chunks,
 )
 from bridge_core.checkpoints.checkpoint_load import load_weights_into
 from bridge_core.checkpoints.output_dir import atomic_output_dir, writing_to
 from bridge_core.errors import CheckpointError
+from bridge_core.runtime.chunks import unwrap_chunks
 from bridge_core.runtime.parallel import rank, world_size
 
 

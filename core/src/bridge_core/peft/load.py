@@ -129,7 +129,7 @@ def load_hf_adapter(bridge: Any, model: Any, folder: str | os.PathLike[str], see
     """
     from safetensors.torch import load_file
 
-    from bridge_core.checkpoints.checkpoint_format import unwrap_chunks
+    from bridge_core.runtime.chunks import unwrap_chunks
 
     folder = Path(folder)
     chunks = unwrap_chunks(model)
@@ -241,7 +241,7 @@ def _gated(value: torch.Tensor, n: int) -> list[torch.Tensor]:
 
 def hf_adapter_of_model(bridge: Any, model: Any) -> dict[str, torch.Tensor]:
     """The PEFT tensors of a live model's adapters (one rank, no tensor parallelism)."""
-    from bridge_core.checkpoints.checkpoint_format import unwrap_chunks
+    from bridge_core.runtime.chunks import unwrap_chunks
 
     chunks = unwrap_chunks(model)
     present = lora_modules(chunks)

@@ -174,9 +174,10 @@ def load_checkpoint_adapters(model: Any, megatron_path: str | Path) -> dict:
 
     Returns its ``peft.json``. The base weights are left as they are (the caller loaded the base).
     """
-    from bridge_core.checkpoints.checkpoint_format import CONTENT_METADATA, model_keys, unwrap_chunks
+    from bridge_core.checkpoints.checkpoint_format import CONTENT_METADATA, model_keys
     from bridge_core.checkpoints.checkpoint_load import safe_dist_load
     from bridge_core.peft.apply import adapter_state
+    from bridge_core.runtime.chunks import unwrap_chunks
 
     info, document = _peft_checkpoint(megatron_path)
     chunks = unwrap_chunks(model)

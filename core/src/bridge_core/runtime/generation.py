@@ -5,9 +5,9 @@ megatron-core ``StaticInferenceContext``: one prefill pass over the prompt, then
 With ``use_cache=False`` every step recomputes the whole sequence (slower; the plain reference).
 
 Every rank of the model-parallel world calls the same function with the same prompt. Hidden states
-travel between pipeline stages by point-to-point sends (as in ``bridge_core.runtime.inference.forward_logits``),
-the last stage picks the token (argmax over the real vocabulary, padded columns excluded) and
-broadcasts it, so the generated tokens are identical on every rank.
+travel between pipeline stages by point-to-point sends (``bridge_core.runtime.inference.pipeline_forward``,
+the loop ``forward_logits`` runs too); the last stage picks the token (argmax over the real vocabulary,
+padded columns excluded) and broadcasts it, so the generated tokens are identical on every rank.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 
 from bridge_core.errors import ConfigError
-from bridge_core.runtime.chunks import unwrap
+from bridge_core.runtime.chunks import unwrap_chunks
 from bridge_core.runtime.cpu_support import causal_mask
-from bridge_core.runtime.inference import first_rank_where
+from bridge_core.runtime.inference import first_rank_where, pipeline_forward
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class _Runner:
     def __init__(self, model: Any, vocab_size: int | None):
         from megatron.core import parallel_state as ps
 
-        self.chunks = [unwrap(c) for c in (model if isinstance(model, (list, tuple)) else [model])]
+        self.chunks = unwrap_chunks(model)
         self.device = next(self.chunks[0].parameters()).device
         self.config = self.chunks[0].config
         if getattr(self.config, "sequence_parallel", False):
@@ -84,16 +84,13 @@ class _Runner:
         if vocab_size is None:
             vocab_size = getattr(self.config, "vocab_size", None)  # GPTModelProvider: the unpadded vocabulary
         self.vocab_size = vocab_size
-        self.pp = ps.get_pipeline_model_parallel_world_size()
-        self.stage = ps.get_pipeline_model_parallel_rank()
-        self.is_last = self.stage == self.pp - 1
+        self.is_last = ps.get_pipeline_model_parallel_rank() == ps.get_pipeline_model_parallel_world_size() - 1
         self.distributed = dist.is_initialized() and dist.get_world_size() > 1
         self.src = 0
         if self.distributed:
             # The token comes from the last stage's first tensor-parallel rank of data-parallel replica 0.
             flag = self.is_last and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
             self.src = first_rank_where(flag, self.device)
-        self.hidden_dtype = self.config.pipeline_dtype or self.config.params_dtype
 
     def step(self, input_ids: torch.Tensor, start: int, contexts: list | None) -> torch.Tensor:
         """Run ``input_ids`` ``[b, s]`` (positions ``start..start+s-1``) and return the greedy next token ``[b, 1]``.
@@ -101,27 +98,18 @@ class _Runner:
         With ``contexts`` (one ``StaticInferenceContext`` per chunk) the keys and values are cached and
         each context's offset is advanced by ``s``; without, ``input_ids`` must be the whole sequence.
         """
-        from megatron.core import parallel_state as ps
-
         batch, seq = input_ids.shape
         position_ids = torch.arange(start, start + seq, device=self.device).unsqueeze(0).expand(batch, -1)
         # A prefill (or a full recompute) needs the causal mask; a cached decode step attends to everything.
         mask = causal_mask(seq, self.device) if start == 0 else None
-        logits = None
-        for v, chunk in enumerate(self.chunks):
-            first, last = v == 0 and self.stage == 0, v == len(self.chunks) - 1 and self.is_last
-            if not first:
-                hidden = torch.empty((seq, batch, self.config.hidden_size), dtype=self.hidden_dtype, device=self.device)
-                dist.recv(hidden, src=ps.get_pipeline_model_parallel_prev_rank())
-                chunk.set_input_tensor(hidden)
-            kwargs = {"runtime_gather_output": True}
+
+        def chunk_kwargs(v: int) -> dict[str, Any]:
+            kwargs: dict[str, Any] = {"runtime_gather_output": True}
             if contexts is not None:
                 kwargs["inference_context"] = contexts[v]
-            out = chunk(input_ids, position_ids, mask, **kwargs)
-            if last:
-                logits = out
-            else:
-                dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
+            return kwargs
+
+        logits = pipeline_forward(self.chunks, input_ids, position_ids, mask, chunk_kwargs)
         if contexts is not None:
             for ctx in contexts:
                 ctx.sequence_len_offset += seq

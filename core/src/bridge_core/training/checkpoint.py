@@ -32,13 +32,13 @@ from bridge_core.checkpoints.checkpoint_format import (
     megatron_args,
     model_keys,
     run_config_document,
-    unwrap_chunks,
 )
 from bridge_core.checkpoints.checkpoint_load import read_common_state, safe_dist_load
 from bridge_core.checkpoints.megatron_checkpoint import _shared_atomic_dir, _SyncSaveStrategy
 from bridge_core.checkpoints.output_dir import fsync_path
 from bridge_core.errors import CheckpointError
 from bridge_core.peft.document import PEFT_FILE, read_peft_document
+from bridge_core.runtime.chunks import unwrap_chunks
 from bridge_core.runtime.parallel import rank
 
 TRAINING_CONFIG = "training_config.json"
