@@ -123,6 +123,20 @@ def test_only_the_command_line_imports_the_command_line(module):
     assert not found, f"{module} imports {found}"
 
 
+@pytest.mark.parametrize("module", _in("cli"))
+def test_the_command_line_imports_nothing_heavy_at_top_level(module):
+    # Top level, transitively: parsing arguments, --help and argument errors never wait for torch.
+    for dep in top_level_closure(module):
+        found = [n for n, lazy in imports(dep) if not lazy and _under(n, HEAVY)]
+        assert not found, f"{module} -> {dep} imports {found} at top level"
+
+
+def test_verify_leaves_the_work_to_the_library():
+    # Anywhere: the command parses and prints; conversion/verify loads, exports and compares.
+    assert not [n for n, _ in imports("bridge_core.cli.verify_cmd") if _under(n, HEAVY)]
+    assert any(n == "bridge_core.conversion.verify" for n, _ in imports("bridge_core.cli.verify_cmd"))
+
+
 @pytest.mark.parametrize("module", _in("model") + _in("runtime"))
 def test_the_model_contract_and_runtime_import_no_engine_or_io(module):
     found = [n for n, _ in imports(module) if _under(n, ("bridge_core.conversion", "bridge_core.checkpoints"))]
