@@ -72,3 +72,15 @@ def test_arguments_bridge_core_does_not_honour_are_refused_by_name(toy, tmp_path
         AutoBridge.from_hf_pretrained(toy).save_megatron_model([], tmp_path / "x", low_memory_save=True)
     with pytest.raises(ConfigError, match="context_parallel_size"):
         AutoBridge.from_hf_pretrained(toy).load_megatron_model(tmp_path, mp_overrides={"context_parallel_size": 2})
+
+
+def test_the_ignored_megatron_bridge_arguments_still_work_with_a_deprecation_warning(toy):
+    with pytest.warns(DeprecationWarning, match=r"can_handle: trust_remote_code is ignored .* goes in bridge-core 2.0"):
+        assert AutoBridge.can_handle(toy, trust_remote_code=True)
+    bridge = AutoBridge.from_hf_pretrained(toy)
+    model = bridge.to_megatron_model()
+    expected = [(name, tensor.clone()) for name, tensor in bridge.export_hf_weights(model, True)]
+    with pytest.warns(DeprecationWarning, match=r"export_hf_weights: show_progress is ignored \(pass progress="):
+        got = list(bridge.export_hf_weights(model, True, False))  # Megatron-Bridge's third positional argument
+    assert [n for n, _ in got] == [n for n, _ in expected]
+    assert all(torch.equal(t, e) for (_, t), (_, e) in zip(got, expected))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,11 @@ def _all_gather(obj: Any) -> list[Any]:
     return out
 
 
+def _ignored(method: str, argument: str, instead: str) -> None:
+    message = f"AutoBridge.{method}: {argument} is ignored ({instead}) and goes in bridge-core 2.0"
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+
+
 class AutoBridge(MegatronBridgeNames):
     """Picks the installed plugin's bridge for an HF model and runs conversions through it.
 
@@ -121,8 +127,11 @@ class AutoBridge(MegatronBridgeNames):
         return get_registry().supported_architectures()
 
     @classmethod
-    def can_handle(cls, path: str | os.PathLike[str], trust_remote_code: bool = False) -> bool:
-        """True when ``path`` is an HF folder whose architecture an installed plugin serves."""
+    def can_handle(cls, path: str | os.PathLike[str], trust_remote_code: bool | None = None) -> bool:
+        """True when ``path`` is an HF folder whose architecture an installed plugin serves (reads only
+        config.json). ``trust_remote_code`` changes nothing: deprecated, it goes in 2.0."""
+        if trust_remote_code is not None:
+            _ignored("can_handle", "trust_remote_code", "only config.json is read")
         try:
             arch = architecture_of(read_config_json(Path(path)), str(path))
         except Exception:
@@ -214,7 +223,7 @@ class AutoBridge(MegatronBridgeNames):
         self,
         model: Any,
         cpu: bool = True,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
         to_rank: int | None = None,
         dtype: str | torch.dtype | None = None,
         progress: Any = None,
@@ -234,7 +243,11 @@ class AutoBridge(MegatronBridgeNames):
         on a GPU model, and for a model on the CPU (even with ``cpu=True``), an unsplit tensor in the
         model's dtype (and a piece of a fused one, e.g. ``gate_proj`` of ``linear_fc1``) shares the
         parameter's storage. Clone what you keep past the next optimizer step or change in place.
+
+        ``show_progress`` changes nothing (pass ``progress``): deprecated, it goes in 2.0.
         """
+        if show_progress is not None:
+            _ignored("export_hf_weights", "show_progress", "pass progress= for a progress bar")
         if plan is not None:
             tasks, layout, config = plan.bind(model, lambda: self._tasks(model))
             if dtype is not None and parse_dtype(dtype) != plan.dtype:
