@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import bridge_core
+
 pytest.importorskip("cookiecutter", reason="needs bridge-core[template]: run tox -e template")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +26,7 @@ TEMPLATE = REPO / "cookiecutter-plugin"
 CONTEXT = {"family": "pkgtest", "architectures": "PkgTestForCausalLM", "model_type": "llama", "kind": "LLM"}
 
 
-def core_wheel(folder: Path, version: str = "1.1.0") -> Path:
+def core_wheel(folder: Path, version: str = bridge_core.__version__) -> Path:
     """A minimal installable ``bridge-core`` wheel (metadata only) standing in for the real one."""
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / f"bridge_core-{version}-py3-none-any.whl"

@@ -1,4 +1,4 @@
-"""Streaming safetensors I/O: a lazy checkpoint reader and a sharded, atomic writer.
+"""Streaming safetensors reads: a lazy checkpoint reader (the writer is ``checkpoints.hf_writer``).
 
 The reader parses every shard's header up front (names, shapes, dtypes, byte ranges; corrupt and
 truncated files are caught here, before any weight is read), then reads each tensor on demand with

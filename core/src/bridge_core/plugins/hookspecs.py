@@ -33,8 +33,9 @@ def register_bridges(register: Callable[..., None]) -> None:
 def register_recipes(register: Callable[..., None]) -> None:
     """Register training recipes.
 
-    ``register(name="qwen2_7b_sft", recipe="bridge_qwen.recipes:qwen2_7b_sft", family="qwen",
-    kind="sft")``: ``kind`` is one of ``pretrain``, ``sft``, ``peft``.
+    ``register(name="qwen3_8b_sft", recipe="bridge_qwen.recipes:qwen3_8b_sft", family="qwen",
+    kind="sft")``: ``recipe`` names a function returning a ``bridge_core.training.recipe.Recipe``;
+    ``kind`` is one of ``pretrain``, ``sft``, ``peft``.
     """
 
 
@@ -42,8 +43,8 @@ def register_recipes(register: Callable[..., None]) -> None:
 def register_flops(register: Callable[..., None]) -> None:
     """Register FLOPs contributions of model blocks.
 
-    ``register(block="qwen3_moe_layer", function="bridge_qwen.flops:moe_layer_flops")``: the function
-    takes the provider and returns forward FLOPs per token for one such block. A bridge uses it by
-    naming it (``FLOPS_DECODER_LAYER = "qwen3_moe_layer"``): it then replaces the core's count of each
-    decoder layer's sequence-independent matmuls (``bridge_core.training.flops``).
+    ``register(block="mixtral_decoder_layer", function="bridge_mixtral.flops:decoder_layer_flops")``:
+    the function takes the provider and returns forward FLOPs per token for one such block. A bridge
+    uses it by naming it (``FLOPS_DECODER_LAYER = "mixtral_decoder_layer"``): it then replaces the
+    core's count of each decoder layer's sequence-independent matmuls (``bridge_core.training.flops``).
     """

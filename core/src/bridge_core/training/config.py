@@ -104,7 +104,7 @@ class RecomputeConfig:
 
 @dataclass
 class AttentionConfig:
-    """The core attention of every layer: ``sdpa`` (``bridge_core.modeling.SDPACoreAttention`` over
+    """The core attention of every layer: ``sdpa`` (``bridge_core.modeling.attention.SDPACoreAttention`` over
     ``scaled_dot_product_attention``), ``local`` (the layer spec as the provider builds it: megatron-core's
     unfused ``DotProductAttention`` on the local spec), ``auto`` (``sdpa`` unless Transformer Engine's
     attention is in use)."""
