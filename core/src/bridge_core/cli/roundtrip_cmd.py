@@ -10,20 +10,14 @@ from pathlib import Path
 
 from bridge_core.checkpoints.hf_source import hf_source
 from bridge_core.checkpoints.output_dir import check_outside_inputs
-from bridge_core.cli.common import (
-    add_common_args,
-    add_parallel_args,
-    parallelism,
-    positive_float,
-    precheck_hf,
-    run_on_ranks,
-)
+from bridge_core.cli.common import add_common_args, add_parallel_args, parallelism, precheck_hf, run_on_ranks
+from bridge_core.cli.verify_cmd import add_atol_arg, verify
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-model", required=True, help="HF folder or GGUF file")
     parser.add_argument("--work-dir", default=None, help="keep the checkpoint and export here (default: temporary)")
-    parser.add_argument("--atol", type=positive_float, default=1e-4, help="largest |logit difference| accepted (fp32)")
+    add_atol_arg(parser)
     add_parallel_args(parser)
     add_common_args(parser)
 
@@ -48,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
 def roundtrip(args: argparse.Namespace, parallel, folder: Path, work: Path) -> int:
     import torch.distributed as dist
 
-    from bridge_core.cli.verify_cmd import verify
     from bridge_core.conversion.workflows import export_checkpoint, import_checkpoint, say
     from bridge_core.runtime.parallel import rank
     from bridge_core.testing.compare import compare_hf_weights

@@ -20,10 +20,15 @@ from bridge_core.cli.common import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-model", required=True, help="the HF source (folder or GGUF file)")
     parser.add_argument("--megatron-path", required=True, help="checkpoint to verify")
-    parser.add_argument("--atol", type=positive_float, default=1e-4, help="largest |logit difference| accepted (fp32)")
+    add_atol_arg(parser)
     parser.add_argument("--trust-remote-code", action="store_true", help="allow models that need remote code")
     add_accept_config_arg(parser)
     add_parallel_args(parser)
+
+
+def add_atol_arg(parser: argparse.ArgumentParser) -> None:
+    """``--atol``, verify's tolerance (``roundtrip`` verifies too)."""
+    parser.add_argument("--atol", type=positive_float, default=1e-4, help="largest |logit difference| accepted (fp32)")
 
 
 def run(args: argparse.Namespace) -> int:
