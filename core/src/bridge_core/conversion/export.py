@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from bridge_core.conversion.export_plan import ExportPlan, Output, Unit, local_units
-from bridge_core.conversion.finite import NonfiniteScan, checked_cast, warn_nonfinite
+from bridge_core.conversion.finite import DeferredCasts, NonfiniteScan, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout, SplitGroup
 from bridge_core.conversion.plan import Task
 from bridge_core.errors import CoverageError
@@ -67,10 +67,17 @@ def share_shards(local: torch.Tensor, split: SplitGroup) -> list[torch.Tensor]:
 
 
 def _produce(
-    task: Task, bridge: Any, config: Any, layout: ParallelLayout, dtype: torch.dtype | None, everywhere: bool
+    task: Task,
+    bridge: Any,
+    config: Any,
+    layout: ParallelLayout,
+    dtype: torch.dtype | None,
+    everywhere: bool,
+    casts: DeferredCasts,
 ) -> dict | None:
     """Gather the task's shards to its leader, which returns ``{hf_name: tensor}`` (``everywhere``:
-    every member gets every shard and returns the tensors)."""
+    every member gets every shard and returns the tensors). Casts to the export dtype go through
+    ``casts`` (checked at the export's end on a GPU: no read from the device per tensor)."""
     split = layout.for_param(task.param)
     local = task.param.tensor.detach()
     shards: list[torch.Tensor] | None
@@ -87,7 +94,7 @@ def _produce(
     hf = task.mapping.megatron_to_hf(full, task.context(config, bridge.hf_config))
     hf = bridge.maybe_modify_converted_hf_weight(task, hf, None)
     want = task.mapping.hf_dtype or dtype
-    return {name: (checked_cast(t, want, name) if want is not None else t).contiguous() for name, t in hf.items()}
+    return {name: (casts.cast(t, want, name) if want is not None else t).contiguous() for name, t in hf.items()}
 
 
 class _Stacks:
@@ -197,6 +204,7 @@ def export_tasks(
     if progress is not None:
         progress.begin(plan.parts, plan.nbytes)
     nonfinite = NonfiniteScan()  # flags stay on the device: no synchronisation per tensor
+    casts = DeferredCasts()  # likewise the ranges of GPU casts, checked at the end
 
     def make(unit: Unit) -> dict | None:
         task = by_name.get(unit.global_name)
@@ -204,7 +212,7 @@ def export_tasks(
             return None
         if materialize is not None:
             task = materialize(task)
-        produced = _produce(task, bridge, config, layout, dtype, everywhere)
+        produced = _produce(task, bridge, config, layout, dtype, everywhere, casts)
         if produced is not None:
             for n, t in produced.items():
                 nonfinite.add(t, n)
@@ -227,3 +235,4 @@ def export_tasks(
         elif (stacked := stacks.add(name, index, tensor)) is not None:
             yield name, stacked
     warn_nonfinite(nonfinite.names(), "exported", layout.world)
+    casts.check()  # after the collective of warn_nonfinite: a rank raising here leaves no other waiting

@@ -8,8 +8,10 @@ tensor data.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ def listing(names: Iterable[str]) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
+@lru_cache(maxsize=1 << 17)  # a pure function of the name; every export sorts the same names again
 def natural_key(name: str) -> tuple:
     """Sort ``layers.10`` after ``layers.9``; embeddings first, output layer last."""
     section = (
@@ -65,9 +68,42 @@ class Task:
         return MappingContext(config, hf_config, self.param.full_shape, self.mapping.index)
 
 
+# Which mapping of a registry matches a name depends only on the mappings' name patterns, in order: per
+# set of patterns, name -> index of the one mapping that matches (None: none does). A registry is built
+# anew for every export, so the memo is keyed by the patterns, not by the registry object.
+_MATCHES: OrderedDict[tuple[str, ...], dict[str, int | None]] = OrderedDict()
+_MATCH_SETS = 8  # pattern sets remembered (one per bridge and layout in use)
+
+
+def _lookup(registry: MegatronMappingRegistry, memo: dict[str, int | None] | None, name: str):
+    """``registry.megatron_to_hf_lookup(name)``, trying only the mapping that matched ``name`` before."""
+    if memo is None:
+        return registry.megatron_to_hf_lookup(name)
+    if name not in memo:
+        hits = [i for i, m in enumerate(registry.mappings) if m.match(name) is not None]
+        if len(hits) > 1:
+            return registry.megatron_to_hf_lookup(name)  # raises, naming them: never memoised
+        memo[name] = hits[0] if hits else None
+    index = memo[name]
+    return None if index is None else registry.mappings[index].match(name)
+
+
+def _memo_for(registry: MegatronMappingRegistry) -> dict[str, int | None] | None:
+    """The memo of the registry's patterns (None if a mapping has no compiled pattern to key on)."""
+    patterns = tuple(getattr(getattr(m, "_regex", None), "pattern", None) for m in registry.mappings)
+    if None in patterns:
+        return None
+    memo = _MATCHES.pop(patterns, None)  # type: ignore[arg-type]
+    _MATCHES[patterns] = memo = {} if memo is None else memo  # type: ignore[index]
+    while len(_MATCHES) > _MATCH_SETS:
+        _MATCHES.popitem(last=False)
+    return memo
+
+
 def build_tasks(params: list[ParamInfo], registry: MegatronMappingRegistry, *, tied: bool, owner: str) -> list[Task]:
     """Bind every parameter to exactly one mapping; any parameter left over is an error naming it."""
     tasks, unmapped, problems = [], [], []
+    memo = _memo_for(registry)
     for p in params:
         # the output layer of a tied model, or a duplicate of the embedding megatron-core keeps in sync with the
         # first stage's (``shared``: the MTP stage's of a pipeline): loaded from the same HF tensor, never exported
@@ -75,7 +111,7 @@ def build_tasks(params: list[ParamInfo], registry: MegatronMappingRegistry, *, t
             p.global_name == TIED_SOURCE and bool(getattr(p.tensor, "shared", False))
         )
         try:
-            mapping = registry.megatron_to_hf_lookup(TIED_SOURCE if copy else p.global_name)
+            mapping = _lookup(registry, memo, TIED_SOURCE if copy else p.global_name)
         except ValueError as exc:
             problems.append(str(exc))
             continue
