@@ -11,12 +11,15 @@ shapes, 128 experts of 3 tensors each per layer), fills it with random values, m
 best pinned device-to-host copy of 1 GiB, on rank 0), then alternates ``--repeats`` times:
 
 - ours: ``for name, t in AutoBridge.export_hf_weights(model, cpu=True)`` (every rank receives every tensor);
+- ours_plan: the same with ``plan=weight_sync_plan(model)``, made once before the timing (an RL refit's
+  export: nothing is planned per call);
 - mbridge 0.15.1 (when it imports): ``for name, t in export_weights(model): t.cpu()``, with the local
   layer spec's norm names added to its tables, the vocabulary padding told and, for MoE, the local
   spec's expert names (``local_experts.J.linear_fc1.weight``) told as TE's (``linear_fc1.weightJ``).
 
-Both sides see the same model object. Without CUDA the driver prints ``{"skipped": ...}`` and exits 0
-(``--allow-cpu`` runs the same code on gloo; ``--tiny`` shrinks the widths, for a dry run).
+Every side sees the same model object. Rank 0 prints each side's median and its share of the pinned
+limit (``[gpu_export] ...`` on stderr; ``of_pinned_limit`` in the JSON). Without CUDA the driver prints
+``{"skipped": ...}`` and exits 0 (``--dry-run``: the same code on the CPU, on gloo, at tiny widths, TP=1).
 The module imports neither mbridge nor megatron at import time, so ours runs alone where mbridge is
 missing or fails to import (its error is recorded).
 
@@ -244,7 +247,8 @@ def worker(args) -> None:
     local_bytes = sum(p.numel() * p.element_size() for p in params)
     limit = pinned_d2h() if cuda and rank == 0 else None
 
-    sides, errors = ["ours"], {}
+    sides, errors = ["ours", "ours_plan"], {}
+    plan = bridge.weight_sync_plan(model)  # ours_plan: the RL refit's export, nothing planned per call
     mb = None
     if not args.ours_only:
         try:
@@ -258,7 +262,10 @@ def worker(args) -> None:
         dist.barrier()
         start = time.perf_counter()
         n = nbytes = 0
-        it = bridge.export_hf_weights(model, cpu=True) if side == "ours" else mb.export_weights(model)
+        if side == "mbridge":
+            it = mb.export_weights(model)
+        else:
+            it = bridge.export_hf_weights(model, cpu=True, plan=plan if side == "ours_plan" else None)
         for name, tensor in it:
             tensor = tensor.cpu()
             n += 1
@@ -287,13 +294,14 @@ def worker(args) -> None:
             if fp is not None:
                 prints[side] = fp
     checks = ""
-    if len(prints) == 2:
-        a, b = prints["ours"], prints["mbridge"]
-        checks = (
-            "same names, shapes and sampled sums"
-            if a == b
-            else (f"differ: {len(set(a) ^ set(b))} names, {sum(1 for k in set(a) & set(b) if a[k] != b[k])} values")
-        )
+    if "ours" in prints and len(prints) > 1:
+        a = prints["ours"]
+        said = []
+        for side, b in prints.items():
+            if side != "ours":
+                differ = f"{len(set(a) ^ set(b))} names, {sum(1 for k in set(a) & set(b) if a[k] != b[k])} values"
+                said.append(f"{side}: " + ("same names, shapes and sampled sums" if a == b else f"differ: {differ}"))
+        checks = "; ".join(said)
     if rank == 0:
         median = {s: statistics.median(v) for s, v in times.items() if v}
         rate = {s: sizes[s][1] / t / 1e9 for s, t in median.items()}
@@ -315,6 +323,13 @@ def worker(args) -> None:
             "errors": errors,
         }
         Path(args.worker_out).write_text(json.dumps(doc, indent=1))
+        for side, secs in median.items():
+            share = f", {rate[side] / limit:.0%} of the pinned limit ({limit:.1f} GB/s)" if limit else ""
+            print(
+                f"[gpu_export] {args.shape} TP={args.tp_size} {side}: {secs:.3f} s, {rate[side]:.2f} GB/s{share}",
+                file=sys.stderr,
+                flush=True,
+            )
     dist.barrier()
     dist.destroy_process_group()
 
@@ -479,7 +494,7 @@ def driver(args) -> int:
         cmd += ["--shape", args.shape] + (["--tiny"] if args.tiny else [])
         print(f"[gpu_export] TP={tp}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        rc, stderr = run_group(cmd, args.timeout)
+        rc, stderr = run_group(cmd, args.timeout, echo="[gpu_export]")
         if out.is_file():
             run = json.loads(out.read_text())
             out.unlink()
@@ -533,11 +548,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1500)
     parser.add_argument("--wheels", default=None, help="folder of carried wheels to unpack and use (no pip)")
     parser.add_argument("--fetch-wheels", metavar="DIR", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-run", action="store_true", help="the same code on the CPU (gloo), tiny widths, TP=1")
     parser.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # test the logic on gloo
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tp-size", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dry_run:
+        args.allow_cpu, args.tiny, args.tp, args.repeats = True, True, [1], min(args.repeats, 2)
     if args.fetch_wheels:
         return fetch_wheels(args.fetch_wheels)
     if args.worker:
