@@ -4,12 +4,18 @@ The model is built on the ``meta`` device at TP=PP=1 from the checkpoint's run c
 walks its parameters in export order and loads them from the checkpoint a window at a time (through
 megatron-core's own ``dist_checkpointing.load``, with the safe readers), each window freed once its
 HF tensors are written. The HF shards are laid out up front and written tensor by tensor.
+
+The windows' memory is reused (``BufferPool``: a freed window's buffers take the next one's reads,
+with no fresh pages to fault in), each box is read straight from its record into the window
+(``PieceReader``), and each shard's bytes start their writeback as they are written, the shard's
+final ``fsync`` running on a background thread while the next shard is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +36,7 @@ from bridge_core.conversion.auto_bridge import AutoBridge
 from bridge_core.conversion.export import export_tasks, gather_plan
 from bridge_core.conversion.jobs import checkpoint_bridge, hf_tensors, say
 from bridge_core.conversion.layout_plan import meta_session
+from bridge_core.conversion.stream_buffers import BufferPool, Writeback
 from bridge_core.conversion.tasks import Task
 from bridge_core.model.config_translation import parse_dtype, write_both_rope_spellings
 from bridge_core.progress import Progress, stage
@@ -43,10 +50,12 @@ WINDOW_BYTES = 512 << 20  # parameters loaded per read of the checkpoint (one la
 class CheckpointWindow:
     """Parameters loaded from the checkpoint in runs of consecutive export units of at most ``window``
     bytes, the next run read by a background thread while this one is converted and written (two runs
-    in memory at most; the previous one is freed when the next is taken)."""
+    in memory at most; the previous one is given back to the pool when the next is taken, every tensor
+    made from it having been written by then)."""
 
     def __init__(self, sharded: dict, weights_dir: Path, order: list[Task], window: int = WINDOW_BYTES):
         self.sharded, self.reader = sharded, PieceReader(weights_dir)
+        self.pool = BufferPool(cap=window)
         self.run_of: dict[str, int] = {}
         self.runs: list[list[Task]] = []
         size = 0
@@ -61,30 +70,33 @@ class CheckpointWindow:
         self.current = -1
         self.loaded: dict[str, torch.Tensor] = {}
         self.reads = 0
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-window")
+        self.readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-window")
         self.ahead: tuple[int, Future] | None = None
 
     def materialize(self, task: Task) -> Task:
         run = self.run_of[task.param.global_name]
         if run != self.current:
-            self.loaded = {}  # free the previous run first
+            for tensor in self.loaded.values():  # the previous run first
+                self.pool.give(tensor)
+            self.loaded = {}
             ahead, self.ahead = self.ahead, None
             self.loaded = ahead[1].result() if ahead and ahead[0] == run else self._load(self.runs[run])
             self.current = run
             if run + 1 < len(self.runs):
-                self.ahead = (run + 1, self.pool.submit(self._load, self.runs[run + 1]))
+                self.ahead = (run + 1, self.readers.submit(self._load, self.runs[run + 1]))
         param = dataclasses.replace(task.param, tensor=self.loaded[task.param.global_name])
         return dataclasses.replace(task, param=param)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.readers.shutdown(wait=True, cancel_futures=True)
         self.loaded, self.ahead = {}, None
+        self.pool.clear()
 
     def _load(self, tasks: list[Task]) -> dict[str, torch.Tensor]:
         out, requests = {}, []
         for task in tasks:
             name, meta = task.param.global_name, task.param.tensor
-            out[name] = torch.empty(meta.shape, dtype=meta.dtype)
+            out[name] = self.pool.take(meta.shape, meta.dtype)
             stored = dataclasses.replace(self.sharded[name], data=out[name])
             built = stored.build() if isinstance(stored, ShardedTensorFactory) else stored
             for sh in nested_values({"_": built}):  # views of the buffer: read in place
@@ -93,6 +105,60 @@ class CheckpointWindow:
         self.reader.read(requests)
         self.reads += 1
         return out
+
+
+class _ShardWriter(ShardedSafetensorsWriter):
+    """The safetensors writer whose shards start their writeback as each tensor is written and are
+    fsynced and closed on a background thread (``finish`` waits for them, and closes the rest itself)."""
+
+    def __init__(self, folder: Path, max_shard_size: str):
+        super().__init__(folder, max_shard_size)
+        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-fsync")
+        self._closing: list[Future] = []
+        self._inline = False
+
+    def _add_planned(self, name: str, tensor: torch.Tensor) -> None:
+        super()._add_planned(name, tensor)
+        slot = self._slots[name]
+        shard = self._shards[slot.shard]
+        if shard.fd is not None:  # still open: start writing this tensor's bytes back
+            Writeback(shard.fd).range(shard.data_start + slot.begin, slot.end - slot.begin)
+
+    def _close_shard(self, shard: Any) -> None:
+        if self._inline:
+            super()._close_shard(shard)
+            return
+        fd, shard.fd = shard.fd, None
+        self._closing.append(self._closer.submit(_fsync_close, fd))
+
+    def _wait(self) -> None:
+        closing, self._closing = self._closing, []
+        errors = [f.exception() for f in closing]
+        self._closer.shutdown(wait=True)
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:  # as if the fsync had failed here (``writing_to`` names the output)
+            raise first
+
+    def finish(self) -> dict[str, str]:
+        self._wait()
+        self._inline = True
+        return super().finish()
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        except Exception:  # closing after a failure (or failing now): the partial files are removed below
+            if self._finished:
+                raise
+        finally:
+            super().close()
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _run_order(tasks: list[Task], units: Iterable[Any]) -> list[Task]:
@@ -134,7 +200,7 @@ def stream_export(
         with (
             contextlib.closing(window_),
             atomic_output_dir(Path(hf_path), overwrite) as tmp,
-            ShardedSafetensorsWriter(tmp, max_shard_size) as writer,
+            _ShardWriter(tmp, max_shard_size) as writer,
         ):
             for name, tensor in export_tasks(
                 tasks,

@@ -11,25 +11,37 @@ each writes a balanced share of the tensors (``bridgectl import --workers N``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import os
 import threading
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
-from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner
+from megatron.core.dist_checkpointing.strategies.torch import (
+    MCoreSavePlanner,
+    _replace_state_dict_keys_with_sharded_keys,
+    mcore_to_pyt_state_dict,
+)
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.filesystem import FileSystem, _split_by_size_and_type
 
-from bridge_core.checkpoints.megatron_checkpoint import _SyncSaveStrategy, save_megatron_checkpoint
+from bridge_core.checkpoints.megatron_checkpoint import (
+    _SyncSaveStrategy,
+    _writer_thread_errors,
+    save_megatron_checkpoint,
+)
 from bridge_core.conversion.auto_bridge import AutoBridge
-from bridge_core.conversion.finite import NonfiniteScan, checked_cast, warn_nonfinite
+from bridge_core.conversion.finite import warn_nonfinite
 from bridge_core.conversion.import_plan import ImportPlan
 from bridge_core.conversion.layout_plan import meta_session
-from bridge_core.conversion.load import read_full
+from bridge_core.conversion.stream_buffers import Writeback
+from bridge_core.conversion.stream_reads import Key, Piece, PieceResolver
 from bridge_core.conversion.tasks import Task
 from bridge_core.errors import CoverageError
 from bridge_core.progress import Progress, stage
@@ -39,17 +51,7 @@ from bridge_core.runtime.parallelism import Parallelism
 from bridge_core.timing import timeline
 
 
-@dataclass(frozen=True)
-class _Piece:
-    """Where one stored tensor's data lie in its parameter (a view: size, stride, storage offset)."""
-
-    task: Task
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-    offset: int
-
-
-def _pieces(sharded: Any, tasks: Iterable[Task]) -> dict[tuple[str, tuple[int, ...]], _Piece]:
+def _pieces(sharded: Any, tasks: Iterable[Task]) -> dict[Key, Piece]:
     """(stored key, global offset) -> its piece. The ShardedTensors' data are the meta parameters or
     views of them (the gate/up halves of ``linear_fc1``), matched by identity."""
     by_param = {id(t.param.tensor): t for t in tasks if not t.tied_copy}
@@ -61,7 +63,7 @@ def _pieces(sharded: Any, tasks: Iterable[Task]) -> dict[tuple[str, tuple[int, .
         task = by_param.get(id(base))
         if task is None:
             raise CoverageError(f"{sh.key}: a stored tensor of no mapped Megatron parameter")
-        out[(sh.key, tuple(sh.global_offset))] = _Piece(
+        out[(sh.key, tuple(sh.global_offset))] = Piece(
             task, tuple(sh.data.size()), tuple(sh.data.stride()), sh.data.storage_offset()
         )
     return out
@@ -84,57 +86,23 @@ def _spread(sharded: Any, me: int, workers: int) -> None:
             obj.replica_id = 0 if me == 0 else 1
 
 
-class _Resolver:
-    """Each stored tensor's values, made when the writer asks: the full parameter from the HF files
-    (kept until its last piece is written), sliced like the meta view."""
-
-    def __init__(self, pieces: dict, bridge: Any, source: Any, config: Any, progress: Progress | None):
-        self.pieces, self.bridge, self.source, self.config, self.progress = pieces, bridge, source, config, progress
-        self.left: Counter[str] = Counter()
-        self.full: dict[str, torch.Tensor] = {}
-        self.lock = threading.Lock()  # the HF reader is not shared between the writer threads
-        self.scan = NonfiniteScan()
-
-    def expect(self, keys: Iterable[tuple[str, tuple[int, ...]]]) -> None:
-        for key in keys:
-            self.left[self.pieces[key].task.param.global_name] += 1
-
-    def __call__(self, key: tuple[str, tuple[int, ...]], shape: torch.Size) -> torch.Tensor:
-        piece = self.pieces[key]
-        name = piece.task.param.global_name
-        with self.lock:
-            full = self.full.get(name)
-            if full is None:
-                full = read_full(piece.task, self.bridge, self.source, self.config)
-                self.scan.add(full, *piece.task.hf_keys)
-                full = checked_cast(full, piece.task.param.dtype, " + ".join(piece.task.hf_keys)).contiguous()
-                if self.progress is not None:
-                    self.progress.update(full.numel() * full.element_size())
-            self.left[name] -= 1
-            if self.left[name] > 0:
-                self.full[name] = full
-            else:
-                self.full.pop(name, None)
-        storage = full.untyped_storage()
-        whole = piece.offset == 0 and piece.size == tuple(full.shape) and storage.nbytes() == full.nbytes
-        if whole and storage.resizable():  # its own memory, no copy: the planner frees it once written
-            return full.view(shape)
-        return full.as_strided(piece.size, piece.stride, piece.offset).clone().view(shape)
+def _key(write_item: Any) -> Key:
+    return (write_item.index.fqn, tuple(write_item.index.offset or ()))  # objects have no offset
 
 
 class _LazyPlanner(MCoreSavePlanner):
-    """megatron-core's planner whose meta tensors are resolved when written, and freed after.
+    """megatron-core's planner whose meta tensors are resolved when written, and released after.
 
     torch's writer keeps every tensor it wrote to a file referenced until the file closes; the
-    previous tensor of each writer thread is released (its storage emptied) at the thread's next
-    request, when it has been written. ``thread_count`` > 1 keeps torch on its serial loader, which
-    asks for a tensor only once the one before it is written.
+    previous tensor of each writer thread is released (its storage given to the resolver's pool, or
+    emptied) at the thread's next request, when it has been written. ``thread_count`` > 1 keeps torch
+    on its serial loader, which asks for a tensor only once the one before it is written.
     """
 
-    resolver: _Resolver
+    resolver: PieceResolver
 
     def resolve_data(self, write_item: Any) -> Any:
-        key = (write_item.index.fqn, tuple(write_item.index.offset or ()))  # objects have no offset
+        key = _key(write_item)
         if key not in self.resolver.pieces:  # not a parameter: an object (extra state), as stored
             return super().resolve_data(write_item)
         # (a parameter megatron-core creates on an explicit device, e.g. the learnable softmax offset, is
@@ -142,11 +110,49 @@ class _LazyPlanner(MCoreSavePlanner):
         obj = self.lookup_object(write_item.index)
         local = self.__dict__.setdefault("_writer_threads", threading.local())
         previous = getattr(local, "previous", None)
-        if previous is not None and previous.untyped_storage().resizable():  # the resolver's own memory
-            previous.untyped_storage().resize_(0)
+        if previous is not None:
+            self.resolver.release(previous)
         tensor = self.resolver(key, obj.shape)
         local.previous = tensor
         return tensor
+
+
+class _WritebackFileSystem(FileSystem):
+    """torch's local file system whose written files start their writeback every 64 MiB (``Writeback``)."""
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[io.IOBase]:
+        if mode != "wb":
+            with super().create_stream(path, mode) as stream:
+                yield stream
+            return
+        with io.BufferedWriter(_WritebackFile(path, "wb"), buffer_size=1 << 20) as stream:
+            yield cast(io.IOBase, stream)
+
+
+class _WritebackFile(io.FileIO):
+    def __init__(self, path: str | os.PathLike, mode: str):
+        super().__init__(path, mode)
+        self.writeback = Writeback(self.fileno())
+        self.end = 0
+
+    def write(self, data: Any) -> int:
+        n = super().write(data) or 0
+        self.end += n
+        self.writeback.written(self.end)
+        return n
+
+
+class _Writer(FileSystemWriter):
+    """torch's filesystem writer telling the resolver which pieces each writer thread will ask for, in
+    order (torch's own split of the plan into one file per thread)."""
+
+    resolver: PieceResolver
+
+    def write_data(self, plan: Any, planner: Any) -> Any:
+        buckets = _split_by_size_and_type(self.thread_count, plan.items) if self.single_file_per_rank else []
+        self.resolver.order([[_key(item) for item in bucket] for bucket in buckets])
+        return super().write_data(plan, planner)
 
 
 class StreamingSaveStrategy(_SyncSaveStrategy):
@@ -155,23 +161,37 @@ class StreamingSaveStrategy(_SyncSaveStrategy):
     def __init__(self, tasks: list[Task], bridge: Any, source: Any, config: Any, progress: Progress | None):
         super().__init__()
         self.tasks, self.bridge, self.source, self.config, self.progress = tasks, bridge, source, config, progress
-        self.resolver: _Resolver | None = None
+        self.resolver: PieceResolver | None = None
 
     def save(self, sharded_state_dict: Any, checkpoint_dir: str | Path) -> None:
-        self.resolver = _Resolver(
+        resolver = PieceResolver(
             _pieces(sharded_state_dict, self.tasks), self.bridge, self.source, self.config, self.progress
         )
+        self.resolver = resolver
         _spread(sharded_state_dict, rank(), world_size())
         mine = [
             (sh.key, tuple(sh.global_offset))
             for sh in nested_values(sharded_state_dict)
             if isinstance(sh, ShardedTensor) and sh.replica_id == 0
         ]
-        self.resolver.expect(mine)
+        resolver.expect(mine)
         if self.progress is not None:
-            params = [t.param.tensor for t in self.tasks if t.param.global_name in self.resolver.left]
+            names = {resolver.pieces[k].task.param.global_name for k in mine}
+            params = [t.param.tensor for t in self.tasks if t.param.global_name in names and not t.tied_copy]
             self.progress.begin(len(params), sum(p.numel() * p.element_size() for p in params))
-        super().save(sharded_state_dict, checkpoint_dir)
+        state, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, self.keep_only_main_replica)
+        writer = _Writer(checkpoint_dir, thread_count=self.thread_count)
+        writer.fs = _WritebackFileSystem()
+        writer.resolver = resolver
+        try:
+            with _writer_thread_errors() as errors:
+                torch.distributed.checkpoint.save(
+                    mcore_to_pyt_state_dict(state, False), storage_writer=writer, planner=self.planner()
+                )
+        finally:
+            resolver.close()
+        if errors:  # a writer thread failed (its file is incomplete) while this thread finished
+            raise errors[0]
 
     def planner(self) -> Any:
         planner = _LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False)
