@@ -26,6 +26,7 @@ tensors/s and microseconds per tensor (from the median), and each mode's speed-u
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -86,6 +87,9 @@ def worker(args) -> None:
     import torch
 
     bridge, model = build(args.device, args.layers, args.experts)
+    if args.gc_freeze:  # the model and the interpreter out of the collector's way: its passes over them
+        gc.collect()  # (tens to hundreds of ms, whenever an export's garbage triggers one) are not timed
+        gc.freeze()
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     doc: dict = {"core": str(Path(sys.modules["bridge_core"].__file__).parent), "modes": {}}
     for mode, run in modes(bridge, model).items():
@@ -135,6 +139,7 @@ def run_side(src: Path, args) -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--device", args.device]
     cmd += ["--layers", str(args.layers), "--experts", str(args.experts), "--repeats", str(args.repeats)]
+    cmd += ["--gc-freeze"] if args.gc_freeze else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"export_overhead worker ({src}) failed:\n{done.stderr[-3000:]}")
@@ -169,6 +174,7 @@ def driver(args) -> int:
         "device": args.device,
         "toy": {"layers": args.layers, "experts": args.experts, "hidden": 64, "moe_intermediate": 32},
         "rounds": args.rounds,
+        "gc_freeze": args.gc_freeze,
         "repeats": args.repeats,
         "sides": {name: summary(r) for name, r in runs.items()},
     }
@@ -190,6 +196,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed exports per mode and process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per side, alternating")
     parser.add_argument("--baseline", default=None, help="a git revision (or a core/src folder) to time as well")
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="gc.freeze() after building the toy (collector passes over it untimed)"
+    )
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile one export: top N functions")
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -6,10 +6,11 @@ tensor at an ``ALIGN``-ed offset), copied by one non-blocking transfer into a bl
 (``PinnedPool``), and yielded as views of that block. A larger tensor is copied alone into pinned
 memory of its own (torch's caching host allocator). Every transfer runs on a copy stream of its own,
 after the work queued before it on the current stream: the gathers, casts and checks of the next
-tensors do not wait behind the transfers, nor does a synchronisation of the current stream (a checked
-cast reading a tensor's range). Several transfers stay in flight (up to ``IN_FLIGHT_BYTES``, and
-always one): a tensor is yielded, in order, once its transfer has completed, while the next ones are
-gathered and copied. A parameter must not be changed in place while its export runs (a transfer may
+tensors do not wait behind the transfers. (A read from the device does: on an H200 a one-scalar read
+waited for a 1 GiB copy on another stream to finish, so an export reads nothing from the device
+until its end.) Several transfers stay in flight (up to ``IN_FLIGHT_BYTES``, and always one): a
+tensor is yielded, in order, once its transfer has completed, while the next ones are gathered and
+copied. A parameter must not be changed in place while its export runs (a transfer may
 still be reading it). Tensors already on the CPU pass through unchanged.
 
 Lifetime: a yielded tensor is never overwritten; it stays valid as long as it is kept. A block of the
