@@ -291,3 +291,12 @@ def test_a_batch_is_split_where_the_device_changes():
     a, b, c = torch.zeros(2), torch.zeros(2, device="meta"), torch.zeros(2)
     runs = host_copy._by_device([("a", a), ("b", b), ("c", c), ("d", c)])
     assert [[n for n, _ in run] for run in runs] == [["a"], ["b"], ["c", "d"]]
+
+
+def test_the_whole_pool_is_allocated_before_the_first_batch():
+    pool = PinnedPool(block_bytes=1024, max_bytes=6 * 1024, pin=False)
+    stream = _copy_all(_moe_like("cpu"), pool)
+    next(stream)  # the embedding goes alone; the batches behind it are queued already
+    assert len(pool.blocks) == 6 and pool.allocated == 6
+    _drain(stream)
+    assert pool.allocated == 6  # nothing grown during the export

@@ -17,9 +17,9 @@ Lifetime: a yielded tensor is never overwritten; it stays valid as long as it is
 pool is handed out again only once nothing views it any more (its storage's use count is back to the
 pool's own), so keeping one small tensor keeps its whole block (up to ``BATCH_BYTES``) from reuse:
 clone small tensors you keep long. When every block is in use, a batch takes a block of torch's
-caching host allocator instead. The pool is one per process, grown as exports need it (the in-flight
-window and four blocks: 384 MiB by default), kept for later exports, and capped by
-``BRIDGE_PINNED_POOL_MB`` (0: no pool); ``reserve_pinned`` allocates it before a first export.
+caching host allocator instead. The pool is one per process (the in-flight window and four blocks:
+384 MiB by default, ``BRIDGE_PINNED_POOL_MB``; 0: no pool), allocated whole before the first batch
+of the first export that needs it (``reserve_pinned`` does it earlier) and kept for later exports.
 Device memory: the staging buffers of the batches in flight (at most the in-flight window).
 """
 
@@ -325,6 +325,7 @@ def to_host(
                 started = [copy_alone(name, tensor)]
             else:
                 into = pool if pool is not None else shared_pool()
+                into.reserve(into.max_blocks * into.block_bytes)  # the whole pool before its first batch
                 started = [copy_batch(run, into) for run in _by_device([(n, t) for n, t, _ in members])]
             pending.extend(started)
             queued += sum(s.nbytes for s in started)
