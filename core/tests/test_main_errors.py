@@ -89,12 +89,16 @@ def test_library_log_warnings_stay_off_the_terminal():
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
-def test_output_into_a_closed_pipe_ends_quietly():
-    """``bridgectl plugins | head -1``: the reader leaving is no error (exit 141, like a tool killed by SIGPIPE)."""
-    environ = {**os.environ, "BRIDGE_PLUGINS": ""}
+@pytest.mark.parametrize("body", ["print('one short line')", "print('x' * (1 << 20))"], ids=["buffered", "large"])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, body):
+    """``bridgectl plugins | head -1``: the reader leaving is no error (exit 141, like a tool killed by SIGPIPE),
+    whether the write fails in the command or only when its buffered output is flushed."""
+    (tmp_path / "fake_cmd.py").write_text(f"def add_arguments(parser):\n    pass\n\n\ndef run(args):\n    {body}\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    environ = {**os.environ, "PYTHONPATH": path, "BRIDGE_PLUGINS": ""}
     environ.pop("WORLD_SIZE", None)
-    code = "import sys\nfrom bridge_core.cli import main\nsys.exit(main.main(['plugins']))"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    environ.pop("PYTHONUNBUFFERED", None)  # "buffered": the write fails only when the output is flushed
+    proc = subprocess.Popen([sys.executable, "-c", PARENT], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before the first write
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err

@@ -84,7 +84,9 @@ def _run(argv: list[str]) -> int:
         quiet_libraries()
     args.argv = [top.command, *rest] + (["--debug"] if top.debug and "--debug" not in rest else [])
     try:
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        return code
     except Exception as exc:
         from bridge_core.errors import BridgeError
 
