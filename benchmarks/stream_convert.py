@@ -54,6 +54,7 @@ def tensor_hashes(folder: Path) -> dict[str, str]:
 
 
 PHASES = re.compile(r"total ([\d.]+) s \((.*)\)")
+PART = re.compile(r"([^,]+?) ([\d.]+) s")
 
 
 def phases(output: str) -> dict[str, float]:
@@ -63,10 +64,8 @@ def phases(output: str) -> dict[str, float]:
         return {}
     total, parts = found[-1]
     out = {"total": float(total)}
-    for part in parts.split(", "):
-        name, _, value = part.rpartition(" ")
-        if value.endswith("s") and name:
-            out[name.replace(" ", "_")] = float(value.rstrip("s"))
+    for name, value in PART.findall(parts):
+        out[name.strip().replace(" ", "_")] = float(value)
     return out
 
 

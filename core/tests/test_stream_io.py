@@ -19,7 +19,7 @@ from test_streaming import LLAMA, stored_tensors
 from torch.distributed.checkpoint import FileSystemWriter
 
 from bridge_core.checkpoints import piece_reader
-from bridge_core.checkpoints.piece_reader import PieceReader, _contiguous_span
+from bridge_core.checkpoints.piece_reader import PieceReader, _contiguous_span, _merged
 from bridge_core.conversion import stream_export, stream_import, stream_reads
 from bridge_core.conversion.stream_buffers import BufferPool, Writeback
 from bridge_core.conversion.stream_reads import Piece, clip
@@ -205,6 +205,7 @@ def test_the_piece_reader_reads_contiguous_boxes_straight_and_the_others_as_torc
     assert straight == Counter({True: 3, False: 1})
     assert _contiguous_span((6, 5, 4), (1, 2, 0), (1, 3, 4)) == (1 * 20 + 2 * 4, 12)
     assert _contiguous_span((6, 5, 4), (0, 0, 1), (6, 5, 2)) is None
+    assert _merged([(30, 40), (0, 10), (15, 20), (500, 600)], gap=10) == [(0, 20), (30, 40), (500, 600)]
 
 
 def test_the_piece_reader_names_the_folder_of_a_record_cut_short(tmp_path):

@@ -56,11 +56,19 @@ class _DirectReader(_CachedReader):
     """Reads the boxes it can straight from the file into their destination; torch reads the rest."""
 
     def read_data(self, plan: LoadPlan, planner: Any) -> Future:
-        rest: list[Any] = []
+        """The tensors' records in file order, each file's whole span of them announced to the kernel
+        first (``WILLNEED``: read ahead in the background, many requests in flight), then read."""
+        rest: list[Any] = [item for item in plan.items if item.type != LoadItemType.TENSOR]
+        where = {id(item): self.storage_data[item.storage_index] for item in plan.items}
+        tensors = sorted(
+            (item for item in plan.items if item.type == LoadItemType.TENSOR),
+            key=lambda item: (where[id(item)].relative_path, where[id(item)].offset),
+        )
         files: dict[str, io.FileIO] = {}
         try:
-            for item in plan.items:
-                if item.type != LoadItemType.TENSOR or not self._read_direct(item, planner, files):
+            self._announce(tensors, files)
+            for item in tensors:
+                if not self._read_direct(item, planner, files):
                     rest.append(item)
         finally:
             for f in files.values():
@@ -71,6 +79,26 @@ class _DirectReader(_CachedReader):
         done.set_result(None)
         return done
 
+    def _file(self, relative: str, files: dict[str, io.FileIO]) -> io.FileIO:
+        if relative not in files:
+            files[relative] = io.FileIO(Path(self.path) / relative, "r")
+        return files[relative]
+
+    def _announce(self, items: list[Any], files: dict[str, io.FileIO]) -> None:
+        if not hasattr(os, "posix_fadvise"):
+            return
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for item in items:
+            info = self.storage_data[item.storage_index]
+            spans.setdefault(info.relative_path, []).append((info.offset, info.offset + info.length))
+        for relative, ranges in spans.items():
+            try:
+                fd = self._file(relative, files).fileno()
+                for start, end in _merged(ranges):
+                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+            except OSError:  # a missing or unreadable file: the read says so
+                continue
+
     def _read_direct(self, item: Any, planner: Any, files: dict[str, io.FileIO]) -> bool:
         info = self.storage_data[item.storage_index]
         target = planner.resolve_tensor(item).detach()
@@ -79,9 +107,10 @@ class _DirectReader(_CachedReader):
         if target.device.type != "cpu" or not target.is_contiguous():
             return False
         path = Path(self.path) / info.relative_path
-        if info.relative_path not in files:
-            files[info.relative_path] = io.FileIO(path, "r")
-        f = files[info.relative_path]
+        try:
+            f = self._file(info.relative_path, files)
+        except OSError:
+            return False  # torch's reader reports it
         layout = _record_layout(f, info.offset, info.length)
         if layout is None or layout[0] != target.dtype:
             return False
@@ -92,6 +121,17 @@ class _DirectReader(_CachedReader):
         _pread_exact(f, target, info.offset + data + span[0] * target.element_size(), path)
         planner.commit_tensor(item, target)
         return True
+
+
+def _merged(ranges: list[tuple[int, int]], gap: int = 1 << 20) -> list[tuple[int, int]]:
+    """Byte ranges sorted, those less than ``gap`` apart joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start - out[-1][1] < gap:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 def _record_layout(f: io.FileIO, offset: int, length: int) -> tuple[torch.dtype, tuple[int, ...], int] | None:

@@ -7,8 +7,8 @@ HF tensors are written. The HF shards are laid out up front and written tensor b
 
 The windows' memory is reused (``BufferPool``: a freed window's buffers take the next one's reads,
 with no fresh pages to fault in), each box is read straight from its record into the window
-(``PieceReader``), and each shard's bytes start their writeback as they are written, the shard's
-final ``fsync`` running on a background thread while the next shard is written.
+(``PieceReader``: in file order, the window's byte ranges announced to the kernel first), and each
+finished shard's ``fsync`` runs on a background thread while the next shard is written.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from bridge_core.conversion.auto_bridge import AutoBridge
 from bridge_core.conversion.export import export_tasks, gather_plan
 from bridge_core.conversion.jobs import checkpoint_bridge, hf_tensors, say
 from bridge_core.conversion.layout_plan import meta_session
-from bridge_core.conversion.stream_buffers import BufferPool, Writeback
+from bridge_core.conversion.stream_buffers import BufferPool
 from bridge_core.conversion.tasks import Task
 from bridge_core.model.config_translation import parse_dtype, write_both_rope_spellings
 from bridge_core.progress import Progress, stage
@@ -108,21 +108,14 @@ class CheckpointWindow:
 
 
 class _ShardWriter(ShardedSafetensorsWriter):
-    """The safetensors writer whose shards start their writeback as each tensor is written and are
-    fsynced and closed on a background thread (``finish`` waits for them, and closes the rest itself)."""
+    """The safetensors writer whose finished shards are fsynced and closed on a background thread while
+    the next shard is written (``finish`` waits for them, and closes the rest itself)."""
 
     def __init__(self, folder: Path, max_shard_size: str):
         super().__init__(folder, max_shard_size)
         self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-fsync")
         self._closing: list[Future] = []
         self._inline = False
-
-    def _add_planned(self, name: str, tensor: torch.Tensor) -> None:
-        super()._add_planned(name, tensor)
-        slot = self._slots[name]
-        shard = self._shards[slot.shard]
-        if shard.fd is not None:  # still open: start writing this tensor's bytes back
-            Writeback(shard.fd).range(shard.data_start + slot.begin, slot.end - slot.begin)
 
     def _close_shard(self, shard: Any) -> None:
         if self._inline:
