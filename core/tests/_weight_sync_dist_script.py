@@ -6,7 +6,8 @@ tensors are what an export yields; an export with the plan communicates nothing 
 tensor and is bit-identical; buckets hold what the plan says; the plan is the same JSON on every
 rank; the previous case's (pickled) plan is refused; and the geometry matches the real shards (every
 rank fills its parameters with ``rank + 1``: each box of the export then holds its ranks' labels, and
-the boxes tile every tensor). Each rank writes ``OUT/<case>-rank<r>.txt``: ``ok`` or the traceback.
+the boxes tile every tensor); and a plain export's cache is used only where every rank's is valid.
+Each rank writes ``OUT/<case>-rank<r>.txt``: ``ok`` or the traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from bridge_core import AutoBridge
+from bridge_core.conversion import export_cache
 from bridge_core.errors import ConfigError
 from bridge_core.runtime.parallel import destroy_model_parallel, ensure_process_group
 from bridge_core.testing.dist_runner import use_plugin
@@ -56,6 +58,36 @@ def no_collective_before_first_tensor(bridge, model, plan):
     return [first, *stream]
 
 
+def cache_agrees_across_ranks(bridge, model, reference, rank):
+    """A plain export again plans nothing (every rank's cache is valid); after
+    rank 1 alone replaces its parameters, every rank plans again (else their collectives would not
+    match) and the new values arrive; with the old parameters back, the reference again."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a valid cache planned again")
+
+    saved = bridge._tasks, export_cache.gather_plan
+    bridge._tasks, export_cache.gather_plan = refuse, refuse
+    try:
+        again = [(n, t.clone()) for n, t in bridge.export_hf_weights(model)]
+    finally:
+        bridge._tasks, export_cache.gather_plan = saved
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(reference, again)), "cached export differs"
+    slots = [(m, n, p) for c in model for m in c.modules() for n, p in m.named_parameters(recurse=False)]
+    if rank == 1:
+        for owner, attribute, old in slots:
+            new = torch.nn.Parameter(old.detach() + 1)
+            new.__dict__.update(old.__dict__)
+            setattr(owner, attribute, new)
+    changed = [(n, t.clone()) for n, t in bridge.export_hf_weights(model)]
+    differ = sum(not torch.equal(a, b) for (_, a), (_, b) in zip(reference, changed))
+    for owner, attribute, old in slots:
+        setattr(owner, attribute, old)
+    assert differ > 0, "rank 1's replaced parameters were not exported"
+    restored = list(bridge.export_hf_weights(model))
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(reference, restored)), "restored export differs"
+
+
 def check_geometry(bridge, model, plan, rank):
     with torch.no_grad():
         for chunk in model:
@@ -78,6 +110,7 @@ def run_case(case: dict, out: Path, previous: Path | None) -> None:
     rank = dist.get_rank()
     bridge, model = build(case)
     reference = [(n, t.clone()) for n, t in bridge.export_hf_weights(model)]
+    cache_agrees_across_ranks(bridge, model, reference, rank)
     plan = bridge.weight_sync_plan(model, bucket_bytes=BUCKET)
     got = [(n, tuple(t.shape), t.dtype) for n, t in reference]
     assert got == list(plan.tensors), f"plan tensors differ from the export: {got[:3]} vs {list(plan.tensors)[:3]}"

@@ -27,6 +27,7 @@ from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
 from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_dir
 from bridge_core.conversion import weight_sync
 from bridge_core.conversion.export import export_tasks, gather_plan
+from bridge_core.conversion.export_cache import cached_export
 from bridge_core.conversion.groups import ParallelLayout
 from bridge_core.conversion.host_copy import to_host
 from bridge_core.conversion.import_plan import ImportPlan
@@ -95,6 +96,7 @@ class AutoBridge(MegatronBridgeNames):
         self.bridge = registry.create_bridge(hf.architecture, hf.config)
         self.bridge.accepted_hf_config = frozenset(accept_config)
         self.torch_dtype = parse_dtype(torch_dtype) if torch_dtype is not None else None
+        self._export_token = object()  # renewed whenever an import may change the HF layout (export_cache)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -179,6 +181,8 @@ class AutoBridge(MegatronBridgeNames):
         params = collect_params(chunks, layout.tp.size, layout.etp.size, layout.ep_rank)
         tied = bool(getattr(unwrap(chunks[0]), "share_embeddings_and_output_weights", False))
         config = unwrap(chunks[0]).config
+        if hf_names is not None:
+            self._export_token = object()
         self.bridge.select_hf_layout(config, None if hf_names is None else frozenset(hf_names))
         tasks = build_tasks(params, self.bridge.mapping_registry(), tied=tied, owner=self.owner)
         return tasks, layout, config
@@ -237,7 +241,10 @@ class AutoBridge(MegatronBridgeNames):
         given, is called on the receiving rank(s) before the first tensor with ``(hf_name, shape,
         dtype)`` of every tensor to come, in order (``ShardedSafetensorsWriter.plan`` takes it).
         ``plan``: a ``weight_sync_plan`` of this model; nothing is planned again and nothing is
-        communicated before the first tensor (a plan of another model or layout is refused).
+        communicated before the first tensor (a plan of another model or layout is refused). Without
+        one, the first export of a model plans it and the next ones reuse that while the model's
+        parameters (objects, shapes, dtypes, devices) and parallel layout stay the same (with several
+        ranks, after one small collective that checks every rank's).
 
         The tensors are **views of the live parameters** wherever no copy is needed: with ``cpu=False``
         on a GPU model, and for a model on the CPU (even with ``cpu=True``), an unsplit tensor in the
@@ -254,9 +261,12 @@ class AutoBridge(MegatronBridgeNames):
                 raise ConfigError(f"dtype: the plan exports {plan.dtype}, not {parse_dtype(dtype)}; make another plan")
             want, export = plan.dtype, plan.export
         else:
-            tasks, layout, config = self._tasks(model)
+            chunks = _chunks(model)
             # Default: the model's dtype for every tensor (torch norms of the local spec keep fp32 weights).
-            want, export = parse_dtype(dtype) if dtype is not None else config.params_dtype, None
+            want = parse_dtype(dtype) if dtype is not None else unwrap(chunks[0]).config.params_dtype
+            # Planned once per model: reused while its parameters and layout stay (conversion/export_cache.py).
+            build = lambda: self._tasks(model)  # noqa: E731
+            tasks, layout, config, export = cached_export(chunks, self._export_token, want, self.hf_config, build)
         device = tasks[0].param.tensor.device if tasks else torch.device("cpu")
         tensors = export_tasks(
             tasks,
