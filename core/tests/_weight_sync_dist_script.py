@@ -83,9 +83,27 @@ def cache_agrees_across_ranks(bridge, model, reference, rank):
     differ = sum(not torch.equal(a, b) for (_, a), (_, b) in zip(reference, changed))
     for owner, attribute, old in slots:
         setattr(owner, attribute, old)
-    assert differ > 0, "rank 1's replaced parameters were not exported"
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, differ)  # (at DP=2 rank 1 formats its own copies: only it sees them)
+    assert sum(counts) > 0, "rank 1's replaced parameters were not exported"
     restored = list(bridge.export_hf_weights(model))
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(reference, restored)), "restored export differs"
+
+
+def replicas_format_their_own(bridge, model, plan, expect_replicated):
+    """Every rank receiving: the units every rank holds whole (the dense ones at EP=2) are formatted
+    by each rank and never broadcast (at DP=2: none is); every other part is broadcast once."""
+    replicated = plan.export.replicated
+    assert bool(replicated) == expect_replicated, f"replicated units: {sorted(replicated)[:4]}"
+    assert all(".experts." not in name for name in replicated), sorted(replicated)[:4]
+    sent, broadcast = [], dist.broadcast
+    dist.broadcast = lambda tensor, *a, **k: (sent.append(tensor.shape), broadcast(tensor, *a, **k))[1]
+    try:
+        list(bridge.export_hf_weights(model, plan=plan))
+    finally:
+        dist.broadcast = broadcast
+    want = [tuple(s) for u in plan.export.units if u.global_name not in replicated for _, _, s, _ in u.parts]
+    assert [tuple(s) for s in sent] == want, f"{len(sent)} broadcasts, {len(want)} planned"
 
 
 def check_geometry(bridge, model, plan, rank):
@@ -135,6 +153,8 @@ def run_case(case: dict, out: Path, previous: Path | None) -> None:
             raise AssertionError("a plan of another layout was accepted")
         except ConfigError as exc:
             assert "\n" not in str(exc) and "plan" in str(exc), str(exc)
+    if case.get("tp", 1) == 1:  # (at TP=2 the world is one group: its ranks share shards instead)
+        replicas_format_their_own(bridge, model, plan, expect_replicated=case.get("pp", 1) == 1)
     check_geometry(bridge, model, plan, rank)
 
 

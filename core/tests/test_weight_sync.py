@@ -90,6 +90,15 @@ def test_a_parameter_exported_by_two_ranks_is_refused():
         ExportPlan.from_rank_units([[a], [Unit(a.global_name, 1, a.parts)]])
 
 
+def test_replicated_units_are_those_every_rank_of_several_holds_whole():
+    a = unit("decoder.final_layernorm.weight", 0, ("model.norm.weight", None, (2,), F32))
+    b = unit("decoder.layers.0.mlp.experts.linear_fc2.weight0", 1, ("e", 0, (2, 2), F32))
+    whole = [[a.global_name, "embedding.word_embeddings.weight"], [a.global_name, b.global_name]]
+    assert ExportPlan.from_rank_units([[a], [b]], whole).replicated == {a.global_name}
+    assert ExportPlan.from_rank_units([[a], [b]]).replicated == set()
+    assert ExportPlan.from_rank_units([[a, b]], [[a.global_name, b.global_name]]).replicated == set()  # one rank
+
+
 def test_stacked_slices_run_back_to_back_and_come_out_with_their_count():
     fc1 = [
         unit(f"decoder.layers.0.mlp.experts.local_experts.{e}.linear_fc1.weight", e % 2, ("up", e, (4, 2), F32))
@@ -191,13 +200,15 @@ def test_plan_settings_are_checked(llama):
 
 
 def test_plans_across_layouts_in_one_torchrun_launch(llama, moe, tmp_path):
-    """TP=2, PP=2 (Llama), EP=2 and TP=2 over stacked experts: fields, cache, buckets, refusal, geometry."""
+    """TP=2, PP=2, DP=2 (Llama), EP=2 and TP=2 over stacked experts: fields, cache, buckets, refusal,
+    geometry, the replicas' own formatting."""
     plugin = {"module": "_test_bridges", "path": str(HERE)}
     matrix = {
         "llama-tp2": (llama, {"tp": 2}),
         "llama-pp2": (llama, {"pp": 2}),
         "moe-ep2": (moe, {"ep": 2}),
         "moe-tp2": (moe, {"tp": 2}),
+        "llama-dp2": (llama, {}),
     }
     cases = [
         {"name": n, "hf_path": str(p), "out": str(tmp_path), "plugin": plugin, **s} for n, (p, s) in matrix.items()

@@ -2,9 +2,10 @@
 
 Every rank learns the global list of export units (one per Megatron parameter, owned by the leader of
 its tensor-parallel group in data-parallel replica 0) with one ``all_gather_object``, then all ranks
-walk it in the same order, so collectives always match. ``to_rank=None`` broadcasts every tensor to
-every rank (weight sync; when the world is one tensor-parallel group, the members share their shards
-and each formats for itself); ``to_rank=r`` sends them to rank ``r`` only (writing a checkpoint).
+walk it in the same order, so collectives always match. ``to_rank=None`` gives every tensor to every
+rank (weight sync): the owner broadcasts it, except where every rank holds the parameter whole (each
+formats it itself) or the world is one tensor-parallel group (the members share their shards and each
+formats for itself); ``to_rank=r`` sends them to rank ``r`` only (writing a checkpoint).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bridge_core.conversion.export_plan import ExportPlan, Output, Unit, local_units
+from bridge_core.conversion.export_plan import ExportPlan, Output, Unit, local_units, whole_params
 from bridge_core.conversion.finite import DeferredCasts, NonfiniteScan, warn_nonfinite
 from bridge_core.conversion.groups import ParallelLayout, SplitGroup
 from bridge_core.conversion.plan import Task
@@ -27,13 +28,14 @@ def gather_plan(
     tasks: list[Task], layout: ParallelLayout, config: Any, hf_config: Any, dtype: torch.dtype | None, extra: Any = None
 ) -> tuple[ExportPlan, list[Any]]:
     """The export plan of every rank's units, and every rank's ``extra``, in rank order (one collective)."""
-    mine = (local_units(tasks, layout, config, hf_config, dtype), extra)
+    mine = (local_units(tasks, layout, config, hf_config, dtype), whole_params(tasks, layout), extra)
     gathered: list[Any] = [None] * layout.world
     if layout.world > 1:
         dist.all_gather_object(gathered, mine)
     else:
         gathered = [mine]
-    return ExportPlan.from_rank_units(units for units, _ in gathered), [e for _, e in gathered]
+    plan = ExportPlan.from_rank_units((units for units, _, _ in gathered), (whole for _, whole, _ in gathered))
+    return plan, [e for _, _, e in gathered]
 
 
 def gather_to_leader(local: torch.Tensor, split: SplitGroup) -> list[torch.Tensor] | None:
@@ -133,7 +135,8 @@ class _Stacks:
 
 # Delivery modes: each yields ``(hf_name, slice index, tensor)`` on the receiving rank(s), in plan
 # order; every rank walks every unit, so the collectives match. ``make(unit)`` gathers the unit's
-# shards and returns its HF tensors on the rank(s) that format it (None elsewhere).
+# shards and returns its HF tensors on the rank(s) that format it (None elsewhere); ``make(unit, True)``
+# formats a parameter this rank holds whole, in any replica.
 Items = Iterator[tuple[str, int | None, torch.Tensor]]
 
 
@@ -148,8 +151,14 @@ def _each_rank_formats(plan: ExportPlan, make: Callable) -> Items:
 
 
 def _broadcast_to_all(plan: ExportPlan, make: Callable, slot: Callable) -> Items:
-    """Every rank receives every tensor: the owner formats it and broadcasts it."""
+    """Every rank receives every tensor: one that every rank holds whole each formats itself (at EP=2,
+    the dense ones; at DP=2, all), any other the owner formats and broadcasts."""
     for unit in plan.units:
+        if unit.global_name in plan.replicated:
+            produced = make(unit, True)
+            for name, index, _, _ in unit.parts:
+                yield name, index, produced[name]
+            continue
         produced = make(unit)
         for name, index, shape, dtype in unit.parts:
             tensor = produced[name] if produced is not None else slot(name, index, shape, dtype)
@@ -206,9 +215,9 @@ def export_tasks(
     nonfinite = NonfiniteScan()  # flags stay on the device: no synchronisation per tensor
     casts = DeferredCasts()  # likewise the ranges of GPU casts, checked at the end
 
-    def make(unit: Unit) -> dict | None:
+    def make(unit: Unit, here: bool = False) -> dict | None:
         task = by_name.get(unit.global_name)
-        if task is None or not layout.for_param(task.param).replica_zero:
+        if task is None or not (here or layout.for_param(task.param).replica_zero):
             return None
         if materialize is not None:
             task = materialize(task)

@@ -51,6 +51,11 @@ def local_units(
     return mine
 
 
+def whole_params(tasks: list[Task], layout: ParallelLayout) -> list[str]:
+    """The parameters this rank holds whole (not split by tensor parallelism; tied copies left out)."""
+    return [t.param.global_name for t in tasks if not t.tied_copy and layout.for_param(t.param).size == 1]
+
+
 def itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
@@ -81,16 +86,22 @@ class ExportPlan:
 
     ``outputs``: ``(hf_name, shape, dtype)`` of every yielded tensor, in yield order. A stacked
     tensor (parts with a slice index, e.g. MoE experts) comes out when its last slice arrives, with
-    the slice count (``stacked[hf_name]``) as its first dimension.
+    the slice count (``stacked[hf_name]``) as its first dimension. ``replicated``: the units every
+    rank of a world of several holds whole (data- or expert-parallel replicas): where every rank
+    receives, each formats these itself and nothing is sent.
     """
 
     units: tuple[Unit, ...]
     outputs: tuple[Output, ...]
     stacked_counts: tuple[tuple[str, int], ...]
+    replicated: frozenset[str] = frozenset()
 
     @classmethod
-    def from_rank_units(cls, per_rank: Iterable[Iterable[Unit]]) -> ExportPlan:
-        """The plan from every rank's ``local_units`` (a parameter owned by two ranks is an error)."""
+    def from_rank_units(
+        cls, per_rank: Iterable[Iterable[Unit]], whole: Iterable[Iterable[str]] | None = None
+    ) -> ExportPlan:
+        """The plan from every rank's ``local_units`` (a parameter owned by two ranks is an error)
+        and, optionally, every rank's ``whole_params``."""
         by_name: dict[str, Unit] = {}
         for unit in (u for rank_units in per_rank for u in rank_units):
             other = by_name.setdefault(unit.global_name, unit)
@@ -112,7 +123,9 @@ class ExportPlan:
                 if seen[name] == counts[name]:
                     outputs.append((name, (counts[name], *shape), dtype))
         stacked = tuple((name, n) for name, n in counts.items() if n)
-        return cls(tuple(units), tuple(outputs), stacked)
+        held = [set(names) for names in whole] if whole is not None else []
+        replicated = frozenset(set.intersection(*held) & by_name.keys()) if len(held) > 1 else frozenset()
+        return cls(tuple(units), tuple(outputs), stacked, replicated)
 
     @cached_property
     def stacked(self) -> dict[str, int]:
