@@ -103,3 +103,48 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, body):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert err == ""
+
+
+ENTRY = """
+import sys
+from bridge_core.cli import main
+main.COMMANDS["fake"] = ("fake_cmd", "a command that does what the test says")
+sys.argv = ["bridgectl", "fake"]
+sys.exit(main.main())  # as the console script calls it: no argv
+"""
+
+
+def test_the_bridgectl_process_skips_the_teardown_but_not_its_exit_duties(tmp_path):
+    """With torch loaded, the command's process ends without the interpreter's teardown (a module's
+    object is never finalised), yet its threads finish, atexit handlers and pending finalizers run,
+    buffered output is flushed and the exit code is the command's."""
+    body = """
+import atexit, tempfile, threading, time, weakref, torch
+class Torn:
+    def __del__(self):
+        print("torn down", flush=True)
+sys.modules[__name__].torn = Torn()
+atexit.register(lambda: print("atexit ran", flush=True))
+folder = tempfile.TemporaryDirectory()
+sys.modules[__name__].folder = folder
+print("temporary", folder.name)
+def late():
+    time.sleep(0.3)
+    print("thread done")
+threading.Thread(target=late).start()
+print("buffered")
+return 3
+"""
+    (tmp_path / "fake_cmd.py").write_text(
+        "import sys\n\ndef add_arguments(parser):\n    pass\n\n\ndef run(args):\n" + textwrap.indent(body, "    ")
+    )
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    environ = {**os.environ, "PYTHONPATH": path, "BRIDGE_PLUGINS": ""}
+    environ.pop("WORLD_SIZE", None)
+    environ.pop("PYTHONUNBUFFERED", None)
+    proc = subprocess.run([sys.executable, "-c", ENTRY], env=environ, capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 3, proc.stderr
+    assert {"buffered", "thread done", "atexit ran"} <= set(lines) and "torn down" not in lines, lines
+    temporary = next(line.split(" ", 1)[1] for line in lines if line.startswith("temporary "))
+    assert not os.path.exists(temporary)
