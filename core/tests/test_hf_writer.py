@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import struct
@@ -322,3 +323,19 @@ def test_export_plan_is_what_the_export_yields_in_order(tmp_path, test_plugin, k
         with safe_open(out / shard, "pt") as f:
             assert f.metadata() == {"format": "pt"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_tensor_bytes_leave_the_storage_reusable_and_keep_the_tensor_alive():
+    """A streaming export writes views of its window buffers and resizes those buffers to reuse them:
+    taking a tensor's bytes must not mark its storage non-resizable (numpy's view does), and the bytes
+    stay valid while the view lives, also of a copy made for a non-contiguous tensor."""
+    tensor_bytes = hf_writer.tensor_bytes
+    base = torch.arange(12, dtype=torch.bfloat16).reshape(3, 4)
+    view = tensor_bytes(base[1:])
+    assert base.untyped_storage().resizable()
+    assert bytes(view) == base[1:].contiguous().view(torch.uint8).numpy().tobytes()
+    strided = tensor_bytes(base.t())  # a contiguous copy, owned by the view
+    del base
+    gc.collect()
+    want = torch.arange(12, dtype=torch.bfloat16).reshape(3, 4).t().contiguous()
+    assert bytes(strided) == want.view(torch.uint8).numpy().tobytes()
