@@ -102,7 +102,7 @@ def _bytes_of(t: torch.Tensor) -> memoryview:
     if nbytes == 0:
         return memoryview(b"")
     array = (ctypes.c_char * nbytes).from_address(t.data_ptr())
-    array._tensor = t  # type: ignore[attr-defined]
+    array._tensor = t
     return memoryview(array).cast("B")
 
 
