@@ -267,7 +267,7 @@ def test_cuda_batches_are_bit_exact_against_cpu_and_reuse_the_pinned_pool(in_fli
         assert all(g.is_pinned() for _, g in got if g.numel())
         if seed == 0:
             allocated, blocks = pool.allocated, len(pool.blocks)
-            assert allocated == blocks < 128  # every batch in a block of the pool
+            assert allocated == blocks <= pool.max_blocks  # every batch in a block of the pool (no one-off)
         del got
     assert pool.allocated == allocated and len(pool.blocks) == blocks  # the second export reused them
 

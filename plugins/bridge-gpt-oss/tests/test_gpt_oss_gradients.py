@@ -25,7 +25,7 @@ def gpt_oss(toy_model_factory, tmp_path_factory):
 def objective(logits: torch.Tensor) -> torch.Tensor:
     """A fixed random linear function of the logits (every logit gets a gradient)."""
     weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))
-    return (logits * weights).sum()
+    return (logits * weights.to(logits.device)).sum()
 
 
 def test_gradients_equal_transformers(gpt_oss):
@@ -40,11 +40,12 @@ def test_gradients_equal_transformers(gpt_oss):
     provider.finalize()
     try:
         (model,) = provider.provide_distributed_model(wrap_with_ddp=False)
-        model.cpu().eval()  # compared with transformers' gradients on the CPU (a visible GPU holds the model)
-        positions = torch.arange(SEQ).unsqueeze(0).expand_as(ids)
-        logits = model(input_ids=ids, position_ids=positions, attention_mask=causal_mask(SEQ))
+        model.eval()  # on a visible GPU (megatron-core's YaRN rotary runs there); compared on the CPU
+        device = next(model.parameters()).device
+        positions = torch.arange(SEQ, device=device).unsqueeze(0).expand(ids.shape[0], -1)
+        logits = model(input_ids=ids.to(device), position_ids=positions, attention_mask=causal_mask(SEQ, device))
         objective(logits[..., :VOCAB]).backward()
-        grads = {n: p.grad for n, p in model.named_parameters()}
+        grads = {n: None if p.grad is None else p.grad.cpu() for n, p in model.named_parameters()}
     finally:
         destroy_model_parallel()
 
