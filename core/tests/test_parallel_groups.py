@@ -62,3 +62,31 @@ def test_a_launched_rank_ends_its_group_before_the_interpreter_does(tmp_path):
     done = subprocess.run([sys.executable, "-c", _EXIT_PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "initialized at exit: False" in done.stdout
+
+
+_PORT_PROBE = """
+import socket, sys
+from bridge_core.runtime import ports
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+ports.free_port = lambda: taken.getsockname()[1]  # another process took "the free port" first
+import torch.distributed as dist
+from bridge_core.runtime import parallel
+parallel.free_port = ports.free_port
+parallel.ensure_process_group()
+dist.barrier()
+print("world", dist.get_world_size())
+"""
+
+
+def test_a_one_process_group_needs_no_port_another_process_can_take():
+    """Commands run side by side each start a one-process group: picking a free port and binding it
+    later raced (EADDRINUSE from ``bridgectl export`` beside other exports); the store is in memory."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_PORT")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    done = subprocess.run([sys.executable, "-c", _PORT_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "world 1" in done.stdout, done.stderr[-2000:]

@@ -225,7 +225,9 @@ def test_mtp_weights_drive_the_mtp_loss_only(mtp):
     finally:
         destroy_model_parallel()
     (main_a, mtp_a), (main_b, mtp_b) = losses
-    assert torch.equal(main_a, main_b) and torch.isfinite(mtp_a).all()
+    # bit-equal on the CPU; on an H200 two runs differed in their last bits (MoE sums in varying order)
+    atol = 0.0 if main_a.device.type == "cpu" else 1e-5
+    assert torch.allclose(main_a, main_b, rtol=0.0, atol=atol) and torch.isfinite(mtp_a).all()
     assert (mtp_a - mtp_b).abs().max() > 1e-3
 
 

@@ -19,7 +19,6 @@ from bridge_core.runtime.parallelism import Parallelism
 from bridge_core.runtime.parallelism import ParallelSizes as ParallelSizes  # the 1.0 name, the same class
 from bridge_core.runtime.parallelism import rank as rank  # torch-free; imported from here by 1.0 callers
 from bridge_core.runtime.parallelism import world_size as world_size
-from bridge_core.runtime.ports import free_port
 
 
 def ensure_process_group() -> None:
@@ -42,9 +41,11 @@ def ensure_process_group() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
         dist.init_process_group(backend)
     else:
-        # One process, on a free port. The environment is left alone, so that a process started later
-        # from this one (e.g. a ``bridgectl`` subprocess) does not believe it runs under torchrun.
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        # One process, its store in memory: no port to pick, so none that another process can take
+        # between picking and binding (EADDRINUSE, seen with commands run side by side). The environment
+        # is left alone, so that a process started later from this one (e.g. a ``bridgectl`` subprocess)
+        # does not believe it runs under torchrun.
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     # A group left to the interpreter's finalisation can abort the process: gloo's worker threads still
     # hold tensors whose release needs the GIL ("terminate called without an active exception",
     # pytorch/pytorch#190489). End it while Python is alive; a no-op if the caller ended it already.
