@@ -11,7 +11,8 @@ fp32 logit parity with transformers (<= 1e-4; a bf16 toy is checked on a model b
 bf16 weights, against transformers in fp32), and the ``parallel`` layouts (TP=2, PP=2, EP=2 for
 toys tagged ``moe``; a bf16 dense toy runs in bf16, within ``BF16_TOLERANCE`` of transformers in fp32) on
 CPU under gloo in one torchrun launch. The same layouts run again on GPUs
-with NCCL in tests marked ``gpu`` (``gpu_parallel``; skipped with fewer than ``nproc`` CUDA devices).
+with NCCL in tests marked ``gpu`` (``gpu_parallel``; skipped with fewer than ``nproc`` CUDA devices), and
+the same launched path at TP=1 on a single GPU (``test_one_gpu_launch``).
 Registration checks run once: the entry point resolves under strict discovery, ``BRIDGE_CONTRACT``
 parses and contains the core's contract version, the distribution requires ``bridge-core`` within
 one major, the ``"module:Class"`` strings import, the entry-point module imports no torch,
@@ -176,6 +177,24 @@ class BridgeConformance:
             cache[key] = run_cases(cases, work, nproc=self.nproc, env=self._plugin_env(), cuda=True) if cases else {}
         return cache[key]
 
+    @pytest.fixture
+    def one_gpu_results(self, request: Any, toy_folders: dict[str, Path], tmp_path_factory: Any) -> dict[str, dict]:
+        """Every toy at TP=PP=EP=1 in one launch of one process on one GPU (NCCL): the launched GPU path
+        of ``gpu_parallel_results`` where a machine has a single GPU."""
+        import torch
+
+        from bridge_core.testing.launch import run_cases
+        from bridge_core.testing.pytest_plugin import class_cache
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        cache, key = class_cache(request.config), (type(self), "one-gpu")
+        if key not in cache:
+            work = tmp_path_factory.mktemp("one-gpu")
+            cases = self._launch_cases({"tp1": {}}, toy_folders, work)
+            cache[key] = run_cases(cases, work, nproc=1, env=self._plugin_env(), cuda=True) if cases else {}
+        return cache[key]
+
     def _plugin_env(self) -> dict[str, str]:
         return {"BRIDGE_PLUGINS": self.plugin, "BRIDGE_STRICT_PLUGINS": "1"}
 
@@ -329,15 +348,24 @@ class BridgeConformance:
 
     @pytest.mark.gpu
     def test_parallel_layout_gpu(self, toy_folders, gpu_parallel_results, gpu_case):
+        toy_name = gpu_case.rsplit("-", 1)[0]
+        self._check_gpu_launch(toy_name, toy_folders[toy_name], gpu_parallel_results[gpu_case])
+
+    @pytest.mark.gpu
+    def test_one_gpu_launch(self, toy_folders, one_gpu_results):
+        for case, result in one_gpu_results.items():
+            toy_name = case.rsplit("-", 1)[0]
+            self._check_gpu_launch(toy_name, toy_folders[toy_name], result)
+
+    def _check_gpu_launch(self, toy_name: str, folder: Path, result: dict) -> None:
         import torch
 
         from bridge_core.testing.compare import compare_hf_weights
 
-        toy_name = gpu_case.rsplit("-", 1)[0]
-        toy, folder, result = self.toys[toy_name], toy_folders[toy_name], gpu_parallel_results[gpu_case]
+        toy = self.toys[toy_name]
         assert result["error"] is None, result["error"]
         problems = compare_hf_weights(folder, result["hf"])
-        assert problems == [], f"roundtrip differs: {problems[:5]}"
+        assert problems == [], f"{toy_name}: roundtrip differs: {problems[:5]}"
         ids = torch.load(Path(result["logits"]).parent.parent / f"{toy_name}-ids.pt", weights_only=True)
         logits = torch.load(result["logits"], weights_only=True, map_location="cpu")
         if _logits_comparable(toy):
