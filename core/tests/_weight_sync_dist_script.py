@@ -59,9 +59,9 @@ def no_collective_before_first_tensor(bridge, model, plan):
 
 
 def cache_agrees_across_ranks(bridge, model, reference, rank):
-    """A plain export again plans nothing (every rank's cache is valid); after
-    rank 1 alone replaces its parameters, every rank plans again (else their collectives would not
-    match) and the new values arrive; with the old parameters back, the reference again."""
+    """A plain export again plans nothing (every rank's cache is valid); after rank 1 alone replaces
+    its parameters, every rank plans again (else their collectives would not match) and the new
+    values arrive; with the old parameters back, the reference again."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("a valid cache planned again")
