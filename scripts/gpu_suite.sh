@@ -6,7 +6,8 @@
 #   bash scripts/gpu_suite.sh "$OUT" [pytest args...]  # there: installs dist/ and .whl/ into its python
 #
 # The wheels go into the python's own environment (a bare, lent machine): tests run `bridgectl`
-# from beside sys.executable and start subprocesses with a clean environment.
+# from beside sys.executable and start subprocesses with a clean environment. Needs pytest-xdist
+# (WORKERS processes a session; the lent GPU machines have it).
 # Writes $OUT/gpu_suite.txt (each session's summary line and failures) and $OUT/gpu_suite_logs.tar.gz.
 set -u
 OUT=${1:?usage: bash scripts/gpu_suite.sh OUT_FOLDER [pytest args...]}
@@ -15,7 +16,10 @@ PYTHON=${PYTHON:-python3}
 WORKERS=${WORKERS:-3}
 LIMIT=${LIMIT:-480}
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
-"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade .whl/*.whl dist/*.whl || exit 1
+shopt -s nullglob
+wheels=(.whl/*.whl dist/*.whl)
+[ ${#wheels[@]} -gt 0 ] || { echo "gpu_suite.sh: no wheels in dist/ (run python scripts/build_dists.py)" >&2; exit 2; }
+"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "${wheels[@]}" || exit 1
 export PYTHONDONTWRITEBYTECODE=1 BRIDGE_STRICT_PLUGINS=1
 LOGS=$(mktemp -d)
 "$PYTHON" -c 'import torch, megatron.core; print("torch", torch.__version__, "gpus", torch.cuda.device_count(), "megatron-core", megatron.core.__version__)'
