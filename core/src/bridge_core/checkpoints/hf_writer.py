@@ -21,7 +21,6 @@ little-endian bytes, ordered by element size so every tensor is aligned to its e
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import struct
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from bridge_core.checkpoints.output_dir import fsync_path
-from bridge_core.checkpoints.safetensors_io import INDEX_NAME, SINGLE_NAME
+from bridge_core.checkpoints.safetensors_io import INDEX_NAME, SINGLE_NAME, memory_of
 from bridge_core.errors import CheckpointError
 from bridge_core.sizes import parse_size
 
@@ -92,18 +91,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     if not _LITTLE_ENDIAN and size > 1:
         swapped = flat.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[size]).numpy().byteswap()
         return memoryview(swapped.view("uint8"))
-    return _bytes_of(flat)
-
-
-def _bytes_of(t: torch.Tensor) -> memoryview:
-    """A contiguous CPU tensor's bytes, the view keeping it alive; without numpy, which would mark its
-    storage non-resizable (a streaming export's window buffers are resized to reuse them)."""
-    nbytes = t.numel() * t.element_size()
-    if nbytes == 0:
-        return memoryview(b"")
-    array = (ctypes.c_char * nbytes).from_address(t.data_ptr())
-    array._tensor = t
-    return memoryview(array).cast("B")
+    return memory_of(flat)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -14,7 +14,6 @@ no data). Anything else is read as torch reads it.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import io
 import math
@@ -36,6 +35,7 @@ from torch.distributed.checkpoint.utils import _create_file_view
 from torch.futures import Future
 
 from bridge_core.checkpoints.checkpoint_load import _one_line, _SafeReader
+from bridge_core.checkpoints.safetensors_io import memory_of
 from bridge_core.errors import CheckpointError
 
 Request = tuple[str, tuple[int, ...], torch.Tensor]  # (stored key, global offset, destination)
@@ -179,8 +179,7 @@ def _pread_exact(f: io.FileIO, target: torch.Tensor, offset: int, path: Path) ->
     nbytes = target.numel() * target.element_size()
     if nbytes == 0:
         return
-    # a view of the memory made without numpy, which would mark the storage non-resizable
-    view = memoryview((ctypes.c_char * nbytes).from_address(target.data_ptr())).cast("B")
+    view = memory_of(target)
     got = 0
     try:
         while got < nbytes:

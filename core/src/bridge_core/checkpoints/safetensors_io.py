@@ -159,6 +159,18 @@ def _read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, tuple[int
 _SEEK_LOCK = threading.Lock()
 
 
+def memory_of(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, in place, as a flat ``memoryview`` that keeps the tensor
+    alive. Made without numpy: ``tensor.numpy()`` marks the storage non-resizable, and the streaming
+    conversion resizes storages to free or reuse them once written."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes == 0:
+        return memoryview(b"")
+    array = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
+    array._tensor = tensor
+    return memoryview(array).cast("B")
+
+
 def _pread_into(f: io.FileIO, view: memoryview, offset: int) -> int:
     """``readinto`` at ``offset`` without moving a shared file position (safe from several threads)."""
     if hasattr(os, "preadv"):
@@ -311,9 +323,7 @@ class SafetensorsCheckpoint(Mapping[str, torch.Tensor]):
         if nbytes == 0:
             return
         f = self._handle(file_name)
-        # a view of the tensor's memory made without numpy (``out.numpy()`` would mark the storage
-        # non-resizable, and the streaming import frees each tensor's storage once it is written)
-        view = memoryview((ctypes.c_char * nbytes).from_address(out.data_ptr())).cast("B")
+        view = memory_of(out)
         got = 0
         try:
             while got < nbytes:
