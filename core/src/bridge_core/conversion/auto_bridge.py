@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from bridge_core.checkpoints.hf_checkpoint import HFCheckpoint, architecture_of, read_config_json
 from bridge_core.checkpoints.hf_writer import ShardedSafetensorsWriter
@@ -28,7 +27,7 @@ from bridge_core.checkpoints.output_dir import atomic_output_dir, check_output_d
 from bridge_core.conversion import weight_sync
 from bridge_core.conversion.export import export_tasks, gather_plan
 from bridge_core.conversion.export_cache import cached_export
-from bridge_core.conversion.groups import ParallelLayout
+from bridge_core.conversion.groups import ParallelLayout, all_gather_objects
 from bridge_core.conversion.host_copy import to_host
 from bridge_core.conversion.import_plan import ImportPlan
 from bridge_core.conversion.load import LoadReport, load_tasks
@@ -63,14 +62,6 @@ _DROPPED_KEYS = (
 
 def _chunks(model: Any) -> list[torch.nn.Module]:
     return list(model) if isinstance(model, (list, tuple)) else [model]
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _ignored(method: str, argument: str, instead: str) -> None:
@@ -212,7 +203,7 @@ class AutoBridge(MegatronBridgeNames):
             dequantizes=self.bridge.dequantizes_hf_weights,
             allow_unused=allow_unmapped,
         )
-        plan.check(c for rank in _all_gather(plan.consumption()) for c in rank)
+        plan.check(c for rank in all_gather_objects(plan.consumption()) for c in rank)
         return load_tasks(tasks, self.bridge, source, config, layout, hf_dtype(self.bridge.hf_config), progress)
 
     def load_hf_adapter(self, model: Any, adapter_path: str | os.PathLike[str]) -> Any:

@@ -17,7 +17,7 @@ import torch
 
 from bridge_core.conversion.export import gather_plan
 from bridge_core.conversion.export_plan import ExportPlan
-from bridge_core.conversion.groups import ParallelLayout
+from bridge_core.conversion.groups import ParallelLayout, all_gather_objects
 from bridge_core.conversion.tasks import Task
 from bridge_core.runtime.chunks import unwrap
 
@@ -44,16 +44,7 @@ class _Holder:
 
 def _stamp(chunks: list[torch.nn.Module], layout: ParallelLayout) -> tuple:
     params = tuple((id(p), p.dtype, p.shape, p.device) for c in chunks for p in unwrap(c).parameters())
-    groups = (layout.world, layout.rank, layout.tp.ranks, layout.etp.ranks, layout.ep_rank)
-    return params, groups, (layout.tp.replica_zero, layout.etp.replica_zero)
-
-
-def _everyone(flag: bool, layout: ParallelLayout) -> bool:
-    if layout.world == 1:
-        return flag
-    flags: list[Any] = [None] * layout.world
-    torch.distributed.all_gather_object(flags, flag)
-    return all(flags)
+    return params, layout.key
 
 
 def cached_export(
@@ -71,7 +62,7 @@ def cached_export(
     layout = ParallelLayout()
     stamp = _stamp(chunks, layout)
     mine = holder.owner is owner and holder.stamp == stamp and holder.tasks is not None
-    if _everyone(mine and dtype in holder.plans, layout):
+    if all(all_gather_objects(mine and dtype in holder.plans)):
         assert holder.tasks is not None
         tasks, config = holder.tasks
         return tasks, layout, config, holder.plans[dtype]

@@ -41,3 +41,18 @@ class ParallelLayout:
 
     def for_param(self, param: ParamInfo) -> SplitGroup:
         return self.etp if param.is_expert else self.tp
+
+    @property
+    def key(self) -> tuple:
+        """The layout by ranks alone (not the group handles): equal for new groups of the same ranks."""
+        groups = (self.world, self.rank, self.tp.ranks, self.etp.ranks, self.ep_rank)
+        return groups, (self.tp.replica_zero, self.etp.replica_zero)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (one collective; no process group or a world of one: ``[obj]``)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -146,10 +146,8 @@ def local_shards(
 
 def signature(tasks: list[Task], layout: ParallelLayout) -> str:
     """This rank's parameters (names, shapes, dtypes, splits) and parallel layout, as a short digest."""
-    groups = (layout.world, layout.rank, layout.tp.ranks, layout.etp.ranks, layout.ep_rank)
     rows = [(t.param.global_name, t.param.shape, str(t.param.dtype), t.param.tp_dim, t.tied_copy) for t in tasks]
-    replicas = (layout.tp.replica_zero, layout.etp.replica_zero)
-    return hashlib.sha256(repr((groups, replicas, rows)).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr((*layout.key, rows)).encode()).hexdigest()[:16]
 
 
 def plan_buckets(outputs: Iterable[tuple[str, tuple, torch.dtype]], bucket_bytes: int) -> tuple[Bucket, ...]:
